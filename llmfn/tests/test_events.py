@@ -232,7 +232,7 @@ def test_gives_up_after_max_attempts(receiver, make_emitter):
 
 def test_retries_after_timeout(receiver, make_emitter):
     receiver.script.append("hang")  # first request hangs past EVENTS_TIMEOUT_S
-    emitter, registry = make_emitter({"K_SINK": receiver.url, "EVENTS_TIMEOUT_S": "0.2"})
+    emitter, registry = make_emitter({"K_SINK": receiver.url, "EVENTS_TIMEOUT_S": "1.0"})
     assert emitter.emit(INFERENCE_COMPLETED, {"x": 1})
     assert emitter.flush(WAIT_S)
     assert len(receiver.requests) == 2 and receiver.requests[1]["status"] == 202
