@@ -36,7 +36,8 @@ RMS_EPS = 1e-5
 ROPE_BASE = 10000.0
 BLOCKED_LOGIT_WEIGHT = -100.0  # output weight on the constant dimension for banned tokens
 
-CHAT_TEMPLATE = (
+CHAT_TEMPLATE = (  # ChatML; starts with bos_token because llama-cpp-python adds none for templates
+    "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
