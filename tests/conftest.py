@@ -1,0 +1,48 @@
+"""Project-level fixtures: the real local stack (MinIO, FerretDB) from scripts/services.py.
+
+Nothing is skipped: missing binaries are installed by scripts/install_services.sh.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import services  # noqa: E402  (scripts/services.py)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory):
+    """A MinIO server on a free port with its own state dir (credentials as attributes)."""
+    services.ensure_binaries()
+    server = services.MinioServer(tmp_path_factory.mktemp("minio"), port=services.free_port())
+    server.start()
+    try:
+        server.wait_ready(deadline_s=60)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ferretdb(tmp_path_factory):
+    """A FerretDB (SQLite handler) on a free port; connect with ``pymongo.MongoClient(.uri)``."""
+    services.ensure_binaries()
+    server = services.FerretDBServer(tmp_path_factory.mktemp("ferretdb"),
+                                     port=services.free_port())
+    server.start()
+    try:
+        server.wait_ready(deadline_s=60)
+        yield server
+    finally:
+        server.stop()
