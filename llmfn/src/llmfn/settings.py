@@ -145,6 +145,19 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class GunicornSettings:
+    """How the gunicorn path (`make run`, Containerfile) serves the Flask app."""
+    bind: str = setting("BIND", "", "host:port to listen on; empty = 0.0.0.0:$PORT")
+    port: int = setting("PORT", 8080, "port when BIND is empty (Knative sets PORT)", lo=1,
+                        hi=65535)
+    threads: int = setting("GUNICORN_THREADS", 8, "gthread threads: streams plus health and "
+                           "metrics while a generation runs", lo=2, hi=256)
+    grace_s: float = setting("SHUTDOWN_GRACE_S", 25.0, "graceful timeout for in-flight streams, s",
+                             lo=0)
+    log_level: str = setting("LOG_LEVEL", "info", "log level")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of one function process."""
     storage: StorageSettings

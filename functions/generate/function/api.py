@@ -1,0 +1,295 @@
+"""The OpenAI-compatible generation API: /v1/completions and /v1/chat/completions.
+
+One generation runs at a time on the ModelWorker thread; the request thread formats the
+answer, as JSON or as SSE (OpenAI's chunk format, ``data: [DONE]`` at the end, and a comment
+heartbeat while the prompt is processed so idle timeouts do not cut the stream).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from typing import Iterator
+
+from flask import Flask, Response, jsonify, request
+
+from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, NotReady, internal_error
+from llmfn.runtime import Runtime
+from llmfn.webapp import json_body
+from llmfn.worker import Job, ModelWorker
+
+from . import schema
+from .engine import Engine, Outcome
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = b": keep-alive\n\n"
+DONE = b"data: [DONE]\n\n"
+
+
+def register(app: Flask, runtime: Runtime) -> ModelWorker:
+    """Add the generation routes to ``app``; returns the worker (drained on stop)."""
+    server = runtime.settings.server
+    worker = ModelWorker(server.queue_size, retry_after_s=server.retry_after_s,
+                         metrics=runtime.metrics)
+    api = GenerateAPI(runtime, worker)
+    app.add_url_rule("/v1/completions", "completions", api.completions, methods=["POST"])
+    app.add_url_rule("/v1/chat/completions", "chat_completions", api.chat, methods=["POST"])
+    return worker
+
+
+class AnySet:
+    """Set when any of the events is set (job cancelled or client disconnected)."""
+
+    def __init__(self, *events: threading.Event | None):
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
+class GenerateAPI:
+    def __init__(self, runtime: Runtime, worker: ModelWorker):
+        self.rt = runtime
+        self.worker = worker
+
+    def completions(self):
+        return self._serve(chat=False)
+
+    def chat(self):
+        return self._serve(chat=True)
+
+    # -- request flow -------------------------------------------------------------------------
+    def _engine(self) -> Engine:
+        ok, reason = self.rt.ready()
+        if not ok:
+            raise NotReady(f"The model is not ready yet ({reason}). Retry shortly.",
+                           retry_after_s=self.rt.settings.server.retry_after_s)
+        return self.rt.host.model
+
+    def _serve(self, *, chat: bool):
+        t0 = time.perf_counter()
+        rid = uuid.uuid4().hex
+        stream = False
+        try:
+            engine = self._engine()
+            body = json_body()
+            stream = body.get("stream") is True
+            schema.check_model(body, self.rt.host.model_id)
+            default_max = self.rt.settings.model.default_max_tokens
+            if chat:
+                req = schema.chat(body, default_max)
+                if not engine.has_chat_template:
+                    raise InvalidRequest("This model has no chat template; use /v1/completions.",
+                                         param="messages")
+                tokens, stops = engine.tokenize_chat(req.messages)
+                req.params.stop = req.params.stop + [s for s in stops
+                                                     if s not in req.params.stop]
+            else:
+                req = schema.completion(body, default_max)
+                tokens = self._prompt_tokens(engine, req.prompt)
+            self._fit_context(engine, tokens, req, "messages" if chat else "prompt")
+            disconnected = request.environ.get("llmfn.disconnected")
+            channel: queue.Queue = queue.Queue()
+            job = self.worker.submit(lambda job: self._run(engine, tokens, req, job, channel,
+                                                           disconnected, t0))
+        except APIError as err:
+            self._event(rid, t0, status=err.status, error_code=err.code, stream=stream)
+            raise
+        cold = self.rt.host.take_cold_start()
+        call = _Call(rid=rid, t0=t0, chat=chat, req=req, prompt_tokens=len(tokens), job=job,
+                     channel=channel, cold=cold, disconnected=disconnected,
+                     model=self.rt.host.model_id)
+        if req.stream:
+            resp = Response(self._sse(call), mimetype="text/event-stream")
+            resp.headers["Cache-Control"] = "no-cache"
+            resp.headers["X-Accel-Buffering"] = "no"
+        else:
+            resp = self._json(call)
+        resp.headers["X-Request-Id"] = rid
+        return resp
+
+    @staticmethod
+    def _prompt_tokens(engine: Engine, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return engine.tokenize_prompt(prompt)
+        n_vocab = engine.llm.n_vocab()
+        if any(t >= n_vocab for t in prompt):
+            raise InvalidRequest(f"'prompt' token ids must be < {n_vocab}.", param="prompt")
+        return list(prompt)
+
+    @staticmethod
+    def _fit_context(engine: Engine, tokens: list[int], req: schema.Request, where: str) -> None:
+        """Reject a prompt that does not fit before generating (counted in tokens)."""
+        room = engine.n_ctx - len(tokens)
+        if req.max_tokens_given:
+            over = len(tokens) + req.params.max_tokens > engine.n_ctx
+            wanted = req.params.max_tokens
+        else:
+            over = room < 1
+            wanted = 1
+            req.params.max_tokens = max(1, min(req.params.max_tokens, room))
+        if over:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {engine.n_ctx} tokens. However, you "
+                f"requested {len(tokens) + wanted} tokens ({len(tokens)} in the {where}, "
+                f"{wanted} in the completion). Please reduce the length of the {where} or "
+                "completion.", param=where)
+
+    def _run(self, engine: Engine, tokens, req, job: Job, channel: queue.Queue,
+             disconnected, t0: float) -> Outcome:
+        """On the worker thread: generate, pushing text pieces to the request's channel."""
+        try:
+            waited_s = time.perf_counter() - t0
+            outcome = engine.generate(tokens, req.params, AnySet(job.cancelled, disconnected),
+                                      lambda text: channel.put(("text", text)))
+            if outcome.ttft_s is not None:  # as clients see it: queueing included
+                outcome.ttft_s += waited_s
+        except BaseException as err:
+            channel.put(("error", err))
+            raise
+        channel.put(("done", outcome))
+        return outcome
+
+    # -- answers ------------------------------------------------------------------------------
+    def _json(self, call: "_Call"):
+        try:
+            outcome = call.job.wait()
+        except BaseException:
+            log.exception("generation failed")
+            self._finish(call, None, status=500, error_code="internal_error")
+            raise internal_error() from None
+        if outcome is None:  # cancelled while queued (shutdown)
+            self._finish(call, None, status=503, error_code="model_not_ready")
+            raise NotReady("The function is shutting down.", retry_after_s=1)
+        usage = _usage(call.prompt_tokens, outcome.completion_tokens)
+        finish = "stop" if outcome.finish_reason == "cancelled" else outcome.finish_reason
+        if call.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": outcome.text},
+                      "logprobs": None, "finish_reason": finish}
+            body = {"id": f"chatcmpl-{call.rid}", "object": "chat.completion"}
+        else:
+            choice = {"text": outcome.text, "index": 0, "logprobs": None, "finish_reason": finish}
+            body = {"id": f"cmpl-{call.rid}", "object": "text_completion"}
+        body.update({"created": call.created, "model": call.model, "choices": [choice],
+                     "usage": usage})
+        self._finish(call, outcome, status=200)
+        return jsonify(body)
+
+    def _sse(self, call: "_Call") -> Iterator[bytes]:
+        """The SSE body; closing it (client gone) cancels the generation."""
+        outcome, status, code = None, 200, None
+        heartbeat_s = self.rt.settings.server.heartbeat_s
+        try:
+            if call.chat:
+                yield call.chunk({"role": "assistant", "content": ""}, None)
+            while True:
+                try:
+                    kind, value = call.channel.get(timeout=heartbeat_s)
+                except queue.Empty:
+                    if call.job.done.is_set() and call.channel.empty():
+                        status, code = 503, "model_not_ready"  # cancelled while queued
+                        yield _sse_error(NotReady("The function is shutting down."))
+                        break
+                    yield HEARTBEAT
+                    continue
+                if kind == "text":
+                    yield call.chunk(value, None)
+                elif kind == "done":
+                    outcome = value
+                    finish = ("stop" if outcome.finish_reason == "cancelled"
+                              else outcome.finish_reason)
+                    yield call.chunk({} if call.chat else "", finish)
+                    if call.req.include_usage:
+                        yield call.usage_chunk(outcome.completion_tokens)
+                    break
+                else:
+                    log.error("generation failed", exc_info=value)
+                    status, code = 500, "internal_error"
+                    yield _sse_error(internal_error())
+                    break
+            yield DONE
+        except GeneratorExit:
+            status, code = 499, "client_disconnected"
+            raise
+        finally:
+            call.job.cancel()
+            if outcome is None and status == 499:
+                call.job.done.wait(30)  # the worker stops within one token
+                outcome = call.job.result
+            self._finish(call, outcome, status=status, error_code=code)
+
+    # -- accounting ---------------------------------------------------------------------------
+    def _finish(self, call: "_Call", outcome: Outcome | None, *, status: int,
+                error_code: str | None = None) -> None:
+        m, model = self.rt.metrics, call.model
+        m.prompt_tokens.labels(model=model).inc(call.prompt_tokens)
+        if outcome is not None:
+            m.completion_tokens.labels(model=model).inc(outcome.completion_tokens)
+            m.generation.labels(model=model).observe(outcome.generation_s)
+            if outcome.ttft_s is not None:
+                m.ttft.labels(model=model).observe(outcome.ttft_s)
+        duration = time.perf_counter() - call.t0
+        if call.req.stream:
+            m.request_duration.labels(route=request_route(call)).observe(duration)
+        self.rt.emit_inference(
+            call.rid, endpoint=request_route(call), status=status, error_code=error_code,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=outcome.completion_tokens if outcome else 0,
+            ttft_s=outcome.ttft_s if outcome else None, duration_s=duration,
+            generation_s=outcome.generation_s if outcome else None,
+            finish_reason=outcome.finish_reason if outcome else "error",
+            cold_start=call.cold, stream=call.req.stream,
+            prompt=None, output=outcome.text if outcome else None)
+
+    def _event(self, rid: str, t0: float, *, status: int, error_code: str | None,
+               stream: bool) -> None:
+        self.rt.emit_inference(rid, endpoint=request.path, status=status, error_code=error_code,
+                               duration_s=time.perf_counter() - t0, finish_reason="error",
+                               stream=stream)
+
+
+def request_route(call: "_Call") -> str:
+    return "/v1/chat/completions" if call.chat else "/v1/completions"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _sse_error(err: APIError) -> bytes:
+    return b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+
+
+class _Call:
+    """The state of one admitted request while it is answered."""
+
+    def __init__(self, *, rid, t0, chat, req, prompt_tokens, job, channel, cold, disconnected,
+                 model):
+        self.rid, self.t0, self.chat, self.req = rid, t0, chat, req
+        self.prompt_tokens, self.job, self.channel = prompt_tokens, job, channel
+        self.cold, self.disconnected, self.model = cold, disconnected, model
+        self.created = int(time.time())
+
+    def chunk(self, delta, finish: str | None) -> bytes:
+        if self.chat:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            body = {"id": f"chatcmpl-{self.rid}", "object": "chat.completion.chunk"}
+        else:
+            choice = {"text": delta, "index": 0, "logprobs": None, "finish_reason": finish}
+            body = {"id": f"cmpl-{self.rid}", "object": "text_completion"}
+        body.update({"created": self.created, "model": self.model, "choices": [choice]})
+        if self.req.include_usage:
+            body["usage"] = None
+        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+    def usage_chunk(self, completion_tokens: int) -> bytes:
+        body = {"id": f"{'chatcmpl' if self.chat else 'cmpl'}-{self.rid}",
+                "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [],
+                "usage": _usage(self.prompt_tokens, completion_tokens)}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"

@@ -1,0 +1,122 @@
+"""The base Flask app every function shares: health, /metrics, /v1/models, auth, limits, errors.
+
+A function adds its own blueprint (its API) on top with ``app.register_blueprint``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+
+from . import errors
+from .auth import BearerAuth
+from .errors import InvalidRequest, UnsupportedMediaType
+from .host import ModelHost
+from .metrics import Metrics
+from .settings import Settings
+
+OPEN_PATHS = ("/health/", "/metrics")
+
+
+def create_base_app(name: str, settings: Settings, *, host: ModelHost, metrics: Metrics,
+                    auth: BearerAuth) -> Flask:
+    """A Flask app with the routes and checks shared by generate and embed."""
+    app = Flask(name)
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_request_bytes
+    app.json.sort_keys = False
+    errors.register_flask(app)
+    created = int(time.time())
+
+    @app.before_request
+    def _before():
+        g.t0 = time.perf_counter()
+        if not request.path.startswith(OPEN_PATHS):
+            auth.check(request.headers.get("Authorization"))
+
+    @app.after_request
+    def _count(resp: Response):
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(route=rule, status=str(resp.status_code)).inc()
+        if not resp.is_streamed:
+            metrics.request_duration.labels(route=rule).observe(time.perf_counter() - g.t0)
+        return resp
+
+    @app.get("/health/liveness")
+    def liveness():
+        ok, msg = host.alive()
+        return Response(msg, status=200 if ok else 500, mimetype="text/plain")
+
+    @app.get("/health/readiness")
+    def readiness():
+        ok, msg = host.ready()
+        return Response(msg, status=200 if ok else 500, mimetype="text/plain")
+
+    @app.get("/metrics")
+    def prometheus():
+        body, ctype = metrics.render()
+        return Response(body, content_type=ctype)
+
+    @app.get("/v1/models")
+    def models():
+        return jsonify({"object": "list", "data": [model_card(host, created)]})
+
+    @app.get("/v1/models/<path:model>")
+    def model(model: str):
+        if model != host.model_id:
+            raise errors.ModelNotFound(f"The model '{model}' does not exist.", param="model")
+        return jsonify(model_card(host, created))
+
+    return app
+
+
+def model_card(host: ModelHost, created: int) -> dict:
+    """One entry of /v1/models in OpenAI's shape."""
+    return {"id": host.model_id, "object": "model", "created": created, "owned_by": "llmfn"}
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or a 400/415 naming what is wrong."""
+    ctype = request.mimetype or ""
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json.")
+    body = request.get_json(silent=True, force=True)
+    if body is None:
+        raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API "
+                             "expects a JSON payload.")
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+_MISSING = object()
+
+
+def param(body: dict, name: str, kinds: tuple[type, ...], default: Any = _MISSING, *,
+          lo: float | None = None, hi: float | None = None, nullable: bool = True) -> Any:
+    """Read ``body[name]`` checking its JSON type and bounds; errors name the param."""
+    value = body.get(name, None)
+    if value is None:
+        if name in body and not nullable:
+            raise InvalidRequest(f"'{name}' must not be null.", param=name)
+        if default is _MISSING:
+            raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
+        return default
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds) or (float in kinds and isinstance(value, int))
+    if not ok:
+        names = " or ".join(_json_name(k) for k in kinds)
+        raise InvalidRequest(f"'{name}' must be {names}, got {_json_name(type(value))}.",
+                             param=name)
+    if lo is not None and value < lo:
+        raise InvalidRequest(f"'{name}' must be >= {lo}, got {value}.", param=name)
+    if hi is not None and value > hi:
+        raise InvalidRequest(f"'{name}' must be <= {hi}, got {value}.", param=name)
+    return value
+
+
+def _json_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "an array", dict: "an object", type(None): "null"}.get(kind, kind.__name__)
