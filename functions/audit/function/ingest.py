@@ -1,0 +1,225 @@
+"""Turn a CloudEvent into a stored document: known types, validation, identity, dead letters.
+
+Framework-free: takes a decoded ``cloudevents.core`` event (from func-python's middleware or
+from :func:`decode_http`) and returns an :class:`Outcome`; HTTP adapters only copy it out.
+Status codes follow the Knative Eventing data-plane contract: 2xx recorded (or already
+recorded), 400 invalid (not retried), 413 too large, 503 database unavailable (retried).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+from cloudevents.core.exceptions import BaseCloudEventException
+from llmfn.events import INFERENCE_COMPLETED, validate_inference_data
+
+from .store import AuditStore, DocumentRejected, StoreUnavailable, event_key
+
+log = logging.getLogger(__name__)
+
+# Known event types -> data validator (problems as strings; empty = valid).
+KNOWN_TYPES: dict[str, Callable[[Any], list[str]]] = {
+    INFERENCE_COMPLETED: validate_inference_data,
+}
+JSON_TYPES = ("application/json", "text/json")
+# Extensions Knative adds to a dead-lettered event (eventing "Dead Letter Sink" docs).
+KNATIVE_ERROR_EXTENSIONS = ("knativeerrorcode", "knativeerrordest", "knativeerrordata")
+# Top-level fields of a stored event that data fields cannot overwrite.
+RESERVED = ("_id", "ce", "time", "error", "received_at", "expire_at")
+_MAX_DEPTH = 32
+
+
+class InvalidEvent(Exception):
+    """The request is not an acceptable CloudEvent; ``problems`` say why (answered 400)."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Outcome:
+    """What to answer: status, a small JSON body and extra headers."""
+    status: int
+    body: dict
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def decode_http(headers: Mapping[str, str], body: bytes):
+    """Decode binary or structured mode (CloudEvents HTTP binding) or raise InvalidEvent."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        return from_http_event(HTTPMessage(headers=lower, body=body))
+    except BaseCloudEventException as err:
+        raise InvalidEvent([f"not a valid CloudEvent: {err}"]) from None
+    except (ValueError, TypeError, AttributeError, KeyError, UnicodeDecodeError):
+        # Structured mode with a body that is not a JSON object, a bad `time`, ...
+        raise InvalidEvent(["not a CloudEvent: expected binary mode (ce-* headers) or "
+                            "structured mode (application/cloudevents+json)"]) from None
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "application/json").split(";", 1)[0].strip().lower()
+
+
+def _key_problems(value: Any, depth: int = 0) -> list[str]:
+    """Keys MongoDB cannot store: `$`-prefixed, with `.` or NUL; nesting too deep."""
+    if depth > _MAX_DEPTH:
+        return ["data is nested too deeply"]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k.startswith("$") or "." in k or "\x00" in k:
+                return [f"data key {k!r} cannot be stored (starts with $ or has . or NUL)"]
+            found = _key_problems(v, depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = _key_problems(v, depth + 1)
+            if found:
+                return found
+    return []
+
+
+def _attributes_doc(event) -> dict:
+    """CloudEvent attributes (including extensions) as a BSON-safe sub-document."""
+    return {k: v for k, v in event.get_attributes().items() if v is not None}
+
+
+def validate(event, validators: Mapping[str, Callable[[Any], list[str]]] = KNOWN_TYPES) -> dict:
+    """The event's data if the event is a known, valid type; else raise InvalidEvent."""
+    etype = event.get_type()
+    validator = validators.get(etype)
+    if validator is None:
+        raise InvalidEvent([f"unknown event type {etype!r}; known: {sorted(validators)}"])
+    media = _media_type(event.get_datacontenttype())
+    if media not in JSON_TYPES:
+        raise InvalidEvent([f"datacontenttype must be application/json, got {media!r}"])
+    data = event.get_data()
+    problems = list(validator(data)) or _key_problems(data)
+    if problems:
+        raise InvalidEvent(problems)
+    return data
+
+
+def event_document(event, data: dict, received_at: dt.datetime) -> dict:
+    """The stored form: data fields at top level, `time` as a date, attributes under `ce`."""
+    doc = {k: v for k, v in data.items() if k not in RESERVED}
+    doc.update(_id=event_key(event.get_source(), event.get_id()), ce=_attributes_doc(event),
+               time=dt.datetime.fromisoformat(data["time"]).astimezone(dt.timezone.utc),
+               error=int(data.get("status", 0) >= 400), received_at=received_at)
+    return doc
+
+
+def dead_letter_document(event, received_at: dt.datetime,
+                         validators: Mapping[str, Callable[[Any], list[str]]] = KNOWN_TYPES
+                         ) -> dict:
+    """Everything about a dead-lettered event, valid or not, flagged `dead_letter: true`."""
+    attrs = _attributes_doc(event)
+    try:
+        validate(event, validators)
+        problems: list[str] = []
+    except InvalidEvent as err:
+        problems = err.problems
+    doc = {"_id": event_key(event.get_source(), event.get_id()), "dead_letter": True,
+           "ce": attrs, "valid": not problems, "problems": problems, "received_at": received_at}
+    for name in KNATIVE_ERROR_EXTENSIONS:
+        doc[name] = attrs.get(name)
+    raw = attrs.get("knativeerrordata")
+    if isinstance(raw, str):  # base64 of the failing response body (truncated by Knative)
+        try:
+            doc["knativeerrordata_text"] = base64.b64decode(raw, validate=True).decode(
+                "utf-8", "replace")
+        except ValueError:
+            pass
+    data = event.get_data()
+    if isinstance(data, (bytes, bytearray)):
+        doc["data_base64"] = base64.b64encode(bytes(data)).decode("ascii")
+    elif isinstance(data, (dict, list)) and _key_problems(data):
+        doc["data_json"] = json.dumps(data)  # keys MongoDB refuses: keep the text
+    else:
+        doc["data"] = data
+    return doc
+
+
+class Ingestor:
+    """Records events exactly once per (source, id) and keeps dead letters."""
+
+    def __init__(self, store: AuditStore, metrics, *,
+                 validators: Mapping[str, Callable[[Any], list[str]]] = KNOWN_TYPES,
+                 retry_after_s: int = 2,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+        self.store = store
+        self.metrics = metrics
+        self.validators = validators
+        self.retry_after_s = retry_after_s
+        self.clock = clock
+
+    def _label(self, event) -> str:
+        etype = event.get_type()
+        return etype if etype in self.validators else "other"
+
+    def invalid(self, problems: list[str], *, event=None, reason: str = "data") -> Outcome:
+        """Count, log (with the event identity) and answer 400."""
+        self.metrics.invalid.labels(reason).inc()
+        ident = (f"id={event.get_id()!r} source={event.get_source()!r} "
+                 f"type={event.get_type()!r}" if event is not None else "undecodable")
+        log.warning("invalid event %s: %s", ident, "; ".join(problems))
+        return Outcome(400, {"error": {"message": "; ".join(problems)[:2000],
+                                       "type": "invalid_request_error", "param": None,
+                                       "code": "invalid_event"}})
+
+    def unavailable(self, op: str, err: Exception) -> Outcome:
+        self.metrics.db_errors.labels(op).inc()
+        log.warning("database unavailable during %s: %s", op, err)
+        return Outcome(503, {"error": {"message": "The event store is unavailable; retry.",
+                                       "type": "service_unavailable", "param": None,
+                                       "code": "database_unavailable"}},
+                       {"Retry-After": str(self.retry_after_s)})
+
+    def record(self, event) -> Outcome:
+        """Validate and store one inference event."""
+        self.metrics.received.labels(self._label(event)).inc()
+        try:
+            data = validate(event, self.validators)
+            doc = event_document(event, data, self.clock())
+        except InvalidEvent as err:
+            return self.invalid(err.problems, event=event)
+        try:
+            new = self.store.insert_event(doc)
+        except DocumentRejected as err:
+            return self.invalid([f"data cannot be stored: {err}"], event=event)
+        except StoreUnavailable as err:
+            return self.unavailable("insert", err)
+        if new:
+            self.metrics.recorded.inc()
+            return Outcome(200, {"status": "recorded", "id": event.get_id()})
+        self.metrics.duplicates.inc()
+        return Outcome(200, {"status": "duplicate", "id": event.get_id()})
+
+    def dead_letter(self, event) -> Outcome:
+        """Store any CloudEvent a Knative delivery gave up on; never rejects its content."""
+        doc = dead_letter_document(event, self.clock(), self.validators)
+        try:
+            try:
+                new = self.store.insert_dead_letter(doc)
+            except DocumentRejected:
+                doc.pop("data", None)
+                doc["data_json"] = json.dumps(event.get_data(), default=str)
+                new = self.store.insert_dead_letter(doc)
+        except DocumentRejected as err:
+            return self.invalid([f"dead letter cannot be stored: {err}"], event=event,
+                                reason="dead_letter")
+        except StoreUnavailable as err:
+            return self.unavailable("dead_letter", err)
+        self.metrics.dead_letters.labels("stored" if new else "duplicate").inc()
+        log.warning("dead letter id=%r source=%r type=%r code=%r dest=%r", event.get_id(),
+                    event.get_source(), event.get_type(), doc.get("knativeerrorcode"),
+                    doc.get("knativeerrordest"))
+        return Outcome(200, {"status": "dead_letter" if new else "duplicate",
+                             "id": event.get_id()})

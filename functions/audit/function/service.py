@@ -1,0 +1,195 @@
+"""The audit service: lifecycle, routes and metrics, free of any web framework.
+
+Both adapters (func-python's ASGI middleware in func.py, Flask in app.py) call
+:meth:`AuditService.post` with a decoded CloudEvent and :meth:`AuditService.get` with a path
+and query parameters, and copy the returned :class:`Response` out.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from . import kpis
+from .ingest import Ingestor, Outcome
+from .settings import AuditSettings
+from .store import AuditStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+EVENT_PATHS = ("/", "/events")
+DEAD_LETTER_PATH = "/dead-letter"
+_CONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, body: dict, headers: Mapping[str, str] | None = None):
+        return cls(status, json.dumps(body).encode(), headers=dict(headers or {}))
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> "Response":
+        return cls.json(outcome.status, outcome.body, outcome.headers)
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> Response:
+    return Response.json(status, {"error": {"message": message, "type": "invalid_request_error"
+                                            if status < 500 else "service_unavailable",
+                                            "param": None, "code": code}}, headers)
+
+
+class AuditMetrics:
+    """Counters of the audit function on the app's own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry or CollectorRegistry()
+        self.received = Counter("audit_events_received_total", "events received by type",
+                                ["type"], registry=r)
+        self.recorded = Counter("audit_events_recorded_total", "events stored for the first time",
+                                registry=r)
+        self.duplicates = Counter("audit_events_duplicate_total",
+                                  "redelivered events already stored", registry=r)
+        self.invalid = Counter("audit_events_invalid_total", "events answered 400, by reason",
+                               ["reason"], registry=r)
+        self.too_large = Counter("audit_requests_too_large_total", "bodies answered 413",
+                                 registry=r)
+        self.db_errors = Counter("audit_db_errors_total", "database failures by operation",
+                                 ["op"], registry=r)
+        self.dead_letters = Counter("audit_dead_letters_total", "dead letters by result",
+                                    ["result"], registry=r)
+
+
+class AuditService:
+    """Records inference events, keeps dead letters and answers KPI queries."""
+
+    def __init__(self, settings: AuditSettings, *, store: AuditStore | None = None,
+                 registry: CollectorRegistry | None = None,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+        self.settings = settings
+        self.store = store or AuditStore(settings)
+        self.metrics = AuditMetrics(registry)
+        self.clock = clock
+        self.ingestor = Ingestor(self.store, self.metrics, retry_after_s=settings.retry_after_s,
+                                 clock=clock)
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Called once per process (after fork): connect and index in the background."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._background, name="audit-store",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Called on shutdown: end the background thread and close the client."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        self.store.close()
+
+    def alive(self) -> tuple[bool, str]:
+        """Liveness: the process answers; a database outage is not a reason to restart it."""
+        return True, "OK"
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready once the database answered once since start; a later blip does not flap it
+        (events then get 503 and the broker retries them)."""
+        if self._connected.is_set():
+            return True, "OK"
+        return False, "waiting for the database"
+
+    def _background(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self.store.ping()
+                self.store.ensure_indexes()
+                self._connected.set()
+                break
+            except StoreUnavailable as err:
+                self.metrics.db_errors.labels("connect").inc()
+                log.warning("database not reachable yet (%s)", err)
+            self._stop.wait(_CONNECT_BACKOFF_S[min(attempt, len(_CONNECT_BACKOFF_S) - 1)])
+            attempt += 1
+        if self.settings.retention_days > 0 and not self.store.ttl_index:
+            while not self._stop.is_set():
+                try:
+                    n = self.store.prune(self.clock())
+                    if n:
+                        log.info("retention sweep deleted %d events", n)
+                except StoreUnavailable as err:
+                    self.metrics.db_errors.labels("prune").inc()
+                    log.warning("retention sweep failed (%s)", err)
+                self._stop.wait(self.settings.retention_sweep_s)
+
+    # -- routes ----------------------------------------------------------------------------
+    def post(self, path: str, event, body_bytes: int | None) -> Response:
+        """POST of a decoded CloudEvent to `/` (record) or `/dead-letter` (keep)."""
+        if path not in EVENT_PATHS and path != DEAD_LETTER_PATH:
+            return _error(404, "not_found", "Unknown URL: no such route.")
+        if body_bytes is not None and body_bytes > self.settings.max_request_bytes:
+            return self.too_large()
+        if path == DEAD_LETTER_PATH:
+            return Response.of(self.ingestor.dead_letter(event))
+        return Response.of(self.ingestor.record(event))
+
+    def too_large(self) -> Response:
+        self.metrics.too_large.inc()
+        return _error(413, "request_too_large",
+                      f"Request body is larger than {self.settings.max_request_bytes} bytes.")
+
+    def invalid(self, problems: list[str]) -> Response:
+        """An undecodable request (no CloudEvent): count and answer 400."""
+        return Response.of(self.ingestor.invalid(problems, reason="decode"))
+
+    def get(self, path: str, args: Mapping[str, str]) -> Response:
+        """GET routes: health, metrics and KPI queries."""
+        if path == "/health/liveness":
+            ok, msg = self.alive()
+            return Response(200 if ok else 500, msg.encode(), "text/plain")
+        if path == "/health/readiness":
+            ok, msg = self.ready()
+            return Response(200 if ok else 503, msg.encode(), "text/plain")
+        if path == "/metrics":
+            return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+        if path in ("/kpis", "/kpis/timeseries"):
+            try:
+                return self._kpis(path, args)
+            except kpis.QueryError as err:
+                return _error(400, "invalid_query", str(err))
+            except StoreUnavailable as err:
+                return Response.of(self.ingestor.unavailable("query", err))
+        return _error(404, "not_found", "Unknown URL: no such route.")
+
+    def _kpis(self, path: str, args: Mapping[str, str]) -> Response:
+        match, echo = kpis.parse_query(args, self.clock())
+        since, until = match["time"]["$gte"], match["time"]["$lt"]
+        limit = self.settings.kpi_max_events
+        if path == "/kpis":
+            rows = self.store.scan(match, kpis.FIELDS, limit + 1)
+            return Response.json(200, {**echo, **kpis.summarize(rows, limit)})
+        bucket_s = kpis.parse_bucket(args.get("bucket") or "1m")
+        n = kpis.bucket_count(since, until, bucket_s)
+        if n > self.settings.kpi_max_buckets:
+            raise kpis.QueryError(f"{n} buckets exceed KPI_MAX_BUCKETS="
+                                  f"{self.settings.kpi_max_buckets}; use a larger bucket")
+        rows = self.store.scan(match, kpis.FIELDS, limit + 1)
+        return Response.json(200, {**echo, **kpis.timeseries(rows, since, until, bucket_s,
+                                                             limit)})
