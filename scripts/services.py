@@ -71,12 +71,13 @@ class _Server:
     name = "server"
 
     def __init__(self, state_dir: str | os.PathLike, host: str, port: int,
-                 bin_dir: str | os.PathLike | None = None):
+                 bin_dir: str | os.PathLike | None = None,
+                 log_path: str | os.PathLike | None = None):
         self.state_dir = Path(state_dir)
         self.host = host
         self.port = port
         self.bin_dir = Path(bin_dir) if bin_dir else BIN_DIR
-        self.log_path = self.state_dir / f"{self.name}.log"
+        self.log_path = Path(log_path) if log_path else self.state_dir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -100,6 +101,7 @@ class _Server:
         if not self.binary.exists():
             raise ServiceError(f"{self.binary} not found: run scripts/install_services.sh")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         # Own session: a Ctrl-C in the terminal reaches the runner, which stops us in order.
         self.proc = subprocess.Popen(self._command(), env=self._env(), stdout=self._log,
@@ -160,8 +162,8 @@ class MinioServer(_Server):
 
     def __init__(self, state_dir, host: str = "127.0.0.1", port: int = 9000, *,
                  access_key: str = MINIO_ROOT_USER, secret_key: str = MINIO_ROOT_PASSWORD,
-                 bin_dir=None):
-        super().__init__(state_dir, host, port, bin_dir)
+                 bin_dir=None, log_path=None):
+        super().__init__(state_dir, host, port, bin_dir, log_path)
         self.access_key = access_key
         self.secret_key = secret_key
         self.data_dir = self.state_dir / "minio-data"
@@ -209,8 +211,9 @@ class FerretDBServer(_Server):
 
     name = "ferretdb"
 
-    def __init__(self, state_dir, host: str = "127.0.0.1", port: int = 27017, *, bin_dir=None):
-        super().__init__(state_dir, host, port, bin_dir)
+    def __init__(self, state_dir, host: str = "127.0.0.1", port: int = 27017, *, bin_dir=None,
+                 log_path=None):
+        super().__init__(state_dir, host, port, bin_dir, log_path)
         self.data_dir = self.state_dir / "ferretdb-data"
 
     @property
