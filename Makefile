@@ -33,10 +33,10 @@ services:
 
 models: $(MODEL_FILES)
 
-$(STATE)/models/tiny-llama.gguf: scripts/make_tiny_model.py $(VENV_STAMP)
+$(STATE)/models/tiny-llama.gguf: scripts/make_tiny_model.py | $(VENV_STAMP)
 	$(PY) scripts/make_tiny_model.py --out $@
 
-$(STATE)/models/all-minilm-l6-v2-f16.gguf: scripts/convert_minilm.py $(VENV_STAMP)
+$(STATE)/models/all-minilm-l6-v2-f16.gguf: scripts/convert_minilm.py | $(VENV_STAMP)
 	$(PY) scripts/convert_minilm.py --out $@
 
 # Each function folder is its own build context (`func build` sees nothing outside it), so
