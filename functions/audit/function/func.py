@@ -14,6 +14,7 @@ import logging
 from typing import Mapping
 from urllib.parse import parse_qsl
 
+from .ingest import binary_id_problems
 from .service import AuditService, Response
 from .settings import AuditSettings
 
@@ -74,14 +75,19 @@ class AuditFunction:
             return Response.json(405, {"error": {"message": "Method not allowed on this route.",
                                                  "type": "invalid_request_error", "param": None,
                                                  "code": "method_not_allowed"}})
+        problems = binary_id_problems(_headers(scope))
+        if problems:
+            return self.service.invalid(problems)
         return self.service.post(path, scope["event"], _content_length(scope))
 
 
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in scope.get("headers", [])}
+
+
 def _content_length(scope) -> int | None:
-    for k, v in scope.get("headers", []):
-        if k.lower() == b"content-length":
-            try:
-                return int(v)
-            except ValueError:
-                return None
-    return None
+    try:
+        return int(_headers(scope)["content-length"])
+    except (KeyError, ValueError):
+        return None

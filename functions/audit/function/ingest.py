@@ -50,9 +50,28 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def binary_id_problems(headers: Mapping[str, str]) -> list[str]:
+    """The SDK invents a uuid4 when `id` is missing, which would defeat deduplication:
+    a binary-mode request (any `ce-*` header) must carry a non-empty `ce-id` itself."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if any(k.startswith("ce-") for k in lower) and not lower.get("ce-id", "").strip():
+        return ["ce-id is missing (CloudEvents `id` is required)"]
+    return []
+
+
 def decode_http(headers: Mapping[str, str], body: bytes):
     """Decode binary or structured mode (CloudEvents HTTP binding) or raise InvalidEvent."""
     lower = {k.lower(): v for k, v in headers.items()}
+    problems = binary_id_problems(lower)
+    if problems:
+        raise InvalidEvent(problems)
+    if not any(k.startswith("ce-") for k in lower):
+        try:
+            raw = json.loads(body)
+        except ValueError:
+            raw = None
+        if isinstance(raw, dict) and not raw.get("id"):
+            raise InvalidEvent(["id is missing (CloudEvents `id` is required)"])
     try:
         return from_http_event(HTTPMessage(headers=lower, body=body))
     except BaseCloudEventException as err:

@@ -1,0 +1,93 @@
+import datetime as dt
+
+import pytest
+
+from audit_function import kpis
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+
+
+def test_parse_time_rfc3339_and_epoch():
+    assert kpis.parse_time("since", "2026-01-02T03:04:05Z") == dt.datetime(2026, 1, 2, 3, 4, 5,
+                                                                            tzinfo=UTC)
+    assert kpis.parse_time("since", "2026-01-02T05:04:05+02:00").hour == 3
+    assert kpis.parse_time("since", "0") == dt.datetime(1970, 1, 1, tzinfo=UTC)
+    assert kpis.parse_time("since", "1.5").microsecond == 500000
+    with pytest.raises(kpis.QueryError, match="since"):
+        kpis.parse_time("since", "yesterday")
+
+
+def test_parse_query_defaults_to_last_24h_and_filters():
+    match, echo = kpis.parse_query({"model": "m", "function": "", "service": "s"}, NOW)
+    assert match["time"] == {"$gte": NOW - dt.timedelta(hours=24), "$lt": NOW}
+    assert match["model"] == "m" and match["service"] == "s" and "function" not in match
+    assert echo["until"] == "2026-01-02T12:00:00Z"
+    with pytest.raises(kpis.QueryError, match="before"):
+        kpis.parse_query({"since": "2026-01-03T00:00:00Z"}, NOW)
+
+
+@pytest.mark.parametrize("raw,seconds", [("30s", 30), ("1m", 60), ("5m", 300), ("1h", 3600),
+                                         ("1d", 86400)])
+def test_parse_bucket(raw, seconds):
+    assert kpis.parse_bucket(raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["", "0m", "1w", "m", "-1m", "1.5m"])
+def test_parse_bucket_rejects(raw):
+    with pytest.raises(kpis.QueryError, match="bucket"):
+        kpis.parse_bucket(raw)
+
+
+def test_percentile_nearest_rank():
+    values = list(range(1, 101))
+    assert kpis.percentile(values, 0.5) == 50
+    assert kpis.percentile(values, 0.95) == 95
+    assert kpis.percentile(values, 0.99) == 99
+    assert kpis.percentile([7.0], 0.99) == 7.0
+    assert kpis.percentile([], 0.5) is None
+
+
+def _row(i, **kw):
+    row = {"time": NOW - dt.timedelta(seconds=i), "function": "generate", "model": "m",
+           "error": 0, "duration_s": float(i), "ttft_s": 0.1, "tokens_per_s": 10.0,
+           "completion_tokens": 2, "prompt_tokens": 3, "cold_start": False}
+    row.update(kw)
+    return row
+
+
+def test_summarize_groups_and_total():
+    rows = [_row(i) for i in range(1, 11)]
+    rows += [_row(1, function="embed", error=1, ttft_s=None, tokens_per_s=None,
+                  cold_start=True, duration_s=4.0)]
+    out = kpis.summarize(iter(rows), limit=100)
+    assert out["truncated"] is False
+    embed, gen = out["groups"]
+    assert (embed["function"], gen["function"]) == ("embed", "generate")
+    assert gen["count"] == 10 and gen["errors"] == 0 and gen["latency_s"]["p50"] == 5.0
+    assert gen["latency_s"]["p99"] == 10.0 and gen["tokens_per_s_mean"] == 10.0
+    assert gen["completion_tokens"] == 20 and gen["prompt_tokens"] == 30
+    assert embed["error_rate"] == 1.0 and embed["ttft_s"] == {"p50": None, "p95": None}
+    assert embed["cold_starts"] == {"count": 1, "duration_p50_s": 4.0}
+    assert out["total"]["count"] == 11 and out["total"]["errors"] == 1
+
+
+def test_summarize_tolerates_odd_values_and_truncates():
+    rows = [_row(1, duration_s="x", completion_tokens=None), _row(2, duration_s=float("nan")),
+            _row(3)]
+    out = kpis.summarize(iter(rows), limit=2)
+    assert out["truncated"] is True
+    assert out["total"]["count"] == 2 and out["total"]["latency_s"]["p50"] is None
+
+
+def test_timeseries_zero_fills_aligned_buckets():
+    since, until = NOW - dt.timedelta(minutes=3), NOW
+    rows = [_row(30), _row(31, error=1), _row(150)]
+    out = kpis.timeseries(iter(rows), since, until, 60, limit=100)
+    starts = [b["start"] for b in out["series"]]
+    assert starts == ["2026-01-02T11:57:00Z", "2026-01-02T11:58:00Z", "2026-01-02T11:59:00Z"]
+    counts = [(b["count"], b["errors"]) for b in out["series"]]
+    assert counts == [(1, 0), (0, 0), (2, 1)]
+    assert out["series"][2]["latency_p50_s"] == 30.0
+    assert out["series"][2]["completion_tokens"] == 4
+    assert kpis.bucket_count(since, until, 60) == 3
