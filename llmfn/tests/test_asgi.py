@@ -11,6 +11,7 @@ import json
 import socket
 import sys
 import threading
+import types
 
 import flask
 import httpx
@@ -385,6 +386,38 @@ def test_shutdown_refuses_new_requests_with_503():
     assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down"
 
 
+def test_shutdown_stops_running_stream_and_answers_queued_request_503(sapp):
+    bridge = WSGIBridge(sapp.app, max_workers=1)
+
+    async def main():
+        conn = Conn()
+        task = asyncio.create_task(bridge(scope_for("/stream"), conn.receive, conn.send))
+        sapp.gates[0].set()
+        await conn.next()
+        assert (await conn.next())["body"] == b"chunk0\n"  # the only worker is busy
+        queued = Conn()
+        queued_task = asyncio.create_task(bridge(scope_for("/ping"), queued.receive, queued.send))
+        for _ in range(1000):  # body read (1st receive), queued, disconnect watcher (2nd)
+            if queued.receive_calls >= 2:
+                break
+            await asyncio.sleep(0)
+        assert queued.receive_calls >= 2
+        bridge.shutdown(wait=False)
+        assert sapp.environ[DISCONNECTED_KEY].is_set()
+        for g in sapp.gates:
+            g.set()
+        await asyncio.wait_for(queued_task, DEADLINE_S)
+        status, _, body = await collect(queued)
+        await asyncio.wait_for(task, DEADLINE_S)
+        return status, json.loads(body)
+    try:
+        status, body = run(main())
+        assert status == 503 and body["error"]["type"] == "service_unavailable"
+        assert sapp.closed.wait(DEADLINE_S) and not sapp.finished.is_set()
+    finally:
+        bridge.shutdown(wait=True)
+
+
 # --- through a real Hypercorn server --------------------------------------------------------
 
 @contextlib.contextmanager
@@ -430,7 +463,10 @@ def hypercorn_server(app):
 
 
 def test_through_hypercorn_stream_concurrency_and_disconnect(sapp, bridge):
-    with hypercorn_server(bridge) as url:
+    """Served the way func-python serves a function: its ASGIApplication calls ``handle``."""
+    from func_python.http import ASGIApplication
+
+    with hypercorn_server(ASGIApplication(types.SimpleNamespace(handle=bridge))) as url:
         with httpx.Client(timeout=DEADLINE_S) as client:
             sapp.gates[0].set()
             with client.stream("GET", url + "/stream") as resp:

@@ -81,7 +81,7 @@ class _Request:
             self._pending = fut
         try:
             fut.result()
-        except BaseException as exc:  # CancelledError (disconnect) or the server's send failed
+        except (concurrent.futures.CancelledError, Exception) as exc:  # disconnect, or send failed
             log.debug("send failed, treating the client as gone: %r", exc)
             self.disconnect()
             raise _Disconnected() from exc
@@ -254,10 +254,15 @@ class WSGIBridge:
         try:
             await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
+            if fut.cancelled() and not asyncio.current_task().cancelling():
+                await _send_error(send, _shutting_down())  # still queued at shutdown()
+                return
             req.disconnect()  # the server cancelled us: the worker stops within one chunk
             raise
         finally:
             watcher.cancel()
+            if fut.cancelled():
+                body.close()  # _run never ran
             with self._lock:
                 self._active.discard(req)
 
@@ -318,11 +323,14 @@ class WSGIBridge:
     @staticmethod
     async def _watch(receive: Callable, req: _Request) -> None:
         """After the body: wait for ``http.disconnect`` and tell the worker."""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                req.disconnect()
-                return
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+        except Exception as exc:  # the server cannot tell us any more: assume the worst
+            log.debug("receive failed, treating the client as gone: %r", exc)
+        req.disconnect()
 
     def _run(self, environ: dict, req: _Request) -> None:
         """Worker thread: call the app, send its chunks, close the iterable (PEP 3333)."""
