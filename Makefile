@@ -51,8 +51,13 @@ vendor:
 run: venv services models vendor
 	$(PY) scripts/run.py
 
+# Each function's own tests run in their own pytest process: every function folder has a
+# top-level package named `function`, as func requires, so they cannot share one interpreter.
 test: venv services models vendor
-	$(VENV)/bin/pytest -q llmfn/tests tests functions
+	$(VENV)/bin/pytest -q llmfn/tests tests
+	for fn in $(FUNCTIONS); do \
+	  if [ -d "$$fn/tests" ]; then (cd "$$fn" && $(CURDIR)/$(VENV)/bin/pytest -q -p no:cacheprovider tests); fi; \
+	done
 
 # Runtime state (cache, logs, data, models) and vendored copies; keeps the venv and binaries.
 clean:

@@ -5,10 +5,9 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
-from collections import deque
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,68 +17,19 @@ from llmfn.events import (INFERENCE_COMPLETED, TYPE_PREFIX, EventEmitter, Infere
                           event_source, validate_inference_data)
 from llmfn.settings import EventSettings, SettingsError, build
 
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from tests.support.eventsink import WAIT_S, Receiver, running_receiver  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
 GOLDEN = FIXTURES / "cloudevent_inference_completed_v1.json"
-WAIT_S = 20.0  # generous upper bound for threading.Event waits; never a timing assertion
 REQUEST_ID = "0f4c6a0e6b1d4a5e9c2f3b7a8d9e0f11"
-
-
-class Receiver:
-    """A CloudEvents sink that records requests and answers from a script.
-
-    ``script`` holds one action per request: an HTTP status, or "hang" (wait for
-    ``release`` before answering 202). When empty, it answers ``default``.
-    """
-
-    def __init__(self):
-        self.script: deque = deque()
-        self.default = 202
-        self.release = threading.Event()
-        self.requests: list[dict] = []
-        self.cond = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver.cond:
-                    action = receiver.script.popleft() if receiver.script else receiver.default
-                    record = {"headers": {k.lower(): v for k, v in self.headers.items()},
-                              "body": body, "status": None}
-                    receiver.requests.append(record)
-                    receiver.cond.notify_all()
-                if action == "hang":
-                    receiver.release.wait(WAIT_S)
-                    action = 202
-                record["status"] = action
-                try:
-                    self.send_response(action)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                except OSError:  # the client gave up (timeout)
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-
-    def wait_requests(self, n: int) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: len(self.requests) >= n, WAIT_S)
 
 
 @pytest.fixture
 def receiver():
-    rec = Receiver()
-    thread = threading.Thread(target=rec.server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield rec
-    rec.release.set()
-    rec.server.shutdown()
-    rec.server.server_close()
-    thread.join(WAIT_S)
+    with running_receiver() as rec:
+        yield rec
 
 
 @pytest.fixture

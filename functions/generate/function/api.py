@@ -276,7 +276,10 @@ class _Call:
         self.created = int(time.time())
 
     def chunk(self, delta, finish: str | None) -> bytes:
+        """One SSE chunk; ``delta`` is new text (or, for chat, a ready delta object)."""
         if self.chat:
+            if isinstance(delta, str):
+                delta = {"content": delta}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             body = {"id": f"chatcmpl-{self.rid}", "object": "chat.completion.chunk"}
         else:

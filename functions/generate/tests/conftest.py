@@ -1,0 +1,56 @@
+"""Fixtures: the generate app built from test settings on the real tiny GGUF model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+FUNCTION_DIR = HERE.parent
+ROOT = FUNCTION_DIR.parents[1]
+sys.path.insert(0, str(FUNCTION_DIR))
+
+from function.func import create_runtime  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The synthetic tiny LLaMA GGUF (made by scripts/make_tiny_model.py if missing)."""
+    path = ROOT / ".state" / "models" / "tiny-llama.gguf"
+    if not path.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), "--out",
+                        str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+def make_runtime(tiny_model, tmp_path):
+    """Build (and stop at teardown) a started Runtime; keyword args are settings keys."""
+    made = []
+
+    def make(wait: bool = True, **env):
+        cfg = {"MODEL_URI": f"file://{tiny_model}", "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+               "N_CTX": "256", "N_THREADS": "1", "SHUTDOWN_GRACE_S": "5", "EVENTS_FLUSH_S": "2"}
+        cfg.update({k: str(v) for k, v in env.items()})
+        rt = create_runtime(cfg)
+        made.append(rt)
+        rt.start()
+        if wait:
+            assert rt.host.wait(60), rt.ready()
+        return rt
+
+    yield make
+    for rt in made:
+        rt.stop()
+
+
+@pytest.fixture
+def runtime(make_runtime):
+    return make_runtime()
+
+
+@pytest.fixture
+def client(runtime):
+    return runtime.app.test_client()

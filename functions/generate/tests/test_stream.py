@@ -1,0 +1,194 @@
+"""SSE streaming: OpenAI chunk format (golden file), usage chunk, heartbeat, events, disconnect."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from tests.support.eventsink import running_receiver  # noqa: E402
+
+from llmfn.asgi import WSGIBridge  # noqa: E402
+from llmfn.events import INFERENCE_COMPLETED, validate_inference_data  # noqa: E402
+
+GOLDEN = ROOT / "tests" / "fixtures" / "sse_stream_golden.txt"
+WAIT_S = 30.0
+
+
+def normalize(sse: str) -> str:
+    """Replace the per-request id and timestamp so a stream can be compared to the golden."""
+    sse = re.sub(r'"id": "(chatcmpl|cmpl)-[0-9a-f]{32}"', r'"id": "\1-ID"', sse)
+    return re.sub(r'"created": \d+', '"created": 0', sse)
+
+
+def sse_events(text: str) -> list[str]:
+    assert text.endswith("\n\n")
+    return [block for block in text.split("\n\n") if block]
+
+
+def test_stream_matches_golden(client):
+    chat = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True}})
+    plain = client.post("/v1/completions", json={
+        "prompt": "x", "max_tokens": 3, "temperature": 0, "stream": True})
+    assert chat.headers["Content-Type"].startswith("text/event-stream")
+    assert chat.headers["Cache-Control"] == "no-cache"
+    got = ("# chat, include_usage\n" + normalize(chat.get_data(as_text=True)) +
+           "# completion\n" + normalize(plain.get_data(as_text=True)))
+    if os.environ.get("LLMFN_UPDATE_GOLDEN"):
+        GOLDEN.write_text(got)
+    assert got == GOLDEN.read_text()
+
+
+def test_stream_chunk_structure(client):
+    r = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True,
+        "stream_options": {"include_usage": True}})
+    blocks = sse_events(r.get_data(as_text=True))
+    assert blocks[-1] == "data: [DONE]"
+    chunks = [json.loads(b[len("data: "):]) for b in blocks[:-1]]
+    assert all(b.startswith("data: ") for b in blocks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-2]["choices"][0]["delta"] == {}
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 4
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert len({c["id"] for c in chunks}) == 1
+    content = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
+    assert len(content) == 4  # one chunk per token for this byte-level model
+
+
+def test_heartbeat_comment_while_waiting(make_runtime):
+    rt = make_runtime(SSE_HEARTBEAT_S=0.05)
+    release = threading.Event()
+    blocker = rt.service.submit(lambda job: release.wait(WAIT_S))
+    assert blocker.started.wait(WAIT_S)
+    r = rt.app.test_client().post("/v1/completions", json={"prompt": "x", "max_tokens": 2,
+                                                           "stream": True}, buffered=False)
+    it = iter(r.response)
+    first = next(it)
+    assert first == b": keep-alive\n\n"
+    release.set()
+    rest = b"".join(it)
+    assert rest.endswith(b"data: [DONE]\n\n")
+    r.close()
+
+
+def test_events_for_success_and_error(make_runtime):
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url, K_SERVICE="generate", K_REVISION="generate-00001")
+        c = rt.app.test_client()
+        c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3,
+                                        "stream": True}).get_data()
+        c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        c.post("/v1/completions", json={"prompt": "x", "max_tokens": "2"})
+        assert rt.events.flush(WAIT_S)
+        assert sink.wait_requests(3)
+        events = sink.events()
+    for e in events:
+        assert e["headers"]["ce-type"] == INFERENCE_COMPLETED
+        assert validate_inference_data(e["data"]) == []
+        assert e["headers"]["ce-id"] == e["data"]["request_id"]
+        assert "prompt" not in e["data"] and "output" not in e["data"]
+    stream, plain, bad = (e["data"] for e in events)
+    assert stream["stream"] is True and stream["completion_tokens"] == 3
+    assert stream["cold_start"] is True and plain["cold_start"] is False
+    assert stream["ttft_s"] is not None and stream["tokens_per_s"] > 0
+    assert stream["service"] == "generate" and stream["revision"] == "generate-00001"
+    assert plain["status"] == 200 and plain["finish_reason"] == "length"
+    assert len(plain["model_sha256"]) == 64
+    assert bad["status"] == 400 and bad["error_code"] is None and bad["completion_tokens"] == 0
+
+
+def test_text_in_events_only_when_opted_in(make_runtime):
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url, EVENTS_INCLUDE_TEXT="true")
+        r = rt.app.test_client().post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert rt.events.flush(WAIT_S) and sink.wait_requests(1)
+        data = sink.events()[0]["data"]
+    assert data["output"] == r.get_json()["choices"][0]["text"]
+
+
+def _asgi_stream_then_disconnect(bridge, body: bytes, chunks_before_disconnect: int):
+    """Drive the bridge like a server: send the request, disconnect after N body chunks."""
+    got: list[bytes] = []
+
+    async def main():
+        disconnect = asyncio.Event()
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(msg):
+            if msg["type"] == "http.response.body" and msg.get("body"):
+                got.append(msg["body"])
+                if len([g for g in got if g.startswith(b"data: {")]) >= chunks_before_disconnect:
+                    disconnect.set()
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/completions",
+                 "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080)}
+        await asyncio.wait_for(bridge(scope, receive, send), WAIT_S)
+
+    asyncio.run(main())
+    return got
+
+
+def test_disconnect_stops_generation_within_one_token(make_runtime):
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url)
+        bridge = WSGIBridge(rt.app, max_workers=4)
+        body = json.dumps({"prompt": "x", "max_tokens": 240, "stream": True}).encode()
+        got = _asgi_stream_then_disconnect(bridge, body, chunks_before_disconnect=2)
+        assert rt.events.flush(WAIT_S) and sink.wait_requests(1)
+        data = sink.events()[0]["data"]
+        bridge.shutdown(wait=True)
+    assert not any(g.startswith(b"data: [DONE]") for g in got)
+    assert data["finish_reason"] == "cancelled"
+    assert data["status"] == 499 and data["error_code"] == "client_disconnected"
+    # the tiny model samples thousands of tokens/s, so how many it made before the event
+    # crossed threads varies; that it stops within one token of noticing is tested below.
+    assert 2 <= data["completion_tokens"] < 240
+    # the model is free again: the next request runs at once
+    c = rt.app.test_client()
+    assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+
+
+def test_generation_stops_within_one_token_of_cancel(runtime):
+    """The token loop checks the cancel flag after every token: exactly N tokens, then stop."""
+    from function.engine import Params
+
+    engine = runtime.host.model
+    cancel = threading.Event()
+    pieces: list[str] = []
+
+    def on_text(text):
+        pieces.append(text)
+        if len(pieces) == 5:
+            cancel.set()
+
+    tokens = engine.tokenize_prompt("x")
+    job = runtime.service.submit(
+        lambda job: engine.generate(tokens, Params(max_tokens=200), cancel, on_text))
+    outcome = job.wait(WAIT_S)
+    assert outcome.finish_reason == "cancelled"
+    assert outcome.completion_tokens == 5
