@@ -32,6 +32,8 @@ def parse_time(name: str, raw: str) -> dt.datetime:
         return dt.datetime.fromtimestamp(float(raw), UTC)
     except (ValueError, OverflowError, OSError):
         pass
+    if "T" in raw.upper() and " " in raw:
+        raw = raw.replace(" ", "+")  # an unencoded `+` in a query string arrives as a space
     try:
         value = dt.datetime.fromisoformat(raw)
     except ValueError:

@@ -12,6 +12,7 @@ def test_parse_time_rfc3339_and_epoch():
     assert kpis.parse_time("since", "2026-01-02T03:04:05Z") == dt.datetime(2026, 1, 2, 3, 4, 5,
                                                                             tzinfo=UTC)
     assert kpis.parse_time("since", "2026-01-02T05:04:05+02:00").hour == 3
+    assert kpis.parse_time("since", "2026-01-02T05:04:05 02:00").hour == 3  # `+` unencoded
     assert kpis.parse_time("since", "0") == dt.datetime(1970, 1, 1, tzinfo=UTC)
     assert kpis.parse_time("since", "1.5").microsecond == 500000
     with pytest.raises(kpis.QueryError, match="since"):
