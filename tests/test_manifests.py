@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -662,6 +663,21 @@ def test_kustomization_renders(kdir):
     objs, errors = render(ROOT / kdir)
     assert errors == []
     assert objs
+
+
+@pytest.mark.parametrize("kdir", ["deploy", "eventing"])
+def test_renderer_agrees_with_kubectl_kustomize(kdir):
+    """Our small renderer gives exactly what `kubectl kustomize` gives, where kubectl exists."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed; the renderer alone is used")
+    proc = subprocess.run([kubectl, "kustomize", str(ROOT / kdir)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    theirs = [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
+    ours, _ = render(ROOT / kdir)
+    canon = lambda objs: sorted(json.dumps(o, sort_keys=True) for o in objs)  # noqa: E731
+    assert canon(ours) == canon(theirs)
 
 
 def test_rendered_objects_match_crd_schemas(crds, deploy_objs, eventing_objs):
