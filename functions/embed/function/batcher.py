@@ -1,0 +1,187 @@
+"""Dynamic batching: concurrent requests share model calls; one thread owns the model.
+
+Requests queue their token sequences. The batcher thread waits until the oldest waiting request
+is ``window_s`` old (or ``max_batch_size`` inputs wait), then takes up to ``max_batch_size``
+inputs in arrival order, from several requests, into one model call, and hands each request its
+rows back. A request with more inputs than ``max_batch_size`` spans several calls. With
+``window_s == 0`` nothing is merged: each call serves one request (the comparison baseline).
+
+Admission is bounded like llmfn's ModelWorker: ``queue_size`` requests may wait beyond the
+running call; more get 429. llama-cpp-python is not thread-safe, so only this thread calls
+``run``.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+
+from llmfn.errors import NotReady, QueueFull
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Pending:
+    """One request's sequences and, once done, its vectors (or the error that ended it)."""
+
+    def __init__(self, seqs: list[list[int]]):
+        self.seqs = seqs
+        self.vectors: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.arrived = time.monotonic()
+        self.next = 0      # first input not yet taken into a model call
+        self.filled = 0    # inputs whose vectors arrived
+
+    def wait(self, timeout_s: float | None = None) -> np.ndarray:
+        """Block until every input is embedded; re-raise the error that ended the request."""
+        if not self.done.wait(timeout_s):
+            raise TimeoutError("embedding did not finish in time")
+        if self.error is not None:
+            raise self.error
+        return self.vectors
+
+    def _fail(self, err: BaseException) -> None:
+        if not self.done.is_set():
+            self.error = err
+            self.done.set()
+
+
+class Batcher:
+    """Merges waiting requests into model calls of up to ``max_batch_size`` inputs."""
+
+    def __init__(self, run: Callable[[list[list[int]]], np.ndarray], *, window_s: float,
+                 max_batch_size: int, queue_size: int, retry_after_s: int = 2, metrics=None,
+                 registry: CollectorRegistry | None = None, name: str = "embed-batcher"):
+        self.run = run
+        self.window_s = window_s
+        self.max_batch_size = max_batch_size
+        self.queue_size = queue_size
+        self.retry_after_s = retry_after_s
+        self.metrics = metrics
+        registry = registry if registry is not None else CollectorRegistry()
+        self._batch_inputs = Histogram("llmfn_embed_batch_inputs", "inputs per model call",
+                                       buckets=BATCH_BUCKETS, registry=registry)
+        self._batch_requests = Histogram("llmfn_embed_batch_requests",
+                                         "requests sharing one model call",
+                                         buckets=BATCH_BUCKETS, registry=registry)
+        self._pending: collections.deque[Pending] = collections.deque()
+        self._running: list[Pending] = []
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, seqs: list[list[int]]) -> Pending:
+        """Queue a request's sequences; QueueFull when ``queue_size`` requests already wait."""
+        item = Pending(seqs)
+        with self._cond:
+            if not self._accepting:
+                raise NotReady("The function is shutting down.", retry_after_s=self.retry_after_s)
+            busy = bool(self._running) or bool(self._pending)
+            if busy and len(self._pending) >= self.queue_size:
+                raise QueueFull(f"Too many requests: {len(self._pending)} already waiting for the "
+                                "model. Retry later.", retry_after_s=self.retry_after_s)
+            self._pending.append(item)
+            self._gauge()
+            self._cond.notify_all()
+        return item
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._pending))
+            self.metrics.in_flight.set(len(self._running))
+
+    def _waiting_inputs(self) -> int:
+        return sum(len(p.seqs) - p.next for p in self._pending)
+
+    def _take(self) -> list[tuple[Pending, int, int]]:
+        """Slices (request, start, end) for the next call, oldest first (lock held)."""
+        parts, n = [], 0
+        while self._pending and n < self.max_batch_size:
+            item = self._pending[0]
+            end = min(len(item.seqs), item.next + self.max_batch_size - n)
+            parts.append((item, item.next, end))
+            n += end - item.next
+            item.next = end
+            if end == len(item.seqs):
+                self._pending.popleft()
+            if self.window_s == 0:
+                break  # no merging across requests
+        return parts
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                if self.window_s > 0:
+                    deadline = self._pending[0].arrived + self.window_s
+                    while (self._pending and not self._closed
+                           and self._waiting_inputs() < self.max_batch_size):
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    if not self._pending:
+                        continue
+                parts = self._take()
+                self._running = list(dict.fromkeys(p for p, _, _ in parts))
+                self._gauge()
+            try:
+                self._call(parts)
+            finally:
+                with self._cond:
+                    self._running = []
+                    self._gauge()
+                    self._cond.notify_all()
+
+    def _call(self, parts: list[tuple[Pending, int, int]]) -> None:
+        seqs = [s for item, a, b in parts for s in item.seqs[a:b]]
+        try:
+            vectors = self.run(seqs)
+        except BaseException as err:  # delivered to every request of this call
+            log.exception("model call of %d inputs failed", len(seqs))
+            with self._cond:
+                for item, _, _ in parts:
+                    item._fail(err)
+                    if item in self._pending:
+                        self._pending.remove(item)
+            return
+        self._batch_inputs.observe(len(seqs))
+        self._batch_requests.observe(len({id(p) for p, _, _ in parts}))
+        row = 0
+        for item, a, b in parts:
+            if item.vectors is None:
+                item.vectors = np.empty((len(item.seqs), vectors.shape[1]), dtype=vectors.dtype)
+            item.vectors[a:b] = vectors[row:row + b - a]
+            row += b - a
+            item.filled += b - a
+            if item.filled == len(item.seqs):
+                item.done.set()
+
+    def drain(self, grace_s: float) -> bool:
+        """Stop accepting; finish waiting and running calls within ``grace_s``; fail the rest."""
+        with self._cond:
+            self._accepting = False
+            idle = self._cond.wait_for(lambda: not self._pending and not self._running,
+                                       timeout=grace_s)
+            if not idle:
+                log.warning("shutdown grace of %.1fs over: failing %d waiting request(s)",
+                            grace_s, len(self._pending))
+                for item in self._pending:
+                    item._fail(NotReady("The function is shutting down.", retry_after_s=1))
+                self._pending.clear()
+            self._closed = True
+            self._cond.notify_all()
+        return idle

@@ -1,0 +1,31 @@
+"""The embed Knative Function: OpenAI-compatible /v1/embeddings on llama.cpp (CPU), batched."""
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+from llmfn.function import LLMFunction
+from llmfn.runtime import Runtime
+from llmfn.settings import Settings
+
+from . import api
+from .engine import load_embedder
+from .settings import DEFAULTS, FUNCTION, EmbedSettings
+
+
+def create_runtime(cfg: Mapping[str, str]) -> Runtime:
+    """Build the process's Runtime from a config mapping (func's ``cfg`` or the environment)."""
+    settings = Settings.from_mapping(cfg, **DEFAULTS)
+    embed = EmbedSettings.from_mapping(cfg)
+    return Runtime(FUNCTION, settings,
+                   loader=functools.partial(load_embedder, flash_attn=embed.flash_attn),
+                   register=functools.partial(api.register, embed=embed))
+
+
+def new() -> LLMFunction:
+    """Called by func-python once per process to create the function instance.
+
+    The instance's ``start(cfg)`` (called before the server listens) begins the weight pull and
+    model load in the background; ``ready()`` turns True once the model is loaded.
+    """
+    return LLMFunction(create_runtime)
