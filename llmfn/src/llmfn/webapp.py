@@ -120,3 +120,11 @@ def param(body: dict, name: str, kinds: tuple[type, ...], default: Any = _MISSIN
 def _json_name(kind: type) -> str:
     return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
             list: "an array", dict: "an object", type(None): "null"}.get(kind, kind.__name__)
+
+
+def check_model(body: dict, model_id: str) -> None:
+    """`model` may be omitted; if given it must name the served model (404 otherwise)."""
+    model = param(body, "model", (str,), None)
+    if model is not None and model != model_id:
+        raise errors.ModelNotFound(f"The model '{model}' does not exist or you do not have "
+                                   "access to it.", param="model")
