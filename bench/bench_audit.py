@@ -1,0 +1,187 @@
+"""Audit benchmark: ingest throughput and KPI query latency on FerretDB (SQLite), bounded.
+
+1. Starts its own FerretDB and the audit function under gunicorn (as `make run` does).
+2. Bulk-inserts ``--kpi-docs`` inference documents (insert_many) spread over the last 24 h.
+3. Ingest: ``--events`` binary CloudEvents POSTed by ``--concurrency`` threads -> events/s.
+4. KPI latency: ``--kpi-queries`` GET /kpis (default 24 h window, all documents) and
+   GET /kpis/timeseries?bucket=5m -> p50/p95/max.
+Every phase stops at ``--deadline-s``. Results: stdout and .state/bench/audit.json.
+Targets (docs/audit.md): >= 500 events/s, /kpis p95 <= 100 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as dt
+import json
+import math
+import random
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pymongo
+import requests
+from cloudevents.core.bindings.http import to_binary_event
+from cloudevents.core.v1.event import CloudEvent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from common import GUNICORN, GUNICORN_CONF, HOST, REPO_ROOT, STATE, Server, free_port, log  # noqa: E402
+import services  # noqa: E402
+
+AUDIT_DIR = REPO_ROOT / "functions" / "audit"
+TYPE = "dev.llmfn.inference.completed.v1"
+UTC = dt.timezone.utc
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    values = sorted(values)
+    return values[max(0, math.ceil(p * len(values)) - 1)] if values else None
+
+
+def record(i: int, t: dt.datetime, rng: random.Random) -> dict:
+    fn = "generate" if i % 3 else "embed"
+    status = 500 if rng.random() < 0.02 else 200
+    return {"request_id": uuid.uuid4().hex, "function": fn,
+            "model": rng.choice(["smollm2-135m", "tiny-llama"]) if fn == "generate"
+            else "all-minilm-l6-v2", "model_sha256": "ab" * 32, "service": fn,
+            "revision": f"{fn}-00001", "endpoint": "/v1/chat/completions", "status": status,
+            "error_code": "internal_error" if status >= 500 else None,
+            "prompt_tokens": rng.randint(5, 200), "completion_tokens": rng.randint(0, 256),
+            "input_count": 1, "ttft_s": rng.uniform(0.01, 0.5), "duration_s": rng.uniform(0.05, 5),
+            "tokens_per_s": rng.uniform(20, 80), "finish_reason": "stop",
+            "cold_start": rng.random() < 0.01, "stream": True, "time": t.isoformat()}
+
+
+def bulk_insert(uri: str, db: str, n: int, deadline: float) -> dict:
+    """``n`` stored-form documents over the last 24 h with insert_many (chunks of 5000)."""
+    rng = random.Random(1)
+    now = dt.datetime.now(UTC)
+    col = pymongo.MongoClient(uri, tz_aware=True)[db]["inference_events"]
+    t0, done = time.perf_counter(), 0
+    while done < n and time.monotonic() < deadline:
+        chunk = []
+        for i in range(done, min(n, done + 5000)):
+            t = now - dt.timedelta(seconds=rng.uniform(60, 86000))
+            d = record(i, t, rng)
+            chunk.append({**d, "_id": f"/bench/bulk\x1f{i}", "time": t, "error": int(d["status"] >= 400),
+                          "received_at": now, "ce": {"type": TYPE, "source": "/bench/bulk",
+                                                     "id": str(i), "specversion": "1.0"}})
+        col.insert_many(chunk, ordered=False)
+        done += len(chunk)
+    return {"docs": done, "seconds": time.perf_counter() - t0}
+
+
+def ingest(base: str, n: int, concurrency: int, deadline: float) -> dict:
+    rng = random.Random(2)
+    now = dt.datetime.now(UTC)
+    messages = []
+    for i in range(n):
+        ev = CloudEvent({"type": TYPE, "source": "/bench/ingest", "id": f"ev-{i}",
+                         "datacontenttype": "application/json"}, record(i, now, rng))
+        msg = to_binary_event(ev)
+        messages.append((dict(msg.headers), msg.body))
+    local = threading.local()
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def send(item):
+        if time.monotonic() > deadline:
+            return None
+        s = getattr(local, "s", None) or requests.Session()
+        local.s = s
+        t0 = time.perf_counter()
+        r = s.post(base + "/", headers=item[0], data=item[1], timeout=60)
+        with lock:
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        return time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        lat = [x for x in pool.map(send, messages) if x is not None]
+    wall = time.perf_counter() - t0
+    return {"events": len(lat), "seconds": wall, "events_per_s": len(lat) / wall if wall else None,
+            "concurrency": concurrency, "statuses": statuses,
+            "latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95)}
+
+
+def query(base: str, path: str, n: int, deadline: float) -> dict:
+    lat, counts = [], set()
+    with requests.Session() as s:
+        for _ in range(n):
+            if time.monotonic() > deadline:
+                break
+            t0 = time.perf_counter()
+            r = s.get(base + path, timeout=300)
+            lat.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            body = r.json()
+            counts.add(body["total"]["count"] if "total" in body
+                       else sum(b["count"] for b in body["series"]))
+    return {"path": path, "queries": len(lat), "p50_s": percentile(lat, 0.5),
+            "p95_s": percentile(lat, 0.95), "max_s": max(lat) if lat else None,
+            "events_counted": sorted(counts)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=3000, help="events sent in the ingest phase")
+    ap.add_argument("--concurrency", type=int, default=16, help="sender threads")
+    ap.add_argument("--threads", type=int, default=16, help="gunicorn gthread threads")
+    ap.add_argument("--kpi-docs", type=int, default=100_000, help="documents bulk-inserted")
+    ap.add_argument("--kpi-queries", type=int, default=5, help="GET /kpis repetitions")
+    ap.add_argument("--deadline-s", type=float, default=600.0, help="bound of each phase, s")
+    ap.add_argument("--out", default=str(STATE / "bench" / "audit.json"))
+    args = ap.parse_args()
+
+    services.ensure_binaries()
+    state = STATE / "bench" / f"audit-{uuid.uuid4().hex[:8]}"
+    fdb = services.FerretDBServer(state, port=free_port())
+    fdb.start().wait_ready(deadline_s=60)
+    db = "bench_audit"
+    port = free_port()
+    env = {"MONGODB_URI": fdb.uri, "MONGODB_DATABASE": db, "GUNICORN_THREADS": str(args.threads),
+           "LOG_LEVEL": "warning", "KPI_MAX_EVENTS": str(args.kpi_docs + args.events + 1)}
+    audit = Server("gunicorn-audit", [str(GUNICORN), "-c", str(GUNICORN_CONF), "--chdir",
+                                      str(AUDIT_DIR), "function.wsgi:app", "--bind",
+                                      f"{HOST}:{port}", "--access-logfile", "/dev/null"],
+                   port, "/health/readiness", env=env, cwd=str(REPO_ROOT))
+    results: dict = {"when": dt.datetime.now(UTC).isoformat(), "args": vars(args)}
+    try:
+        audit.start()
+        audit.wait_ready(deadline_s=120)
+        base = f"http://{HOST}:{port}"
+        log(f"bulk insert {args.kpi_docs} docs")
+        results["bulk_insert"] = bulk_insert(fdb.uri, db, args.kpi_docs,
+                                             time.monotonic() + args.deadline_s)
+        log(f"ingest {args.events} events, {args.concurrency} senders")
+        results["ingest"] = ingest(base, args.events, args.concurrency,
+                                   time.monotonic() + args.deadline_s)
+        stored = pymongo.MongoClient(fdb.uri)[db]["inference_events"].count_documents(
+            {"ce.source": "/bench/ingest"})
+        results["ingest"]["stored"] = stored
+        log("KPI queries")
+        end = time.monotonic() + args.deadline_s
+        results["kpis"] = query(base, "/kpis", args.kpi_queries, end)
+        results["kpis_last_minute"] = query(
+            base, "/kpis?since=" + str(time.time() - 60), args.kpi_queries, end)
+        results["timeseries"] = query(base, "/kpis/timeseries?bucket=5m", 3, end)
+    finally:
+        audit.stop()
+        fdb.stop()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    ing, k = results["ingest"], results["kpis"]
+    print(f"\ningest: {ing['events_per_s']:.0f} events/s ({ing['events']} events, "
+          f"{ing['concurrency']} senders; target >= 500)")
+    print(f"/kpis over {results['bulk_insert']['docs'] + ing['stored']} docs: "
+          f"p50 {k['p50_s'] * 1000:.0f} ms, p95 {k['p95_s'] * 1000:.0f} ms (target <= 100 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
