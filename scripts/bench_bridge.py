@@ -134,7 +134,7 @@ def measure_ping(url: str) -> float:
 
 
 def measure_ping_during_stream(url: str, run: str, probes: dict[str, Probe]) -> dict:
-    """Start a /stream, wait for its first chunk, then time /ping; was the generator still running?"""
+    """Start a /stream, wait for its first chunk, time /ping; did the generator still run?"""
     first_chunk = threading.Event()
     done = threading.Event()
 

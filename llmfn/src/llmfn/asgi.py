@@ -215,7 +215,7 @@ class WSGIBridge:
     """ASGI 3 app serving a WSGI app on a bounded thread pool, streaming, disconnect-aware."""
 
     def __init__(self, app: Callable, *, max_workers: int = 16, max_body_bytes: int | None = None):
-        """``max_workers``: requests running at once; ``max_body_bytes``: 413 beyond (None: no limit)."""
+        """``max_workers``: requests run at once; ``max_body_bytes``: 413 beyond (None: no cap)."""
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
         if max_body_bytes is not None and max_body_bytes < 0:
