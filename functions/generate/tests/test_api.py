@@ -228,3 +228,22 @@ def test_errors_never_leak_exception_text(client, runtime, monkeypatch):
     assert r.status_code == 500
     assert "secret" not in json.dumps(r.get_json())
     assert error_of(r)["type"] == "server_error"
+
+
+def test_auth_when_keys_are_set(make_runtime, tmp_path):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("from-secret\n")
+    c = make_runtime(API_KEYS="k1", API_KEYS_FILE=str(keyfile)).app.test_client()
+    req = {"prompt": "x", "max_tokens": 1}
+    r = c.post(COMPLETIONS, json=req)
+    assert r.status_code == 401
+    assert error_of(r)["type"] == "authentication_error"
+    assert c.post(COMPLETIONS, json=req, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert c.get("/v1/models").status_code == 401
+    for key in ("k1", "from-secret"):
+        r = c.post(COMPLETIONS, json=req, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+    # probes and the Prometheus scrape stay open
+    assert c.get("/health/readiness").status_code == 200
+    assert c.get("/health/liveness").status_code == 200
+    assert c.get("/metrics").status_code == 200
