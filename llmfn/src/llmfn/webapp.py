@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import errors
 from .auth import BearerAuth
-from .errors import InvalidRequest, UnsupportedMediaType
+from .errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from .host import ModelHost
 from .metrics import Metrics
 from .settings import Settings
@@ -80,7 +81,10 @@ def json_body() -> dict[str, Any]:
     ctype = request.mimetype or ""
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaType("Content-Type must be application/json.")
-    body = request.get_json(silent=True, force=True)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RequestEntityTooLarge:  # as an APIError, so the caller's error accounting sees it
+        raise RequestTooLarge("Request body is too large.") from None
     if body is None:
         raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API "
                              "expects a JSON payload.")
