@@ -184,3 +184,14 @@ def test_events_per_request_for_success_and_errors(make_runtime):
     error = next(e["data"] for e in by_id.values() if e["data"]["status"] == 400)
     assert error["error_code"] == "context_length_exceeded" and error["cold_start"] is False
     assert error["input_count"] == 1
+
+
+def test_request_too_large_has_an_event(make_runtime):
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url, MAX_REQUEST_BYTES="1000")
+        r = rt.app.test_client().post("/v1/embeddings", data=json.dumps({"input": "a " * 600}),
+                                      content_type="application/json")
+        assert r.status_code == 413
+        assert sink.wait_requests(1)
+        data = sink.events()[0]["data"]
+    assert data["status"] == 413 and data["error_code"] == "request_too_large"
