@@ -183,13 +183,14 @@ class AuditService:
         since, until = match["time"]["$gte"], match["time"]["$lt"]
         limit = self.settings.kpi_max_events
         if path == "/kpis":
-            rows = self.store.scan(match, kpis.FIELDS, limit + 1)
-            return Response.json(200, {**echo, **kpis.summarize(rows, limit)})
+            out = self.store.scan(match, kpis.FIELDS, limit + 1,
+                                  lambda rows: kpis.summarize(rows, limit))
+            return Response.json(200, {**echo, **out})
         bucket_s = kpis.parse_bucket(args.get("bucket") or "1m")
         n = kpis.bucket_count(since, until, bucket_s)
         if n > self.settings.kpi_max_buckets:
             raise kpis.QueryError(f"{n} buckets exceed KPI_MAX_BUCKETS="
                                   f"{self.settings.kpi_max_buckets}; use a larger bucket")
-        rows = self.store.scan(match, kpis.FIELDS, limit + 1)
-        return Response.json(200, {**echo, **kpis.timeseries(rows, since, until, bucket_s,
-                                                             limit)})
+        out = self.store.scan(match, kpis.FIELDS, limit + 1,
+                              lambda rows: kpis.timeseries(rows, since, until, bucket_s, limit))
+        return Response.json(200, {**echo, **out})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import pymongo
 from bson.errors import InvalidDocument
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 KEY_SEP = "\x1f"  # ASCII unit separator: cannot appear in a URI-reference source
 NOT_IMPLEMENTED = 238  # MongoDB/FerretDB error code "NotImplemented"
+T = TypeVar("T")
 
 
 def event_key(source: str, event_id: str) -> str:
@@ -53,9 +54,11 @@ class AuditStore:
         with self._lock:
             if self._client is None:
                 t = self.settings.timeout_ms
+                # No socketTimeoutMS: each operation runs under pymongo.timeout() instead, short
+                # for writes, long for KPI scans (FerretDB v1 reads every document).
                 self._client = self._client_factory(
                     self.settings.mongodb_uri, serverSelectionTimeoutMS=t, connectTimeoutMS=t,
-                    socketTimeoutMS=max(t, 5000), tz_aware=True, appname="llmfn-audit")
+                    tz_aware=True, appname="llmfn-audit")
             return self._client
 
     @property
@@ -75,7 +78,8 @@ class AuditStore:
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the server answers."""
         try:
-            self.client().admin.command("ping")
+            with pymongo.timeout(self.settings.op_timeout_s):
+                self.client().admin.command("ping")
         except perr.PyMongoError as err:
             raise StoreUnavailable(type(err).__name__) from err
 
@@ -110,7 +114,8 @@ class AuditStore:
     def insert(self, collection, doc: dict) -> bool:
         """Insert ``doc``; True if new, False if its ``_id`` exists (a redelivery)."""
         try:
-            collection.insert_one(doc)
+            with pymongo.timeout(self.settings.op_timeout_s):
+                collection.insert_one(doc)
             return True
         except perr.DuplicateKeyError:
             return False
@@ -127,12 +132,16 @@ class AuditStore:
     def insert_dead_letter(self, doc: dict) -> bool:
         return self.insert(self.dead_letters, doc)
 
-    def scan(self, match: dict, fields: list[str], limit: int) -> Iterator[dict]:
-        """Documents matching ``match`` with only ``fields``, at most ``limit`` (server-side)."""
+    def scan(self, match: dict, fields: list[str], limit: int,
+             reduce: Callable[[Iterator[dict]], T]) -> T:
+        """``reduce`` over documents matching ``match`` with only ``fields`` (at most ``limit``),
+        filtered and projected by one aggregation pipeline, all under one deadline."""
         pipeline = [{"$match": match}, {"$limit": limit},
                     {"$project": {"_id": 0, **{f: 1 for f in fields}}}]
         try:
-            yield from self.events.aggregate(pipeline, batchSize=10000)
+            with pymongo.timeout(self.settings.kpi_timeout_s):
+                with self.events.aggregate(pipeline, batchSize=10000) as cursor:
+                    return reduce(cursor)
         except perr.PyMongoError as err:
             raise StoreUnavailable(type(err).__name__) from err
 
