@@ -18,7 +18,7 @@ from flask import Flask, Response, jsonify, request
 
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, NotReady, internal_error
 from llmfn.runtime import Runtime
-from llmfn.webapp import json_body
+from llmfn.webapp import check_model, json_body
 from llmfn.worker import Job, ModelWorker
 
 from . import schema
@@ -78,7 +78,7 @@ class GenerateAPI:
             engine = self._engine()
             body = json_body()
             stream = body.get("stream") is True
-            schema.check_model(body, self.rt.host.model_id)
+            check_model(body, self.rt.host.model_id)
             default_max = self.rt.settings.model.default_max_tokens
             if chat:
                 req = schema.chat(body, default_max)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmfn.errors import InvalidRequest, ModelNotFound
+from llmfn.errors import InvalidRequest
 from llmfn.webapp import param
 
 from .engine import Params
@@ -24,14 +24,6 @@ class Request:
     include_usage: bool
     prompt: str | list[int] | None = None
     messages: list[dict] | None = None
-
-
-def check_model(body: dict, model_id: str) -> None:
-    """`model` may be omitted; if given it must name the served model (404 otherwise)."""
-    model = param(body, "model", (str,), None)
-    if model is not None and model != model_id:
-        raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to "
-                            "it.", param="model")
 
 
 def common(body: dict, default_max_tokens: int) -> Request:
