@@ -1,0 +1,55 @@
+"""Print the configuration table of every setting (llmfn's and each function's) as Markdown.
+
+README.md's configuration section is this output; tests/test_readme.py checks they agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+from llmfn import settings as shared
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path):
+    """Import a function's settings module by path (every function's package is `function`)."""
+    spec = importlib.util.spec_from_file_location(f"_cfg_{path.parent.parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while decorating
+    spec.loader.exec_module(module)
+    return module
+
+
+def sections() -> list[tuple[str, type]]:
+    """(title, settings class) in README order."""
+    out = [("Weights (generate, embed)", shared.StorageSettings),
+           ("Model (generate, embed)", shared.ModelSettings),
+           ("Server (generate, embed)", shared.ServerSettings),
+           ("Events (generate, embed)", shared.EventSettings),
+           ("gunicorn (all functions)", shared.GunicornSettings)]
+    for name in ("embed", "audit"):
+        path = ROOT / "functions" / name / "function" / "settings.py"
+        if path.exists():
+            module = _load(path)
+            for obj in vars(module).values():
+                if (dataclasses.is_dataclass(obj) and isinstance(obj, type)
+                        and obj.__module__ == module.__name__):
+                    out.append((f"{name}", obj))
+    return out
+
+
+def table() -> str:
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    for title, cls in sections():
+        lines.append(f"| **{title}** | | |")
+        for key, default, doc in shared.describe(cls):
+            shown = "" if default in ("", None) else f"`{default}`"
+            lines.append(f"| `{key}` | {shown} | {doc.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(table() + "\n")
