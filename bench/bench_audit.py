@@ -29,7 +29,8 @@ from cloudevents.core.v1.event import CloudEvent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from common import GUNICORN, GUNICORN_CONF, HOST, REPO_ROOT, STATE, Server, free_port, log  # noqa: E402
+from common import (GUNICORN, GUNICORN_CONF, HOST, REPO_ROOT, STATE, Server,  # noqa: E402
+                    free_port, log)
 import services  # noqa: E402
 
 AUDIT_DIR = REPO_ROOT / "functions" / "audit"
@@ -67,8 +68,8 @@ def bulk_insert(uri: str, db: str, n: int, deadline: float) -> dict:
         for i in range(done, min(n, done + 5000)):
             t = now - dt.timedelta(seconds=rng.uniform(60, 86000))
             d = record(i, t, rng)
-            chunk.append({**d, "_id": f"/bench/bulk\x1f{i}", "time": t, "error": int(d["status"] >= 400),
-                          "received_at": now, "ce": {"type": TYPE, "source": "/bench/bulk",
+            chunk.append({**d, "_id": f"/bench/bulk\x1f{i}", "time": t,
+                          "error": int(d["status"] >= 400), "received_at": now, "ce": {"type": TYPE, "source": "/bench/bulk",
                                                      "id": str(i), "specversion": "1.0"}})
         col.insert_many(chunk, ordered=False)
         done += len(chunk)

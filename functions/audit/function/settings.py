@@ -18,9 +18,8 @@ class AuditSettings:
     deadletter_collection: str = setting("MONGODB_DEADLETTER_COLLECTION", "dead_letters",
                                          "collection of dead-lettered events")
     timeout_ms: int = setting("MONGODB_TIMEOUT_MS", 2000,
-                              "server selection and connect timeout, ms", lo=50, hi=60000)
-    op_timeout_s: float = setting("MONGODB_OP_TIMEOUT_S", 10.0,
-                                  "deadline of one insert or ping (pymongo.timeout), s", lo=0.1)
+                              "deadline of server selection, connect and one insert or "
+                              "ping (short: a down database gets 503 fast), ms", lo=50, hi=60000)
     kpi_timeout_s: float = setting("KPI_TIMEOUT_S", 120.0,
                                    "deadline of one KPI query's database scan, s", lo=0.1)
     retention_days: int = setting("RETENTION_DAYS", 0,

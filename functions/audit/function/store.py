@@ -55,7 +55,9 @@ class AuditStore:
             if self._client is None:
                 t = self.settings.timeout_ms
                 # No socketTimeoutMS: each operation runs under pymongo.timeout() instead, short
-                # for writes, long for KPI scans (FerretDB v1 reads every document).
+                # for writes and pings, long for KPI scans (FerretDB v1 reads every document).
+                # pymongo.timeout() also bounds server selection, so a scan is preceded by a
+                # short ping: a down database answers 503 at once, not after the scan deadline.
                 self._client = self._client_factory(
                     self.settings.mongodb_uri, serverSelectionTimeoutMS=t, connectTimeoutMS=t,
                     tz_aware=True, appname="llmfn-audit")
@@ -78,7 +80,7 @@ class AuditStore:
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the server answers."""
         try:
-            with pymongo.timeout(self.settings.op_timeout_s):
+            with pymongo.timeout(self.settings.timeout_ms / 1000):
                 self.client().admin.command("ping")
         except perr.PyMongoError as err:
             raise StoreUnavailable(type(err).__name__) from err
@@ -114,7 +116,7 @@ class AuditStore:
     def insert(self, collection, doc: dict) -> bool:
         """Insert ``doc``; True if new, False if its ``_id`` exists (a redelivery)."""
         try:
-            with pymongo.timeout(self.settings.op_timeout_s):
+            with pymongo.timeout(self.settings.timeout_ms / 1000):
                 collection.insert_one(doc)
             return True
         except perr.DuplicateKeyError:
@@ -138,6 +140,7 @@ class AuditStore:
         filtered and projected by one aggregation pipeline, all under one deadline."""
         pipeline = [{"$match": match}, {"$limit": limit},
                     {"$project": {"_id": 0, **{f: 1 for f in fields}}}]
+        self.ping()
         try:
             with pymongo.timeout(self.settings.kpi_timeout_s):
                 with self.events.aggregate(pipeline, batchSize=10000) as cursor:

@@ -87,6 +87,6 @@ def test_dead_letter_document_keeps_invalid_events_and_knative_errors():
     assert json.loads(doc["data_json"]) == {"$bad": 1} and "data" not in doc
     ok = ingest.dead_letter_document(event(), now)
     assert ok["valid"] is True and ok["data"]["model"] == "m" and ok["knativeerrorcode"] is None
-    raw = ingest.dead_letter_document(event(b"\x00\xff", datacontenttype="application/octet-stream"),
-                                      now)
+    binary = event(b"\x00\xff", datacontenttype="application/octet-stream")
+    raw = ingest.dead_letter_document(binary, now)
     assert base64.b64decode(raw["data_base64"]) == b"\x00\xff"
