@@ -68,9 +68,9 @@ def bulk_insert(uri: str, db: str, n: int, deadline: float) -> dict:
         for i in range(done, min(n, done + 5000)):
             t = now - dt.timedelta(seconds=rng.uniform(60, 86000))
             d = record(i, t, rng)
-            chunk.append({**d, "_id": f"/bench/bulk\x1f{i}", "time": t,
-                          "error": int(d["status"] >= 400), "received_at": now, "ce": {"type": TYPE, "source": "/bench/bulk",
-                                                     "id": str(i), "specversion": "1.0"}})
+            ce = {"type": TYPE, "source": "/bench/bulk", "id": str(i), "specversion": "1.0"}
+            chunk.append({**d, "_id": f"/bench/bulk\x1f{i}", "time": t, "ce": ce,
+                          "error": int(d["status"] >= 400), "received_at": now})
         col.insert_many(chunk, ordered=False)
         done += len(chunk)
     return {"docs": done, "seconds": time.perf_counter() - t0}
