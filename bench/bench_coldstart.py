@@ -44,12 +44,20 @@ def phases(port: int) -> dict[str, float]:
     return {k: float(v) for k, v in _METRIC.findall(body.decode())}
 
 
+def first_token_s(port: int) -> float:
+    """Time to first token of the process's first request (SSE, 8 tokens)."""
+    t = common.post_completion(port, {"prompt": "Once upon a time", "max_tokens": 8,
+                                      "temperature": 0, "stream": True})
+    return t.ttft_s
+
+
 def ours_once(env: dict) -> dict:
     srv = common.gunicorn_server(common.free_port(), env)
     try:
         srv.start()
         ready_s = srv.wait_ready(READY_DEADLINE_S, poll_s=0.02)
         got = phases(srv.port)
+        got["first_token"] = first_token_s(srv.port)
     finally:
         srv.stop()
     got["ready"] = ready_s
@@ -61,7 +69,8 @@ def llama_server_once(model: Path, n_ctx: int, threads: int) -> dict:
     srv = common.llama_server(common.free_port(), model, n_ctx=n_ctx, threads=threads)
     try:
         srv.start()
-        return {"ready": srv.wait_ready(READY_DEADLINE_S, poll_s=0.02)}
+        ready_s = srv.wait_ready(READY_DEADLINE_S, poll_s=0.02)
+        return {"ready": ready_s, "first_token": first_token_s(srv.port)}
     finally:
         srv.stop()
 
@@ -107,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(d: dict) -> str:
-    cols = (*PHASES, "other", "ready")
-    lines = ["| scenario | download (s) | verify (s) | load (s) | other (s) | start to ready (s) |",
-             "|---|---|---|---|---|---|"]
+    cols = (*PHASES, "other", "ready", "first_token")
+    lines = ["| scenario | download (s) | verify (s) | load (s) | other (s) | start to ready (s) "
+             "| first request: time to first token (s) |",
+             "|---|---|---|---|---|---|---|"]
     med = {}
     for name, runs in d["results"].items():
         cells = []
@@ -137,6 +147,8 @@ def render(d: dict) -> str:
         "run included; ready when /health answers 200.",
         "- other: start to ready minus the phases: Python start-up and imports, gunicorn, the "
         "worker fork and the 20 ms readiness polling.",
+        "- first request: right after ready, a 4-token prompt, SSE: time to its first token "
+        "(the first request of a process; llama-server ran a warm-up at start).",
         "",
         f"Start to ready, ours / llama-server (medians): {ratios}.",
         "",
