@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import datetime as dt
+import http.client
 import json
 import math
 import random
@@ -89,15 +90,22 @@ def ingest(base: str, n: int, concurrency: int, deadline: float) -> dict:
     statuses: dict[int, int] = {}
     lock = threading.Lock()
 
+    host, port = base.rsplit("//", 1)[1].split(":")
+
     def send(item):
+        # http.client keep-alive per thread: the sender shares the 2 cores with the server,
+        # so it is kept light (requests costs ~3x the client CPU per event).
         if time.monotonic() > deadline:
             return None
-        s = getattr(local, "s", None) or requests.Session()
-        local.s = s
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=60)
         t0 = time.perf_counter()
-        r = s.post(base + "/", headers=item[0], data=item[1], timeout=60)
+        conn.request("POST", "/", body=item[1], headers=item[0])
+        resp = conn.getresponse()
+        resp.read()
         with lock:
-            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
         return time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -133,10 +141,10 @@ def query(base: str, path: str, n: int, deadline: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=3000, help="events sent in the ingest phase")
-    ap.add_argument("--concurrency", type=int, default=16, help="sender threads")
-    ap.add_argument("--threads", type=int, default=16, help="gunicorn gthread threads")
+    ap.add_argument("--concurrency", type=int, default=8, help="sender threads")
+    ap.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads")
     ap.add_argument("--kpi-docs", type=int, default=100_000, help="documents bulk-inserted")
-    ap.add_argument("--kpi-queries", type=int, default=5, help="GET /kpis repetitions")
+    ap.add_argument("--kpi-queries", type=int, default=3, help="GET /kpis repetitions")
     ap.add_argument("--deadline-s", type=float, default=600.0, help="bound of each phase, s")
     ap.add_argument("--out", default=str(STATE / "bench" / "audit.json"))
     args = ap.parse_args()
