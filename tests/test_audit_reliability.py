@@ -13,6 +13,7 @@ import pytest
 import requests
 
 import services
+from tests.support.stack import started
 from test_audit_e2e import count, encode, make_event, start_gunicorn, unique_db, audit_env
 
 RESEND_DEADLINE_S = 60.0
@@ -20,14 +21,8 @@ RESEND_DEADLINE_S = 60.0
 
 @pytest.fixture()
 def own_ferretdb(tmp_path):
-    services.ensure_binaries()
-    server = services.FerretDBServer(tmp_path / "fdb", port=services.free_port())
-    server.start()
-    try:
-        server.wait_ready(deadline_s=60)
-        yield server
-    finally:
-        server.stop()
+    """A FerretDB of this test's own: the test stops and restarts it."""
+    yield from started(services.FerretDBServer(tmp_path / "fdb", port=services.free_port()))
 
 
 def _post(base: str, event, mode: str = "binary") -> requests.Response:

@@ -1,35 +1,9 @@
-"""Shared fixtures for the llmfn unit tests: a real MinIO (scripts/services.py) per session."""
+"""llmfn unit-test fixtures on the session MinIO of the root conftest.py."""
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import services  # noqa: E402  (scripts/services.py)
-
-
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO_ROOT
-
-
-@pytest.fixture(scope="session")
-def minio(tmp_path_factory):
-    """A MinIO server on a free port with its own state dir; installs it if missing."""
-    services.ensure_binaries()
-    server = services.MinioServer(tmp_path_factory.mktemp("minio"), port=services.free_port())
-    server.start()
-    try:
-        server.wait_ready(deadline_s=60)
-        yield server
-    finally:
-        server.stop()
-
 
 @pytest.fixture
 def s3(minio):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT  # functions/generate/tests/conftest.py
 
 sys.path.insert(0, str(ROOT))
 from tests.support.eventsink import running_receiver  # noqa: E402

@@ -1,4 +1,4 @@
-"""Project-level fixtures: the real local stack (MinIO, FerretDB) from scripts/services.py.
+"""Fixtures every test tree shares: the real local stack (MinIO, FerretDB) from scripts/services.py.
 
 Nothing is skipped: missing binaries are installed by scripts/install_services.sh.
 """
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import services  # noqa: E402  (scripts/services.py)
+from tests.support.stack import started  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,25 +25,12 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def minio(tmp_path_factory):
     """A MinIO server on a free port with its own state dir (credentials as attributes)."""
-    services.ensure_binaries()
-    server = services.MinioServer(tmp_path_factory.mktemp("minio"), port=services.free_port())
-    server.start()
-    try:
-        server.wait_ready(deadline_s=60)
-        yield server
-    finally:
-        server.stop()
+    yield from started(services.MinioServer(tmp_path_factory.mktemp("minio"),
+                                            port=services.free_port()))
 
 
 @pytest.fixture(scope="session")
 def ferretdb(tmp_path_factory):
     """A FerretDB (SQLite handler) on a free port; connect with ``pymongo.MongoClient(.uri)``."""
-    services.ensure_binaries()
-    server = services.FerretDBServer(tmp_path_factory.mktemp("ferretdb"),
-                                     port=services.free_port())
-    server.start()
-    try:
-        server.wait_ready(deadline_s=60)
-        yield server
-    finally:
-        server.stop()
+    yield from started(services.FerretDBServer(tmp_path_factory.mktemp("ferretdb"),
+                                               port=services.free_port()))
