@@ -17,6 +17,7 @@ import http.client
 import json
 import math
 import random
+import shutil
 import sys
 import threading
 import time
@@ -185,6 +186,7 @@ def main() -> int:
     finally:
         audit.stop()
         fdb.stop()
+        shutil.rmtree(state, ignore_errors=True)  # the 100k-document FerretDB data
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
