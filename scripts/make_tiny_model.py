@@ -18,11 +18,12 @@ Same seed -> same bytes.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import gguf
 import numpy as np
+
+from gguf_file import open_writer, publish  # scripts/gguf_file.py
 
 ARCH = "llama"
 N_VOCAB_SPECIAL = ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")
@@ -100,9 +101,7 @@ def write_model(out: Path, seed: int) -> None:
     tokens, scores, types, allowed = build_vocab()
     tensors = build_tensors(rng, allowed)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(tmp, ARCH)
+    writer = open_writer(out, ARCH)
     writer.add_name("tiny-llama")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_context_length(N_CTX)
@@ -131,13 +130,7 @@ def write_model(out: Path, seed: int) -> None:
 
     for name, data in tensors.items():
         writer.add_tensor(name, data)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
+    publish(writer, out)
 
 
 def main(argv: list[str] | None = None) -> None:
