@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k} {v[-1]['ready']:.2f} s" for k, v in results.items()))
     data = {"machine": common.machine_line(), "model": model.name,
             "model_bytes": model.stat().st_size, "runs": args.runs, "results": results}
-    log(f"wrote {common.write_json('coldstart', data)}")
+    log(f"wrote {common.write_json('coldstart' + ('-scratch' if args.no_doc else ''), data)}")
     md = render(data)
     print(md)
     if not args.no_doc:

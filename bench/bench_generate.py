@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_tokens": args.max_tokens, "threads": args.threads, "n_ctx": args.n_ctx,
             "results": res, "memory_kb": memory,
             "same_text_first_run": len(set(texts.values())) == 1}
-    path = common.write_json("generate", data)
+    path = common.write_json('generate' + ('-scratch' if args.no_doc else ''), data)
     log(f"wrote {path}")
     md = render(data)
     print(md)
