@@ -18,7 +18,6 @@ Worker code uses only the stdlib and llama_cpp, so it runs in either venv.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import re
 import subprocess
@@ -31,46 +30,11 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
+from llmfn.llama_backend import ensure_cpu_backend
+
 PORTABLE_PY = common.STATE / "venv-portable" / "bin" / "python"
 PROMPT = ("The history of clockmaking is long. Early clocks used water and sand; later, "
           "weights and springs drove gears that moved the hands. ") * 4 + "In the year"
-
-
-def ensure_cpu_backend() -> str:
-    """Make sure ggml has a CPU backend; how it got one.
-
-    A GGML_BACKEND_DL build looks for ``libggml-cpu-<variant>.so`` only in the executable's
-    directory and the current directory; the wheel puts them in ``site-packages/bin/``, which
-    is neither. So when the default search found nothing, load them from there.
-    """
-    import llama_cpp
-
-    llama_cpp.llama_backend_init()
-    ggml = ctypes.CDLL(mapped_libggml())  # the instance libllama uses, not another copy
-    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
-    if ggml.ggml_backend_reg_count() > 0:
-        return "linked in or found by ggml's default search"
-    site = Path(llama_cpp.__file__).parents[1]
-    found = sorted(site.rglob("libggml-cpu-*.so"))
-    if not found:
-        raise SystemExit("no CPU backend: no libggml-cpu-*.so in " + str(site))
-    ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-    ggml.ggml_backend_load_all_from_path(str(found[0].parent).encode())
-    if ggml.ggml_backend_reg_count() == 0:
-        raise SystemExit(f"no CPU backend loaded from {found[0].parent}")
-    return (f"default search found none; loaded with ggml_backend_load_all_from_path("
-            f"site-packages/{found[0].parent.relative_to(site)})")
-
-
-def mapped_libggml() -> str:
-    """Path of the libggml mapped into this process (wheels hold copies, not symlinks, of
-    libggml.so / .so.0 / .so.0.x: opening another copy would give a second ggml)."""
-    with open("/proc/self/maps") as f:
-        for line in f:
-            m = re.search(r"(/\S*/libggml\.so[.0-9]*)$", line.strip())
-            if m:
-                return m.group(1)
-    raise SystemExit("libggml is not loaded")
 
 
 def cpu_libraries() -> list[str]:

@@ -15,6 +15,7 @@ import logging
 import llama_cpp
 import numpy as np
 
+from llmfn.llama_backend import ensure_cpu_backend
 from llmfn.settings import ModelSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def load_embedder(path: str, model: ModelSettings, *, flash_attn: bool = True) -
     if n_batch < model.n_ctx:
         raise SettingsError(f"N_BATCH and N_UBATCH must be >= N_CTX ({model.n_ctx}), "
                             f"got {n_batch}")
+    ensure_cpu_backend()
     llm = llama_cpp.Llama(model_path=path, embedding=True, n_ctx=max(model.n_ctx, n_batch),
                           n_batch=n_batch, n_ubatch=n_batch,
                           n_threads=model.n_threads or None,

@@ -17,6 +17,7 @@ from typing import Callable
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from llmfn.llama_backend import ensure_cpu_backend
 from llmfn.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ MIN_P = 0.05
 
 def load_llama(path: str, model: ModelSettings) -> "Engine":
     """Load the GGUF at ``path`` (called by the ModelHost on its loader thread)."""
+    ensure_cpu_backend()
     llm = llama_cpp.Llama(model_path=path, n_ctx=model.n_ctx, n_batch=model.n_batch,
                           n_ubatch=model.n_ubatch, n_threads=model.n_threads or None,
                           verbose=False)
