@@ -30,7 +30,9 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-from llmfn.llama_backend import ensure_cpu_backend
+# also run by the portable venv, which has llama_cpp but not the project's packages
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "llmfn" / "src"))
+from llmfn.llama_backend import ensure_cpu_backend  # noqa: E402
 
 PORTABLE_PY = common.STATE / "venv-portable" / "bin" / "python"
 PROMPT = ("The history of clockmaking is long. Early clocks used water and sand; later, "
