@@ -14,18 +14,21 @@ Every wait has a timeout; runs are bounded by --runs. Prints a Markdown table (a
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import platform
-import socket
 import statistics
+import sys
 import threading
 import time
 from importlib.metadata import version
+from pathlib import Path
 
 import flask
 import httpx
+
+# the repo root: the Hypercorn-in-a-thread helper the tests use too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.hypercorn_thread import hypercorn_server  # noqa: E402
 
 CHUNKS = 20
 GAP_S = 0.05
@@ -68,49 +71,6 @@ def make_app(probes: dict[str, Probe]) -> flask.Flask:
                 probe.ended.set()
         return flask.Response(gen(), mimetype="text/event-stream")
     return app
-
-
-@contextlib.contextmanager
-def serve(asgi_app):
-    """Hypercorn on a free 127.0.0.1 port in a background thread; yields the base URL."""
-    import hypercorn.asyncio
-    import hypercorn.config
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = hypercorn.config.Config()
-    config.bind = [f"fd://{sock.detach()}"]
-    config.graceful_timeout = 2.0
-    config.accesslog = None
-    handles: dict = {}
-    started = threading.Event()
-
-    async def main():
-        handles["loop"], handles["stop"] = asyncio.get_running_loop(), asyncio.Event()
-        started.set()
-        await hypercorn.asyncio.serve(asgi_app, config, shutdown_trigger=handles["stop"].wait)
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    if not started.wait(TIMEOUT_S):
-        raise RuntimeError("server thread did not start")
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(timeout=TIMEOUT_S) as c:
-        for _ in range(100):
-            try:
-                c.get(url + "/ping")
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("server did not answer /ping")
-    try:
-        yield url
-    finally:
-        handles["loop"].call_soon_threadsafe(handles["stop"].set)
-        thread.join(TIMEOUT_S)
 
 
 def measure_stream(url: str, run: str) -> dict:
@@ -178,7 +138,7 @@ def measure_disconnect(url: str, run: str, probes: dict[str, Probe]) -> dict:
 
 def bench(name: str, asgi_app, probes: dict, runs: int) -> dict:
     res: dict = {"stream": [], "ping_idle": [], "ping_busy": [], "disconnect": []}
-    with serve(asgi_app) as url:
+    with hypercorn_server(asgi_app, deadline_s=TIMEOUT_S, graceful_timeout_s=2.0) as url:
         for i in range(runs):
             res["stream"].append(measure_stream(url, f"{name}-s{i}"))
             res["ping_idle"].append(measure_ping(url))

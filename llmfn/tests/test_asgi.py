@@ -6,9 +6,7 @@ Steps are sequenced with threading.Events; every wait has a deadline; no wall-cl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import sys
 import threading
 import types
@@ -18,6 +16,7 @@ import httpx
 import pytest
 
 from llmfn.asgi import DISCONNECTED_KEY, WSGIBridge
+from tests.support.hypercorn_thread import hypercorn_server
 
 DEADLINE_S = 10.0
 
@@ -420,53 +419,12 @@ def test_shutdown_stops_running_stream_and_answers_queued_request_503(sapp):
 
 # --- through a real Hypercorn server --------------------------------------------------------
 
-@contextlib.contextmanager
-def hypercorn_server(app):
-    """Serve ``app`` with Hypercorn on a free 127.0.0.1 port (socket bound here: no port race)."""
-    import hypercorn.asyncio
-    import hypercorn.config
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = hypercorn.config.Config()
-    config.bind = [f"fd://{sock.detach()}"]
-    config.graceful_timeout = 1.0
-    started = threading.Event()
-    handles = {}
-
-    async def serve():
-        handles["loop"], handles["stop"] = asyncio.get_running_loop(), asyncio.Event()
-        started.set()
-        await hypercorn.asyncio.serve(app, config, shutdown_trigger=handles["stop"].wait)
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(DEADLINE_S)
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(timeout=DEADLINE_S) as probe:  # readiness check with a deadline
-        for _ in range(100):
-            try:
-                probe.get(url + "/ping")
-                break
-            except httpx.TransportError:
-                threading.Event().wait(0.05)
-        else:
-            raise AssertionError("server did not start")
-    try:
-        yield url
-    finally:
-        handles["loop"].call_soon_threadsafe(handles["stop"].set)
-        thread.join(DEADLINE_S)
-        assert not thread.is_alive()
-
-
 def test_through_hypercorn_stream_concurrency_and_disconnect(sapp, bridge):
     """Served the way func-python serves a function: its ASGIApplication calls ``handle``."""
     from func_python.http import ASGIApplication
 
-    with hypercorn_server(ASGIApplication(types.SimpleNamespace(handle=bridge))) as url:
+    with hypercorn_server(ASGIApplication(types.SimpleNamespace(handle=bridge)),
+                          deadline_s=DEADLINE_S) as url:
         with httpx.Client(timeout=DEADLINE_S) as client:
             sapp.gates[0].set()
             with client.stream("GET", url + "/stream") as resp:
