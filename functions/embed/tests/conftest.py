@@ -1,7 +1,6 @@
 """Fixtures: the embed app built from test settings on the real MiniLM GGUF."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ ROOT = FUNCTION_DIR.parents[1]
 sys.path.insert(0, str(FUNCTION_DIR))
 
 from function.func import create_runtime  # noqa: E402
+from tests.support.models import model_file  # noqa: E402
 from llmfn.settings import ModelSettings  # noqa: E402
 
 from function.engine import load_embedder  # noqa: E402
@@ -21,11 +21,7 @@ from function.engine import load_embedder  # noqa: E402
 @pytest.fixture(scope="session")
 def minilm_model() -> Path:
     """all-MiniLM-L6-v2 as f16 GGUF (made by scripts/convert_minilm.py if missing)."""
-    path = ROOT / ".state" / "models" / "all-minilm-l6-v2-f16.gguf"
-    if not path.exists():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_minilm.py"), "--out",
-                        str(path)], check=True, timeout=600)
-    return path
+    return model_file("all-minilm-l6-v2-f16.gguf", "convert_minilm.py")
 
 
 @pytest.fixture(scope="session")

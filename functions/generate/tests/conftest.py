@@ -1,7 +1,6 @@
 """Fixtures: the generate app built from test settings on the real tiny GGUF model."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,16 +12,13 @@ ROOT = FUNCTION_DIR.parents[1]
 sys.path.insert(0, str(FUNCTION_DIR))
 
 from function.func import create_runtime  # noqa: E402
+from tests.support.models import model_file  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """The synthetic tiny LLaMA GGUF (made by scripts/make_tiny_model.py if missing)."""
-    path = ROOT / ".state" / "models" / "tiny-llama.gguf"
-    if not path.exists():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), "--out",
-                        str(path)], check=True)
-    return path
+    return model_file("tiny-llama.gguf", "make_tiny_model.py")
 
 
 @pytest.fixture

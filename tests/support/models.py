@@ -1,0 +1,17 @@
+"""Model files the tests use, made by the project's scripts when missing (as `make models` does)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def model_file(name: str, script: str, timeout_s: float = 600) -> Path:
+    """``.state/models/<name>``, written by ``scripts/<script> --out`` if it does not exist."""
+    path = ROOT / ".state" / "models" / name
+    if not path.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(path)],
+                       check=True, timeout=timeout_s)
+    return path
