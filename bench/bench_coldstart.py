@@ -33,7 +33,6 @@ import upload_model  # noqa: E402
 
 BUCKET, KEY = "bench", "smollm2-135m-instruct-q4_1.gguf"
 PHASES = ("download", "verify", "load")
-READY_DEADLINE_S = 180.0
 _METRIC = re.compile(r'^llmfn_cold_start_seconds\{phase="(\w+)"\} ([0-9.eE+-]+)$', re.M)
 
 
@@ -54,8 +53,7 @@ def first_token_s(port: int) -> float:
 def ours_once(env: dict) -> dict:
     srv = common.gunicorn_server(common.free_port(), env)
     try:
-        srv.start()
-        ready_s = srv.wait_ready(READY_DEADLINE_S, poll_s=0.02)
+        ready_s = srv.start_ready(poll_s=0.02)
         got = phases(srv.port)
         got["first_token"] = first_token_s(srv.port)
     finally:
@@ -68,8 +66,7 @@ def ours_once(env: dict) -> dict:
 def llama_server_once(model: Path, n_ctx: int, threads: int) -> dict:
     srv = common.llama_server(common.free_port(), model, n_ctx=n_ctx, threads=threads)
     try:
-        srv.start()
-        ready_s = srv.wait_ready(READY_DEADLINE_S, poll_s=0.02)
+        ready_s = srv.start_ready(poll_s=0.02)
         return {"ready": ready_s, "first_token": first_token_s(srv.port)}
     finally:
         srv.stop()
@@ -107,11 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k} {v[-1]['ready']:.2f} s" for k, v in results.items()))
     data = {"machine": common.machine_line(), "model": model.name,
             "model_bytes": model.stat().st_size, "runs": args.runs, "results": results}
-    log(f"wrote {common.write_json('coldstart' + ('-scratch' if args.no_doc else ''), data)}")
-    md = render(data)
-    print(md)
-    if not args.no_doc:
-        common.update_doc_section("coldstart", md)
+    common.publish("coldstart", data, render, no_doc=args.no_doc)
     return 0
 
 

@@ -29,7 +29,6 @@ from common import fmt, log, ratio, summary  # noqa: E402
 
 BASE_PROMPT = ("Once upon a time, in a small village at the edge of a great forest, there lived "
                "an old clockmaker who")
-READY_DEADLINE_S = 180.0
 
 
 def body(i: int, *, stream: bool, max_tokens: int, model: str | None) -> dict:
@@ -99,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = {}
     try:
         for name, srv in servers.items():  # one at a time: start-up does not overlap
-            srv.start()
-            log(f"{name}: ready in {srv.wait_ready(READY_DEADLINE_S):.2f} s (port {srv.port})")
+            log(f"{name}: ready in {srv.start_ready():.2f} s (port {srv.port})")
             memory[name] = {"after_load": srv.memory_kb()}
         for name, srv in servers.items():  # warm-up: first request of each process
             common.post_completion(srv.port, body(0, stream=True, max_tokens=8, model=None))
@@ -120,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_tokens": args.max_tokens, "threads": args.threads, "n_ctx": args.n_ctx,
             "results": res, "memory_kb": memory,
             "same_text_first_run": len(set(texts.values())) == 1}
-    path = common.write_json('generate' + ('-scratch' if args.no_doc else ''), data)
-    log(f"wrote {path}")
-    md = render(data)
-    print(md)
-    if not args.no_doc:
-        common.update_doc_section("generate", md)
+    common.publish("generate", data, render, no_doc=args.no_doc)
     return 0
 
 

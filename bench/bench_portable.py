@@ -138,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {"machine": common.machine_line(), "model": args.model.name, "rounds": args.rounds,
             "runs": args.runs, "max_tokens": args.max_tokens, "threads": args.threads,
             "results": results}
-    common.log(f"wrote {common.write_json('portable' + ('-scratch' if args.no_doc else ''), data)}")
-    md = render(data)
-    print(md)
-    if not args.no_doc:
-        common.update_doc_section("portable", md)
+    common.publish("portable", data, render, no_doc=args.no_doc)
     return 0
 
 

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE = REPO_ROOT / ".state"
@@ -29,6 +30,7 @@ GUNICORN_CONF = REPO_ROOT / "llmfn" / "src" / "llmfn" / "gunicorn_conf.py"
 GENERATE_DIR = REPO_ROOT / "functions" / "generate"
 LLAMA_SERVER = STATE / "llama.cpp" / "build" / "bin" / "llama-server"
 HOST = "127.0.0.1"
+READY_DEADLINE_S = 180.0  # process start to ready, model load included
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -225,6 +227,10 @@ class Server:
         raise RuntimeError(f"{self.name} not ready after {deadline_s}s; log {self.log_path}:\n"
                            f"{self.log_tail()}")
 
+    def start_ready(self, deadline_s: float = READY_DEADLINE_S, poll_s: float = 0.02) -> float:
+        """:meth:`start`, then :meth:`wait_ready`: seconds from process start to ready."""
+        return self.start().wait_ready(deadline_s, poll_s)
+
     def model_pid(self) -> int:
         """The process holding the model: gunicorn's worker, else the process itself."""
         kids = children(self.proc.pid)
@@ -339,3 +345,14 @@ def write_json(name: str, data: dict) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))
     return out
+
+
+def publish(name: str, data: dict, render: Callable[[dict], str], *, no_doc: bool) -> None:
+    """A benchmark's results: raw JSON to .state/bench/NAME.json (NAME-scratch.json with
+    ``no_doc``), ``render(data)`` to stdout and, unless ``no_doc``, into the NAME section of
+    docs/benchmarks.md."""
+    log(f"wrote {write_json(name + ('-scratch' if no_doc else ''), data)}")
+    md = render(data)
+    print(md)
+    if not no_doc:
+        update_doc_section(name, md)
