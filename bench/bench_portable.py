@@ -4,7 +4,7 @@
 The native build is the project venv's (`-march=native`, one CPU backend linked in); the
 portable one is .state/venv-portable from scripts/build_portable_wheel.sh (GGML_NATIVE=OFF,
 every x86 CPU variant as a loadable backend, the best one picked at run time), as the
-Containerfiles build it. Each measurement is a fresh worker process running llama_cpp
+Containerfile builds it. Each measurement is a fresh worker process running llama_cpp
 directly (no HTTP): load SmolLM2-135M-Instruct Q4_1, one warm-up generation, then greedy
 generations of exactly --max-tokens tokens (EOS not honoured). Worker processes alternate
 native / portable so machine drift hits both.

@@ -14,7 +14,7 @@ llama-server: $(LLAMA_SERVER)
 $(LLAMA_SERVER): scripts/build_llama_server.sh
 	bash scripts/build_llama_server.sh
 
-# The portable wheel (as the Containerfiles build it) in .state/venv-portable; idempotent.
+# The portable wheel (as functions/Containerfile builds it) in .state/venv-portable; idempotent.
 portable-wheel:
 	bash scripts/build_portable_wheel.sh
 

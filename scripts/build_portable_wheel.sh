@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the portable llama-cpp-python wheel the Containerfiles build (no -march=native; every
+# Build the portable llama-cpp-python wheel the Containerfile builds (no -march=native; every
 # x86 CPU variant as a loadable ggml backend), install it into its own venv and show which
 # CPU variant ggml picks on this machine.
 #
