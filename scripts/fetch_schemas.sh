@@ -4,21 +4,18 @@
 # - Knative Serving and Eventing CRDs (their openAPIV3Schema) and the Serving annotation key
 #   constants, from the Go modules at the pinned versions (`go mod download`, the Go module proxy).
 # - The func.yaml JSON schema that knative/func ships (schema/func_yaml-schema.json in the
-#   knative.dev/func module), or a local copy named by FUNC_SCHEMA_JSON. When the module cannot
-#   be downloaded (the Go module proxy refuses knative.dev/func), the committed copy of the same
-#   commit in tests/fixtures/knative-func/ is used instead, so the func.yaml check always runs.
+#   knative.dev/func module), or a local copy named by FUNC_SCHEMA_JSON.
 #
 # Idempotent: a version already extracted (or already refused) is not fetched again. Writes $OUT/index.json with the
 # files found per source; a source that could not be fetched is recorded with its error instead
-# (Serving and Eventing are required: exit 1).
+# (Serving and Eventing are required: exit 1; func is optional: the test skips the official
+# func.yaml schema check and says why).
 set -euo pipefail
 
 # Pinned versions (Knative 1.x = module v0.(x+27)); bump together with docs/deploy.md.
 SERVING_VERSION=${SERVING_VERSION:-v0.51.0}
 EVENTING_VERSION=${EVENTING_VERSION:-v0.50.0}
-# func is pinned by commit: the one tests/fixtures/knative-func/func_yaml-schema.json was copied
-# from (see the README there); bump both together.
-FUNC_VERSION=${FUNC_VERSION:-1b599f36c2bcf093aebf4d4a7928f9cda1feac45}
+FUNC_VERSION=${FUNC_VERSION:-v0.48.3}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${SCHEMAS_DIR:-$ROOT/.state/schemas}
@@ -81,28 +78,20 @@ extract knative.dev/eventing "eventing-$EVENTING_VERSION" "$EVENTING_VERSION" ev
     config/core/resources/sinkbindings.yaml || status=1
 
 func_src=""
-func_local=${FUNC_SCHEMA_JSON:-}
-if [ -z "$func_local" ]; then
-    if extract knative.dev/func "func-$FUNC_VERSION" "$FUNC_VERSION" func \
-            schema/func_yaml-schema.json; then
-        func_src="func-$FUNC_VERSION"
-    else
-        echo "func: module not available ($(cat "$OUT/func.error")); using the committed copy" >&2
-        func_local="$ROOT/tests/fixtures/knative-func/func_yaml-schema.json"
-    fi
-fi
-if [ -n "$func_local" ]; then
-    rm -rf "$OUT/func-local" && mkdir -p "$OUT/func-local"
-    cp "$func_local" "$OUT/func-local/func_yaml-schema.json"
+if [ -n "${FUNC_SCHEMA_JSON:-}" ]; then
+    mkdir -p "$OUT/func-local"
+    cp "$FUNC_SCHEMA_JSON" "$OUT/func-local/func_yaml-schema.json"
     func_src="func-local"
+elif extract knative.dev/func "func-$FUNC_VERSION" "$FUNC_VERSION" func \
+        schema/func_yaml-schema.json; then
+    func_src="func-$FUNC_VERSION"
 fi
 
 # index.json: what the tests can use (paths relative to $OUT) and why something is missing.
 python_bin=${PYTHON:-python3}
-"$python_bin" - "$OUT" "$SERVING_VERSION" "$EVENTING_VERSION" "$FUNC_VERSION" "$func_src" \
-    "$func_local" <<'PY'
+"$python_bin" - "$OUT" "$SERVING_VERSION" "$EVENTING_VERSION" "$FUNC_VERSION" "$func_src" <<'PY'
 import json, pathlib, sys
-out, serving, eventing, func, func_src, func_local = sys.argv[1:7]
+out, serving, eventing, func, func_src = sys.argv[1:6]
 root = pathlib.Path(out)
 def entry(name, version, dirname):
     d = root / dirname if dirname else None
@@ -115,11 +104,8 @@ def entry(name, version, dirname):
 index = {"serving": entry("serving", serving, f"serving-{serving}"),
          "eventing": entry("eventing", eventing, f"eventing-{eventing}"),
          "func": entry("func", func, func_src or None)}
-if func_local:  # a copy, not the module
-    index["func"]["source"] = func_local
 (root / "index.json").write_text(json.dumps(index, indent=2) + "\n")
 for k, v in index.items():
-    print(f"{k} {v['version']}: " + (v["dir"] if "dir" in v else "UNAVAILABLE: " + v["error"])
-          + (f" (copy of {v['source']})" if "source" in v else ""))
+    print(f"{k} {v['version']}: " + (v["dir"] if "dir" in v else "UNAVAILABLE: " + v["error"]))
 PY
 exit $status
