@@ -14,10 +14,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import bson
+from bson.errors import InvalidDocument
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from cloudevents.core.exceptions import BaseCloudEventException
 from llmfn.events import INFERENCE_COMPLETED, validate_inference_data
 
+from .commit import DUPLICATE, RECORDED, Committer
 from .store import AuditStore, DocumentRejected, StoreUnavailable, event_key
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ JSON_TYPES = ("application/json", "text/json")
 # Extensions Knative adds to a dead-lettered event (eventing "Dead Letter Sink" docs).
 KNATIVE_ERROR_EXTENSIONS = ("knativeerrorcode", "knativeerrordest", "knativeerrordata")
 # Top-level fields of a stored event that data fields cannot overwrite.
-RESERVED = ("_id", "ce", "time", "error", "received_at", "expire_at")
+RESERVED = ("_id", "ce", "time", "error", "received_at", "expire_at", "kb")
 _MAX_DEPTH = 32
 
 
@@ -169,14 +172,16 @@ def dead_letter_document(event, received_at: dt.datetime,
 class Ingestor:
     """Records events exactly once per (source, id) and keeps dead letters."""
 
-    def __init__(self, store: AuditStore, metrics, *,
+    def __init__(self, store: AuditStore, metrics, committer: Committer, *,
                  validators: Mapping[str, Callable[[Any], list[str]]] = KNOWN_TYPES,
-                 retry_after_s: int = 2,
+                 retry_after_s: int = 2, wait_s: float = 30.0,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
         self.store = store
         self.metrics = metrics
+        self.committer = committer
         self.validators = validators
         self.retry_after_s = retry_after_s
+        self.wait_s = wait_s
         self.clock = clock
 
     def _label(self, event) -> str:
@@ -206,20 +211,23 @@ class Ingestor:
         self.metrics.received.labels(self._label(event)).inc()
         try:
             data = validate(event, self.validators)
-            doc = event_document(event, data, self.clock())
+            doc = self.store.with_expiry(event_document(event, data, self.clock()))
+            bson.encode(doc)  # an integer beyond int64 would fail the whole batch later
         except InvalidEvent as err:
             return self.invalid(err.problems, event=event)
+        except (InvalidDocument, OverflowError) as err:
+            return self.invalid([f"data cannot be stored: {type(err).__name__}"], event=event)
         try:
-            new = self.store.insert_event(doc)
-        except DocumentRejected as err:
-            return self.invalid([f"data cannot be stored: {err}"], event=event)
-        except StoreUnavailable as err:
-            return self.unavailable("insert", err)
-        if new:
+            result = self.committer.submit(doc).result(timeout=self.wait_s)
+        except TimeoutError:
+            result = None
+        if result == RECORDED:
             self.metrics.recorded.inc()
             return Outcome(200, {"status": "recorded", "id": event.get_id()})
-        self.metrics.duplicates.inc()
-        return Outcome(200, {"status": "duplicate", "id": event.get_id()})
+        if result == DUPLICATE:
+            self.metrics.duplicates.inc()
+            return Outcome(200, {"status": "duplicate", "id": event.get_id()})
+        return self.unavailable("commit", StoreUnavailable(result or "commit timed out"))
 
     def dead_letter(self, event) -> Outcome:
         """Store any CloudEvent a Knative delivery gave up on; never rejects its content."""

@@ -1,22 +1,24 @@
-"""KPI queries over recorded events: summary by (function, model) and a time series.
+"""KPI queries over the rollup cells (rollup.py): summary by (function, model) and a series.
 
-FerretDB v1.24.2 (SQLite) runs `$match`, `$limit` and `$project` but answers NotImplemented
-for the `$group` accumulators percentiles need (`$push`, `$percentile`, `$min`, `$max`, `$avg`)
-and for date arithmetic (`$dateTrunc`, `$subtract`). So the database filters and projects
-(one aggregation pipeline, one scan) and this module reduces the rows in one pass.
-Percentiles are nearest-rank (the smallest value with at least p of the values at or below it).
+FerretDB v1.24.2 (SQLite) scans a whole collection for any filter but an `_id` match, and has
+none of the `$group` accumulators percentiles need (`$push`, `$percentile`, `$avg`) nor date
+arithmetic (`$dateTrunc`). So the KPIs are pre-aggregated at ingest into minute cells (commit.py)
+compacted into hour cells (compaction.py), and a query reads those few documents and merges
+them here. A cell counts when its interval overlaps ``[since, until)``; the answer's ``window``
+gives the interval the counted cells cover. Percentiles come from log-bucket histograms
+(within 4.4 % of the nearest-rank value).
 """
 from __future__ import annotations
 
 import datetime as dt
 import math
 import re
-from typing import Iterable, Mapping
+from typing import Mapping
+
+from . import rollup
 
 UTC = dt.timezone.utc
 DEFAULT_WINDOW = dt.timedelta(hours=24)
-FIELDS = ["time", "function", "model", "error", "duration_s", "ttft_s", "tokens_per_s",
-          "completion_tokens", "prompt_tokens", "cold_start"]
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -64,109 +66,54 @@ def parse_query(args: Mapping[str, str], now: dt.datetime) -> tuple[dict, dict]:
     return match, echo
 
 
-def _iso(t: dt.datetime) -> str:
+def _iso(t: dt.datetime | float) -> str:
+    if not isinstance(t, dt.datetime):
+        t = dt.datetime.fromtimestamp(t, UTC)
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an ascending list (None when empty)."""
-    if not sorted_values:
-        return None
-    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
+def select(cells: Mapping, match: Mapping) -> tuple[list[tuple], dict]:
+    """The cells a query counts: overlapping its window and equal on its filters; and the
+    window those cells cover (``None`` bounds when there are none)."""
+    since, until = match["time"]["$gte"].timestamp(), match["time"]["$lt"].timestamp()
+    want = [(i, match[k]) for i, k in enumerate(("function", "model", "service")) if k in match]
+    chosen = [(key, cell) for key, cell in cells.items()
+              if key[3] < until and key[3] + key[4] > since
+              and all(key[i] == v for i, v in want)]
+    window = {"since": _iso(min(k[3] for k, _ in chosen)) if chosen else None,
+              "until": _iso(max(k[3] + k[4] for k, _ in chosen)) if chosen else None,
+              "coarsest_cell_s": max((k[4] for k, _ in chosen), default=None)}
+    return chosen, window
 
 
-def _num(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+def summarize(chosen: list[tuple]) -> dict:
+    """KPIs per (function, model) plus a total."""
+    groups: dict[tuple[str, str], list] = {}
+    for key, cell in chosen:
+        groups.setdefault((key[0], key[1]), []).append(cell)
+    return {"groups": [{"function": f, "model": m, **rollup.summary(cs)}
+                       for (f, m), cs in sorted(groups.items())],
+            "total": rollup.summary(c for _, c in chosen)}
 
 
-class _Acc:
-    """Running totals and value lists of one group."""
-
-    def __init__(self):
-        self.count = self.errors = self.cold = 0
-        self.completion = self.prompt = 0
-        self.latency: list[float] = []
-        self.ttft: list[float] = []
-        self.tps: list[float] = []
-        self.cold_latency: list[float] = []
-
-    def add(self, row: dict) -> None:
-        self.count += 1
-        self.errors += 1 if row.get("error") else 0
-        self.completion += int(_num(row.get("completion_tokens")) or 0)
-        self.prompt += int(_num(row.get("prompt_tokens")) or 0)
-        d = _num(row.get("duration_s"))
-        if d is not None:
-            self.latency.append(d)
-        for name, values in (("ttft_s", self.ttft), ("tokens_per_s", self.tps)):
-            v = _num(row.get(name))
-            if v is not None:
-                values.append(v)
-        if row.get("cold_start") is True:
-            self.cold += 1
-            if d is not None:
-                self.cold_latency.append(d)
-
-    def summary(self) -> dict:
-        lat, ttft, cold = sorted(self.latency), sorted(self.ttft), sorted(self.cold_latency)
-        return {
-            "count": self.count, "errors": self.errors,
-            "error_rate": self.errors / self.count if self.count else 0.0,
-            "latency_s": {"p50": percentile(lat, 0.5), "p95": percentile(lat, 0.95),
-                          "p99": percentile(lat, 0.99)},
-            "ttft_s": {"p50": percentile(ttft, 0.5), "p95": percentile(ttft, 0.95)},
-            "tokens_per_s_mean": sum(self.tps) / len(self.tps) if self.tps else None,
-            "completion_tokens": self.completion, "prompt_tokens": self.prompt,
-            "cold_starts": {"count": self.cold, "duration_p50_s": percentile(cold, 0.5)},
-        }
-
-
-def summarize(rows: Iterable[dict], limit: int) -> dict:
-    """KPIs per (function, model) plus a total over all rows (at most ``limit`` rows read)."""
-    groups: dict[tuple[str, str], _Acc] = {}
-    total = _Acc()
-    n = 0
-    for row in rows:
-        n += 1
-        if n > limit:
-            break
-        key = (str(row.get("function", "")), str(row.get("model", "")))
-        groups.setdefault(key, _Acc()).add(row)
-        total.add(row)
-    return {"truncated": n > limit,
-            "groups": [{"function": f, "model": m, **acc.summary()}
-                       for (f, m), acc in sorted(groups.items())],
-            "total": total.summary()}
-
-
-def timeseries(rows: Iterable[dict], since: dt.datetime, until: dt.datetime, bucket_s: int,
-               limit: int) -> dict:
-    """Count, errors, p50 latency and tokens per bucket aligned to epoch multiples of bucket_s."""
+def timeseries(chosen: list[tuple], since: dt.datetime, until: dt.datetime,
+               bucket_s: int) -> dict:
+    """Count, errors, p50 latency and tokens per bucket aligned to epoch multiples of
+    ``bucket_s``; a cell goes to the bucket holding its start."""
     first = math.floor(since.timestamp() / bucket_s) * bucket_s
-    buckets: dict[int, _Acc] = {}
-    n = 0
-    for row in rows:
-        n += 1
-        if n > limit:
-            break
-        t = row.get("time")
-        if not isinstance(t, dt.datetime):
-            continue
-        start = math.floor(t.timestamp() / bucket_s) * bucket_s
-        buckets.setdefault(start, _Acc()).add(row)
+    buckets: dict[int, list] = {}
+    for key, cell in chosen:
+        buckets.setdefault(max(first, key[3] // bucket_s * bucket_s), []).append(cell)
     series = []
     start = first
     while start < until.timestamp():
-        acc = buckets.get(start) or _Acc()
-        lat = sorted(acc.latency)
-        series.append({"start": _iso(dt.datetime.fromtimestamp(start, UTC)),
-                       "count": acc.count, "errors": acc.errors,
-                       "latency_p50_s": percentile(lat, 0.5),
-                       "completion_tokens": acc.completion, "prompt_tokens": acc.prompt})
+        s = rollup.summary(buckets.get(start, []))
+        series.append({"start": _iso(start), "count": s["count"], "errors": s["errors"],
+                       "latency_p50_s": s["latency_s"]["p50"],
+                       "completion_tokens": s["completion_tokens"],
+                       "prompt_tokens": s["prompt_tokens"]})
         start += bucket_s
-    return {"truncated": n > limit, "bucket_s": bucket_s, "series": series}
+    return {"bucket_s": bucket_s, "series": series}
 
 
 def bucket_count(since: dt.datetime, until: dt.datetime, bucket_s: int) -> int:

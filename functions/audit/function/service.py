@@ -10,12 +10,16 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               generate_latest)
 
 from . import kpis
+from .commit import Committer
+from .compaction import CompactionAborted, Rollups
 from .ingest import Ingestor, Outcome
 from .settings import AuditSettings
 from .store import AuditStore, StoreUnavailable
@@ -68,6 +72,16 @@ class AuditMetrics:
                                  ["op"], registry=r)
         self.dead_letters = Counter("audit_dead_letters_total", "dead letters by result",
                                     ["result"], registry=r)
+        self.batch_size = Histogram("audit_commit_events", "events per database commit",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.recovered = Counter("audit_rollup_recovered_total",
+                                 "commits whose rollup part was rebuilt from their events",
+                                 registry=r)
+        self.unverified = Counter("audit_duplicates_unverified_total",
+                                  "redeliveries older than KPI_LEDGER_HOURS, taken as counted",
+                                  registry=r)
+        self.compacted = Counter("audit_rollups_written_total", "rollups written by level",
+                                 ["level"], registry=r)
 
 
 class AuditService:
@@ -80,7 +94,11 @@ class AuditService:
         self.store = store or AuditStore(settings)
         self.metrics = AuditMetrics(registry)
         self.clock = clock
-        self.ingestor = Ingestor(self.store, self.metrics, retry_after_s=settings.retry_after_s,
+        self.committer = Committer(self.store, settings, self.metrics, clock=clock)
+        self.rollups = Rollups(self.store, settings, self.metrics, clock=clock)
+        self.ingestor = Ingestor(self.store, self.metrics, self.committer,
+                                 retry_after_s=settings.retry_after_s,
+                                 wait_s=settings.kpi_timeout_s + 4 * settings.timeout_ms / 1000,
                                  clock=clock)
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -92,13 +110,15 @@ class AuditService:
         if self._thread is not None:
             return
         self._stop.clear()
+        self.committer.start()
         self._thread = threading.Thread(target=self._background, name="audit-store",
                                         daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Called on shutdown: end the background thread and close the client."""
+        """Called on shutdown: finish queued commits, end the background thread, close."""
         self._stop.set()
+        self.committer.stop(timeout_s)
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
@@ -128,16 +148,30 @@ class AuditService:
                 log.warning("database not reachable yet (%s)", err)
             self._stop.wait(_CONNECT_BACKOFF_S[min(attempt, len(_CONNECT_BACKOFF_S) - 1)])
             attempt += 1
-        if self.settings.retention_days > 0 and not self.store.ttl_index:
-            while not self._stop.is_set():
-                try:
-                    n = self.store.prune(self.clock())
-                    if n:
-                        log.info("retention sweep deleted %d events", n)
-                except StoreUnavailable as err:
-                    self.metrics.db_errors.labels("prune").inc()
-                    log.warning("retention sweep failed (%s)", err)
-                self._stop.wait(self.settings.retention_sweep_s)
+        next_prune = 0.0
+        while not self._stop.wait(self.settings.compact_interval_s):
+            self._compact()
+            if self.settings.retention_days > 0 and not self.store.ttl_index \
+                    and time.monotonic() >= next_prune:
+                self._prune()
+                next_prune = time.monotonic() + self.settings.retention_sweep_s
+
+    def _compact(self) -> None:
+        try:
+            for level, n in self.rollups.compact().items():
+                self.metrics.compacted.labels(level).inc(n)
+        except (StoreUnavailable, CompactionAborted) as err:
+            self.metrics.db_errors.labels("compact").inc()
+            log.warning("rollup compaction stopped (%s); the next run continues", err)
+
+    def _prune(self) -> None:
+        try:
+            n = self.store.prune(self.clock())
+            if n:
+                log.info("retention sweep deleted %d events", n)
+        except StoreUnavailable as err:
+            self.metrics.db_errors.labels("prune").inc()
+            log.warning("retention sweep failed (%s)", err)
 
     # -- routes ----------------------------------------------------------------------------
     def post(self, path: str, event, body_bytes: int | None) -> Response:
@@ -181,16 +215,14 @@ class AuditService:
     def _kpis(self, path: str, args: Mapping[str, str]) -> Response:
         match, echo = kpis.parse_query(args, self.clock())
         since, until = match["time"]["$gte"], match["time"]["$lt"]
-        limit = self.settings.kpi_max_events
-        if path == "/kpis":
-            out = self.store.scan(match, kpis.FIELDS, limit + 1,
-                                  lambda rows: kpis.summarize(rows, limit))
-            return Response.json(200, {**echo, **out})
         bucket_s = kpis.parse_bucket(args.get("bucket") or "1m")
-        n = kpis.bucket_count(since, until, bucket_s)
-        if n > self.settings.kpi_max_buckets:
-            raise kpis.QueryError(f"{n} buckets exceed KPI_MAX_BUCKETS="
-                                  f"{self.settings.kpi_max_buckets}; use a larger bucket")
-        out = self.store.scan(match, kpis.FIELDS, limit + 1,
-                              lambda rows: kpis.timeseries(rows, since, until, bucket_s, limit))
-        return Response.json(200, {**echo, **out})
+        if path == "/kpis/timeseries":
+            n = kpis.bucket_count(since, until, bucket_s)
+            if n > self.settings.kpi_max_buckets:
+                raise kpis.QueryError(f"{n} buckets exceed KPI_MAX_BUCKETS="
+                                      f"{self.settings.kpi_max_buckets}; use a larger bucket")
+        self.store.ping()  # a down database answers 503 at once, not after the read deadline
+        chosen, window = kpis.select(self.rollups.cells(), match)
+        out = (kpis.summarize(chosen) if path == "/kpis"
+               else kpis.timeseries(chosen, since, until, bucket_s))
+        return Response.json(200, {**echo, "window": window, **out})

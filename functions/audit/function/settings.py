@@ -21,7 +21,20 @@ class AuditSettings:
                               "deadline of server selection, connect and one insert or "
                               "ping (short: a down database gets 503 fast), ms", lo=50, hi=60000)
     kpi_timeout_s: float = setting("KPI_TIMEOUT_S", 120.0,
-                                   "deadline of one KPI query's database scan, s", lo=0.1)
+                                   "deadline of a KPI read, a compaction step or the recovery "
+                                   "scan of one lost commit, s", lo=0.1)
+    kpi_prefix: str = setting("KPI_COLLECTION_PREFIX", "kpi_",
+                              "prefix of the rollup collections (parts, rollups, ledger, locks)")
+    commit_lease_s: float = setting("KPI_LEASE_S", 10.0,
+                                    "a commit younger than this may still be writing its rollup "
+                                    "part; older parts are compacted, s", lo=0.05)
+    compact_interval_s: float = setting("KPI_COMPACT_INTERVAL_S", 5.0,
+                                        "interval of the rollup compaction, s", lo=0.05)
+    ledger_hours: float = setting("KPI_LEDGER_HOURS", 6.0,
+                                  "how long the ids of compacted commits are kept to verify "
+                                  "redeliveries (longer than the Trigger's retry span), h", lo=0)
+    max_batch: int = setting("INGEST_MAX_BATCH", 256,
+                             "events one database commit writes at most", lo=1, hi=10000)
     retention_days: int = setting("RETENTION_DAYS", 0,
                                   "days events are kept (by their time); 0 = forever", lo=0)
     retention_sweep_s: float = setting("RETENTION_SWEEP_S", 3600.0,
@@ -31,8 +44,6 @@ class AuditSettings:
                                      "largest accepted event body, bytes (larger: 413)", lo=1)
     retry_after_s: int = setting("RETRY_AFTER_S", 2,
                                  "Retry-After sent with 503 when the database is down, s", lo=0)
-    kpi_max_events: int = setting("KPI_MAX_EVENTS", 1_000_000,
-                                  "events one KPI query reads at most (more: `truncated`)", lo=1)
     kpi_max_buckets: int = setting("KPI_MAX_BUCKETS", 10_000,
                                    "buckets one timeseries query may return", lo=1)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import pymongo
 from bson.errors import InvalidDocument
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 KEY_SEP = "\x1f"  # ASCII unit separator: cannot appear in a URI-reference source
 NOT_IMPLEMENTED = 238  # MongoDB/FerretDB error code "NotImplemented"
+DUPLICATE_KEY = 11000
 T = TypeVar("T")
 
 
@@ -71,6 +72,10 @@ class AuditStore:
     def dead_letters(self):
         return self.client()[self.settings.database][self.settings.deadletter_collection]
 
+    def kpi(self, name: str):
+        """A rollup collection: ``parts``, ``rollups``, ``ledger`` or ``locks`` (rollups.py)."""
+        return self.client()[self.settings.database][self.settings.kpi_prefix + name]
+
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
@@ -79,11 +84,7 @@ class AuditStore:
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the server answers."""
-        try:
-            with pymongo.timeout(self.settings.timeout_ms / 1000):
-                self.client().admin.command("ping")
-        except perr.PyMongoError as err:
-            raise StoreUnavailable(type(err).__name__) from err
+        self._call(lambda: self.client().admin.command("ping"))
 
     def ensure_indexes(self) -> None:
         """Create the query indexes (idempotent) and, with retention, a TTL index if supported."""
@@ -92,6 +93,7 @@ class AuditStore:
             ev.create_index([("time", pymongo.ASCENDING)], name="time")
             ev.create_index([("function", pymongo.ASCENDING), ("model", pymongo.ASCENDING),
                              ("time", pymongo.ASCENDING)], name="function_model_time")
+            ev.create_index([("kb", pymongo.ASCENDING)], name="batch", sparse=True)
             self.dead_letters.create_index([("received_at", pymongo.ASCENDING)],
                                            name="received_at")
             if self.settings.retention_days > 0:
@@ -113,44 +115,80 @@ class AuditStore:
                      seconds)
             return False
 
-    def insert(self, collection, doc: dict) -> bool:
-        """Insert ``doc``; True if new, False if its ``_id`` exists (a redelivery)."""
+    def _call(self, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+        """Run one database operation under a deadline (default: the short write timeout);
+        any pymongo failure becomes :class:`StoreUnavailable`."""
         try:
-            with pymongo.timeout(self.settings.timeout_ms / 1000):
-                collection.insert_one(doc)
-            return True
-        except perr.DuplicateKeyError:
-            return False
-        except (InvalidDocument, OverflowError) as err:
-            raise DocumentRejected(str(type(err).__name__)) from err
+            with pymongo.timeout(timeout_s or self.settings.timeout_ms / 1000):
+                return fn()
         except perr.PyMongoError as err:
             raise StoreUnavailable(type(err).__name__) from err
 
-    def insert_event(self, doc: dict) -> bool:
+    def insert(self, collection, doc: dict) -> bool:
+        """Insert ``doc``; True if new, False if its ``_id`` exists (a redelivery)."""
+        try:
+            self._call(lambda: collection.insert_one(doc))
+            return True
+        except StoreUnavailable as err:
+            if isinstance(err.__cause__, perr.DuplicateKeyError):
+                return False
+            raise
+        except (InvalidDocument, OverflowError) as err:
+            raise DocumentRejected(str(type(err).__name__)) from err
+
+    def with_expiry(self, doc: dict) -> dict:
+        """Set ``expire_at`` when retention is on (read by the TTL index or the sweep)."""
         if self.settings.retention_days > 0:
             doc["expire_at"] = doc["time"] + dt.timedelta(days=self.settings.retention_days)
-        return self.insert(self.events, doc)
+        return doc
+
+    def insert_events(self, docs: list[dict]) -> tuple[set, set]:
+        """One unordered ``insert_many``: (ids inserted, ids that already existed).
+
+        Any other failure raises :class:`StoreUnavailable`; the caller cannot know which
+        documents landed and answers 503 for all (the broker redelivers, ingest recovers)."""
+        ids = {d["_id"] for d in docs}
+        try:
+            self._call(lambda: self.events.insert_many(docs, ordered=False))
+            return ids, set()
+        except StoreUnavailable as exc:
+            err = exc.__cause__
+            if not isinstance(err, perr.BulkWriteError):
+                raise
+            errors = err.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            dups = {docs[e["index"]]["_id"] for e in errors}
+            return ids - dups, dups
+
+    def get(self, collection, _id: str) -> dict | None:
+        """One document by ``_id`` (FerretDB v1 pushes this filter down: fast)."""
+        return self._call(lambda: collection.find_one({"_id": _id}))
+
+    def all(self, collection) -> list[dict]:
+        """Every document of a (small) collection."""
+        return self._call(lambda: list(collection.find({})), self.settings.kpi_timeout_s)
+
+    def delete_where(self, collection, query: dict) -> int:
+        return self._call(lambda: collection.delete_many(query).deleted_count,
+                          self.settings.kpi_timeout_s)
+
+    def delete_ids(self, collection, ids: list[str]) -> int:
+        return self.delete_where(collection, {"_id": {"$in": list(ids)}}) if ids else 0
+
+    def events_of_batch(self, batch_id: str) -> list[dict]:
+        """The events one commit inserted (a scan on FerretDB v1: used only to recover a
+        commit that stopped between its two writes)."""
+        return self._call(lambda: list(self.events.find({"kb": batch_id})),
+                          self.settings.kpi_timeout_s)
+
+    def push_ledger(self, _id: str, ids: list[str]) -> None:
+        """Append a generation of part ids to a ledger document (rare: late parts)."""
+        self._call(lambda: self.kpi("ledger").update_one({"_id": _id}, {"$push": {"gens": ids}}))
 
     def insert_dead_letter(self, doc: dict) -> bool:
         return self.insert(self.dead_letters, doc)
 
-    def scan(self, match: dict, fields: list[str], limit: int,
-             reduce: Callable[[Iterator[dict]], T]) -> T:
-        """``reduce`` over documents matching ``match`` with only ``fields`` (at most ``limit``),
-        filtered and projected by one aggregation pipeline, all under one deadline."""
-        pipeline = [{"$match": match}, {"$limit": limit},
-                    {"$project": {"_id": 0, **{f: 1 for f in fields}}}]
-        self.ping()
-        try:
-            with pymongo.timeout(self.settings.kpi_timeout_s):
-                with self.events.aggregate(pipeline, batchSize=10000) as cursor:
-                    return reduce(cursor)
-        except perr.PyMongoError as err:
-            raise StoreUnavailable(type(err).__name__) from err
-
     def prune(self, now: dt.datetime) -> int:
         """Delete events whose expiry passed (the sweep used when TTL indexes are missing)."""
-        try:
-            return self.events.delete_many({"expire_at": {"$lt": now}}).deleted_count
-        except perr.PyMongoError as err:
-            raise StoreUnavailable(type(err).__name__) from err
+        return self.delete_where(self.events, {"expire_at": {"$lt": now}})

@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from audit_function import kpis
+from audit_function import kpis, rollup
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
@@ -40,55 +40,70 @@ def test_parse_bucket_rejects(raw):
         kpis.parse_bucket(raw)
 
 
-def test_percentile_nearest_rank():
-    values = list(range(1, 101))
-    assert kpis.percentile(values, 0.5) == 50
-    assert kpis.percentile(values, 0.95) == 95
-    assert kpis.percentile(values, 0.99) == 99
-    assert kpis.percentile([7.0], 0.99) == 7.0
-    assert kpis.percentile([], 0.5) is None
-
-
 def _row(i, **kw):
     row = {"time": NOW - dt.timedelta(seconds=i), "function": "generate", "model": "m",
-           "error": 0, "duration_s": float(i), "ttft_s": 0.1, "tokens_per_s": 10.0,
-           "completion_tokens": 2, "prompt_tokens": 3, "cold_start": False}
+           "service": "generate", "error": 0, "duration_s": float(i), "ttft_s": 0.1,
+           "tokens_per_s": 10.0, "completion_tokens": 2, "prompt_tokens": 3, "cold_start": False}
     row.update(kw)
     return row
+
+
+def _query(**args):
+    return kpis.parse_query(args, NOW)[0]
 
 
 def test_summarize_groups_and_total():
     rows = [_row(i) for i in range(1, 11)]
     rows += [_row(1, function="embed", error=1, ttft_s=None, tokens_per_s=None,
                   cold_start=True, duration_s=4.0)]
-    out = kpis.summarize(iter(rows), limit=100)
-    assert out["truncated"] is False
+    chosen, window = kpis.select(rollup.build(rows), _query())
+    out = kpis.summarize(chosen)
     embed, gen = out["groups"]
     assert (embed["function"], gen["function"]) == ("embed", "generate")
-    assert gen["count"] == 10 and gen["errors"] == 0 and gen["latency_s"]["p50"] == 5.0
-    assert gen["latency_s"]["p99"] == 10.0 and gen["tokens_per_s_mean"] == 10.0
+    assert gen["count"] == 10 and gen["errors"] == 0
+    assert gen["latency_s"]["p50"] == pytest.approx(5.0, rel=rollup.RELATIVE_ERROR)
+    assert gen["latency_s"]["p99"] == pytest.approx(10.0, rel=rollup.RELATIVE_ERROR)
+    assert gen["tokens_per_s_mean"] == 10.0
     assert gen["completion_tokens"] == 20 and gen["prompt_tokens"] == 30
     assert embed["error_rate"] == 1.0 and embed["ttft_s"] == {"p50": None, "p95": None}
-    assert embed["cold_starts"] == {"count": 1, "duration_p50_s": 4.0}
+    assert embed["cold_starts"]["count"] == 1
+    assert embed["cold_starts"]["duration_p50_s"] == pytest.approx(4.0,
+                                                                   rel=rollup.RELATIVE_ERROR)
     assert out["total"]["count"] == 11 and out["total"]["errors"] == 1
+    assert window == {"since": "2026-01-02T11:59:00Z", "until": "2026-01-02T12:00:00Z",
+                      "coarsest_cell_s": 60}
 
 
-def test_summarize_tolerates_odd_values_and_truncates():
+def test_select_filters_and_window_overlap():
+    cells = rollup.build([_row(30), _row(90, model="x"), _row(3000, service="other")])
+    chosen, _ = kpis.select(cells, _query(model="m"))
+    assert sum(c["n"] for _, c in chosen) == 2
+    chosen, _ = kpis.select(cells, _query(service="other"))
+    assert sum(c["n"] for _, c in chosen) == 1
+    # a cell overlapping the window's start counts whole: the window says so
+    chosen, window = kpis.select(cells, _query(since="2026-01-02T11:59:30Z"))
+    assert sum(c["n"] for _, c in chosen) == 1 and window["since"] == "2026-01-02T11:59:00Z"
+    assert kpis.select(cells, _query(since="2026-01-02T12:00:00Z",
+                                     until="2026-01-02T12:05:00Z"))[1]["since"] is None
+
+
+def test_summarize_tolerates_odd_values():
     rows = [_row(1, duration_s="x", completion_tokens=None), _row(2, duration_s=float("nan")),
-            _row(3)]
-    out = kpis.summarize(iter(rows), limit=2)
-    assert out["truncated"] is True
-    assert out["total"]["count"] == 2 and out["total"]["latency_s"]["p50"] is None
+            _row(3, duration_s=0.0)]
+    out = kpis.summarize(kpis.select(rollup.build(rows), _query())[0])
+    assert out["total"]["count"] == 3 and out["total"]["latency_s"]["p50"] == 0.0
+    assert out["total"]["completion_tokens"] == 4
 
 
 def test_timeseries_zero_fills_aligned_buckets():
     since, until = NOW - dt.timedelta(minutes=3), NOW
     rows = [_row(30), _row(31, error=1), _row(150)]
-    out = kpis.timeseries(iter(rows), since, until, 60, limit=100)
+    chosen, _ = kpis.select(rollup.build(rows), _query(since=since.isoformat()))
+    out = kpis.timeseries(chosen, since, until, 60)
     starts = [b["start"] for b in out["series"]]
     assert starts == ["2026-01-02T11:57:00Z", "2026-01-02T11:58:00Z", "2026-01-02T11:59:00Z"]
     counts = [(b["count"], b["errors"]) for b in out["series"]]
     assert counts == [(1, 0), (0, 0), (2, 1)]
-    assert out["series"][2]["latency_p50_s"] == 30.0
+    assert out["series"][2]["latency_p50_s"] == pytest.approx(30.0, rel=rollup.RELATIVE_ERROR)
     assert out["series"][2]["completion_tokens"] == 4
     assert kpis.bucket_count(since, until, 60) == 3
