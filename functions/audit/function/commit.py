@@ -150,7 +150,7 @@ class Committer:
             if self.store.get(self.store.kpi("parts"), batch_id) is not None:
                 return DUPLICATE
             ledger = self.store.get(self.store.kpi("ledger"), ledger_id(batch_id))
-            if ledger and any(batch_id in gen for gen in ledger.get("gens", [])):
+            if ledger and any(batch_id in g["ids"] for g in ledger.get("gens", [])):
                 return DUPLICATE
             age_s = self.clock().timestamp() - rollup.batch_time_s(batch_id)
             if age_s < self.settings.commit_lease_s:

@@ -7,7 +7,8 @@ Collections (prefix ``KPI_COLLECTION_PREFIX``):
 - ``rollups``: ``m|<minute>|<k>`` (minute cells, generation ``k`` of that commit minute),
   ``h|<first child id>`` (hour cells) and ``d|<first child id>`` (hour cells of a day), each
   ``{lvl, t, w, cells, absorbed: [child ids]}``.
-- ``ledger``: ``m|<minute>`` ``{t, gens: [[part ids of generation k], ...]}``: which commits a
+- ``ledger``: ``m|<minute>`` ``{t, gens: [{ids: [part ids of generation k]}, ...]}`` (FerretDB v1
+  refuses nested arrays): which commits a
   minute rollup holds, read by ``_id`` only (commit.Committer.verify).
 - ``locks``: one lease document so a single pod compacts at a time.
 
@@ -132,12 +133,13 @@ class Rollups:
             self._check_time(started)
             lid, ids = f"m|{minute}", sorted(p["_id"] for p in parts)
             ledger = self.store.get(ledgers, lid)
-            gens = ledger["gens"] if ledger else []
+            gens = [g["ids"] for g in ledger["gens"]] if ledger else []
             k = next((i for i, g in enumerate(gens) if set(ids) & set(g)), None)
             if k is None:  # a new generation: record it in the ledger first
                 k = len(gens)
                 if ledger is None:
-                    self.store.insert(ledgers, {"_id": lid, "t": minute, "gens": [ids]})
+                    self.store.insert(ledgers, {"_id": lid, "t": minute,
+                                                "gens": [{"ids": ids}]})
                 else:
                     self.store.push_ledger(lid, ids)
                 gens = gens + [ids]
@@ -222,6 +224,6 @@ def _merged(docs: list[dict], resolution_s: int | None = None) -> dict:
 def _in_present_generation(part_id: str, ledger: dict | None, present: set[str]) -> bool:
     """True when the ledger puts ``part_id`` in a minute rollup that exists (or was absorbed)."""
     for k, gen in enumerate((ledger or {}).get("gens", [])):
-        if part_id in gen:
+        if part_id in gen["ids"]:
             return f"{ledger['_id']}|{k}" in present
     return False

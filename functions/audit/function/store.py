@@ -184,7 +184,8 @@ class AuditStore:
 
     def push_ledger(self, _id: str, ids: list[str]) -> None:
         """Append a generation of part ids to a ledger document (rare: late parts)."""
-        self._call(lambda: self.kpi("ledger").update_one({"_id": _id}, {"$push": {"gens": ids}}))
+        self._call(lambda: self.kpi("ledger").update_one({"_id": _id},
+                                                        {"$push": {"gens": {"ids": ids}}}))
 
     def insert_dead_letter(self, doc: dict) -> bool:
         return self.insert(self.dead_letters, doc)
