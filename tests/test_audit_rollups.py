@@ -205,3 +205,24 @@ def test_a_late_recovery_after_compaction_is_a_new_generation(env):
     assert len(ledger["gens"]) == 2 and lost_id in ledger["gens"][1]["ids"]
     assert totals(audit, rollups) == expected(audit, early + lost)
     assert commit(committer, lost) == ["duplicate"] * 10 and metrics.recovered.value == 1
+
+
+def test_rebuild_counts_every_stored_event_once(env):
+    audit, store, committer, rollups, clock, metrics = env
+    committed, lost = docs(15, T0, seed=6), docs(5, T0, seed=7)
+    commit(committer, committed)
+    lost_id = audit.rollup.new_batch_id(clock())
+    store.insert_events([{**d, "kb": lost_id} for d in lost])  # died before its part
+    loaded = docs(30, T0 - dt.timedelta(days=3), seed=8)
+    store.insert_events(loaded)  # bulk-loaded, never committed
+    clock.advance(minutes=1)
+    assert rollups.rebuild() == 50
+    want = expected(audit, committed + lost + loaded)
+    assert totals(audit, rollups) == want
+    # a redelivery of the lost commit's events is counted already: no recovery
+    clock.advance(minutes=5)
+    assert commit(committer, lost + loaded[:3]) == ["duplicate"] * 8
+    assert metrics.recovered.value == 0 and totals(audit, rollups) == want
+    clock.advance(days=5)
+    rollups.compact()
+    assert totals(audit, rollups) == want

@@ -30,6 +30,7 @@ from .store import AuditStore, StoreUnavailable
 log = logging.getLogger(__name__)
 
 RECORDED, DUPLICATE, UNAVAILABLE = "recorded", "duplicate", "unavailable"
+REBUILT_ID = "rebuilt"  # ledger document {at: epoch s}: events before it are in the rollups
 
 
 def ledger_id(batch_id: str) -> str:
@@ -146,7 +147,7 @@ class Committer:
             stored = self.store.get(self.store.events, event_id)
             batch_id = (stored or {}).get("kb")
             if stored is None or not batch_id:
-                return DUPLICATE if stored is not None else UNAVAILABLE  # no kb: rebuilt
+                return DUPLICATE  # expired since, or loaded without a commit (then rebuilt)
             if self.store.get(self.store.kpi("parts"), batch_id) is not None:
                 return DUPLICATE
             ledger = self.store.get(self.store.kpi("ledger"), ledger_id(batch_id))
@@ -155,6 +156,9 @@ class Committer:
             age_s = self.clock().timestamp() - rollup.batch_time_s(batch_id)
             if age_s < self.settings.commit_lease_s:
                 return UNAVAILABLE  # the original commit may still write its part
+            rebuilt = self.store.get(self.store.kpi("ledger"), REBUILT_ID)
+            if rebuilt and rollup.batch_time_s(batch_id) < rebuilt["at"]:
+                return DUPLICATE  # counted by `function.rebuild` from the stored events
             if age_s > self.settings.ledger_hours * 3600:
                 self.metrics.unverified.inc()
                 return DUPLICATE  # past the ledger's horizon: cannot be checked any more

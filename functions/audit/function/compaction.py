@@ -28,7 +28,7 @@ import time
 from typing import Callable
 
 from . import rollup
-from .commit import ledger_id
+from .commit import REBUILT_ID, ledger_id
 from .store import AuditStore
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,9 @@ class Rollups:
         rollup per event hour. Returns the number of events read."""
         for name in ("parts", "rollups", "ledger", "locks"):
             self.store.delete_where(self.store.kpi(name), {})
+        # Redeliveries of events stored before now are counted by this rebuild.
+        self.store.insert(self.store.kpi("ledger"), {"_id": REBUILT_ID,
+                                                     "at": self.clock().timestamp()})
         cells: dict = {}
         n = 0
         for doc in self.store.all(self.store.events):
