@@ -113,6 +113,14 @@ def expected(audit, batch: list[dict]) -> dict:
         "cold": s["cold_starts"]["count"], "p95": s["latency_s"]["p95"]}
 
 
+def die_before_part(audit, store, clock, batch: list[dict]) -> str:
+    """Step 1 of a commit only, as a process that died before writing its part."""
+    batch_id = audit.rollup.new_batch_id(clock())
+    new, _ = store.insert_events([{**d, "kb": batch_id} for d in batch])
+    assert len(new) == len(batch)
+    return batch_id
+
+
 def count(store, name: str) -> int:
     return store.kpi(name).count_documents({})
 
@@ -142,9 +150,8 @@ def test_compaction_through_minutes_hours_days_keeps_every_count(env):
 def test_a_commit_that_died_between_its_writes_is_recovered_once(env):
     audit, store, committer, rollups, clock, metrics = env
     batch = docs(20, T0, seed=2)
-    batch_id = audit.rollup.new_batch_id(clock())
-    new, _ = store.insert_events([{**d, "kb": batch_id} for d in batch])  # then the pod died
-    assert len(new) == 20 and totals(audit, rollups)["count"] == 0
+    die_before_part(audit, store, clock, batch)
+    assert totals(audit, rollups)["count"] == 0
 
     clock.advance(seconds=1)  # within the lease the original might still write its part
     assert commit(committer, batch[:3]) == ["unavailable"] * 3
@@ -191,8 +198,7 @@ def test_a_late_recovery_after_compaction_is_a_new_generation(env):
     audit, store, committer, rollups, clock, metrics = env
     early, lost = docs(10, T0, seed=4), docs(10, T0, seed=5)
     commit(committer, early)
-    lost_id = audit.rollup.new_batch_id(clock())
-    store.insert_events([{**d, "kb": lost_id} for d in lost])  # died before its part
+    lost_id = die_before_part(audit, store, clock, lost)
     clock.advance(minutes=2)
     rollups.compact()  # the minute is compacted without the lost commit
     assert totals(audit, rollups) == expected(audit, early)
@@ -211,8 +217,7 @@ def test_rebuild_counts_every_stored_event_once(env):
     audit, store, committer, rollups, clock, metrics = env
     committed, lost = docs(15, T0, seed=6), docs(5, T0, seed=7)
     commit(committer, committed)
-    lost_id = audit.rollup.new_batch_id(clock())
-    store.insert_events([{**d, "kb": lost_id} for d in lost])  # died before its part
+    die_before_part(audit, store, clock, lost)
     loaded = docs(30, T0 - dt.timedelta(days=3), seed=8)
     store.insert_events(loaded)  # bulk-loaded, never committed
     clock.advance(minutes=1)
