@@ -16,6 +16,9 @@ preload_app = False
 graceful_timeout = int(_cfg.grace_s) + 5  # the runtime drains within grace_s, then flushes events
 timeout = 120  # worker heartbeat (the gthread main loop), not a request timeout
 keepalive = 75  # longer than typical ingress idle timeouts
+# gunicorn 27 opens a control socket at one fixed path per user: with several servers on one
+# host (make run, the tests) the last one takes it and the first to stop deletes it. Unused.
+control_socket_disable = True
 loglevel = _cfg.log_level
 accesslog = "-"
 errorlog = "-"
