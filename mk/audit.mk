@@ -8,7 +8,8 @@ AUDIT_BENCH_ARGS ?=
 .PHONY: test-audit bench-audit bench audit-rebuild
 
 test-audit: venv services vendor
-	$(VENV)/bin/pytest -q functions/audit/tests tests/test_audit_e2e.py tests/test_audit_reliability.py
+	$(VENV)/bin/pytest -q functions/audit/tests tests/test_audit_e2e.py tests/test_audit_reliability.py \
+	  tests/test_audit_rollups.py tests/test_stack_e2e.py
 
 bench-audit: venv services vendor
 	$(PY) bench/bench_audit.py $(AUDIT_BENCH_ARGS)
