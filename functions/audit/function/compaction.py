@@ -179,7 +179,8 @@ class Rollups:
                 self.store.insert(col, doc)
                 written += 1
             self.store.delete_ids(col, ids)
-            live = [r for r in live if r["_id"] not in set(ids)] + [doc]
+            done = set(ids)
+            live = [r for r in live if r["_id"] not in done] + [doc]
         return written, live
 
     def _retention(self, now: dt.datetime) -> None:

@@ -215,8 +215,8 @@ class AuditService:
     def _kpis(self, path: str, args: Mapping[str, str]) -> Response:
         match, echo = kpis.parse_query(args, self.clock())
         since, until = match["time"]["$gte"], match["time"]["$lt"]
-        bucket_s = kpis.parse_bucket(args.get("bucket") or "1m")
         if path == "/kpis/timeseries":
+            bucket_s = kpis.parse_bucket(args.get("bucket") or "1m")
             n = kpis.bucket_count(since, until, bucket_s)
             if n > self.settings.kpi_max_buckets:
                 raise kpis.QueryError(f"{n} buckets exceed KPI_MAX_BUCKETS="
