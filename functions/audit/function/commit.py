@@ -35,7 +35,7 @@ REBUILT_ID = "rebuilt"  # ledger document {at: epoch s}: events before it are in
 
 def ledger_id(batch_id: str) -> str:
     """The ledger document that lists ``batch_id`` once its minute is compacted."""
-    return f"m|{int(rollup.batch_time_s(batch_id)) // 60 * 60}"
+    return f"m|{rollup.batch_minute(batch_id)}"
 
 
 class Committer:

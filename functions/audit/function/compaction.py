@@ -44,11 +44,9 @@ class CompactionAborted(Exception):
 class Rollups:
     """Reads and compacts the rollup collections of one store."""
 
-    def __init__(self, store: AuditStore, settings, metrics=None, *,
-                 clock: Callable[[], dt.datetime]):
+    def __init__(self, store: AuditStore, settings, *, clock: Callable[[], dt.datetime]):
         self.store = store
         self.settings = settings
-        self.metrics = metrics
         self.clock = clock
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.lock_lease_s = max(60.0, 4 * settings.compact_interval_s)
@@ -125,13 +123,12 @@ class Rollups:
         by_minute: dict[int, list[dict]] = {}
         for p in self.store.all(self.store.kpi("parts")):
             if rollup.batch_time_s(p["_id"]) < due:
-                by_minute.setdefault(int(rollup.batch_time_s(p["_id"])) // 60 * 60,
-                                     []).append(p)
+                by_minute.setdefault(rollup.batch_minute(p["_id"]), []).append(p)
         ledgers, rollups_col = self.store.kpi("ledger"), self.store.kpi("rollups")
         written = 0
         for minute, parts in sorted(by_minute.items()):
             self._check_time(started)
-            lid, ids = f"m|{minute}", sorted(p["_id"] for p in parts)
+            lid, ids = ledger_id(parts[0]["_id"]), sorted(p["_id"] for p in parts)
             ledger = self.store.get(ledgers, lid)
             gens = [g["ids"] for g in ledger["gens"]] if ledger else []
             k = next((i for i, g in enumerate(gens) if set(ids) & set(g)), None)
@@ -143,7 +140,8 @@ class Rollups:
                 else:
                     self.store.push_ledger(lid, ids)
                 gens = gens + [ids]
-            members = [p for p in parts if p["_id"] in set(gens[k])]
+            gen = set(gens[k])
+            members = [p for p in parts if p["_id"] in gen]
             doc = {"_id": f"{lid}|{k}", "lvl": "m", "t": minute, "w": 60,
                    "cells": rollup.encode(_merged(members)), "absorbed": []}
             if self.store.get(rollups_col, doc["_id"]) is None:

@@ -154,6 +154,11 @@ def batch_time_s(batch_id: str) -> float:
     return int(batch_id.split("-", 1)[0]) / 1000
 
 
+def batch_minute(batch_id: str) -> int:
+    """The start of the minute the batch was created in, epoch seconds."""
+    return int(batch_time_s(batch_id)) // MINUTE_S * MINUTE_S
+
+
 def summary(cells: Iterable[Mapping]) -> dict:
     """The `/kpis` numbers of merged cells."""
     acc = _new_cell()

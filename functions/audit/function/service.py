@@ -95,7 +95,7 @@ class AuditService:
         self.metrics = AuditMetrics(registry)
         self.clock = clock
         self.committer = Committer(self.store, settings, self.metrics, clock=clock)
-        self.rollups = Rollups(self.store, settings, self.metrics, clock=clock)
+        self.rollups = Rollups(self.store, settings, clock=clock)
         self.ingestor = Ingestor(self.store, self.metrics, self.committer,
                                  retry_after_s=settings.retry_after_s,
                                  wait_s=settings.kpi_timeout_s + 4 * settings.timeout_ms / 1000,
