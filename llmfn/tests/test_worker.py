@@ -1,86 +1,138 @@
-"""ModelWorker: one job at a time on one thread, bounded queue, drain on shutdown."""
+"""ModelLoop: admission, the bounded wait queue and drain, shared by generate and embed.
+
+The loop under test runs callables with ``capacity`` of them at once, the smallest subclass
+that exercises every hook; generate's scheduler and embed's batcher are tested in their own
+function folders on real models.
+"""
 import threading
 
 import pytest
 
 from llmfn.errors import NotReady, QueueFull
-from llmfn.worker import ModelWorker
+from llmfn.worker import ModelLoop
 
 WAIT_S = 20
 
 
-def test_jobs_run_one_at_a_time_on_one_thread():
-    worker = ModelWorker(queue_size=10)
-    seen, active, peak = [], [0], [0]
-    lock = threading.Lock()
+class Call:
+    def __init__(self, fn):
+        self.fn, self.cancelled, self.started = fn, threading.Event(), threading.Event()
+        self.done, self.result, self.error = threading.Event(), None, None
 
-    def job(j):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        seen.append(threading.current_thread().name)
-        with lock:
-            active[0] -= 1
-        return len(seen)
-
-    jobs = [worker.submit(job) for _ in range(8)]
-    assert [j.wait(WAIT_S) for j in jobs] == list(range(1, 9))
-    assert peak[0] == 1 and set(seen) == {"model-worker"}
-    assert worker.drain(WAIT_S)
+    def wait(self):
+        assert self.done.wait(WAIT_S)
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
-@pytest.mark.parametrize("queue_size", [0, 2])
-def test_queue_bound(queue_size):
-    worker = ModelWorker(queue_size=queue_size, retry_after_s=5)
+class CallLoop(ModelLoop):
+    """Starts up to ``capacity`` waiting calls on helper threads, one step at a time."""
+
+    def __init__(self, capacity: int, **kw):
+        super().__init__(**kw)
+        self.capacity, self.active, self.steps = capacity, [], []
+        self._start()
+
+    def _room(self):
+        return self.capacity - len(self.active)
+
+    def _running(self):
+        return len(self.active)
+
+    def _abort(self):
+        for call in self.active:
+            call.cancelled.set()
+        for call in self._pending:
+            call.error = NotReady("shutting down")
+            call.done.set()
+        self._pending.clear()
+
+    def _step(self):
+        self.steps.append(threading.current_thread().name)
+        with self._cond:
+            while self._pending and self._room() > 0:
+                call = self._pending.popleft()
+                self.active.append(call)
+                threading.Thread(target=self._run_call, args=(call,)).start()
+            self._cond.wait(0.01)
+
+    def _run_call(self, call):
+        call.started.set()
+        try:
+            call.result = call.fn(call)
+        except Exception as err:
+            call.error = err
+        with self._cond:
+            self.active.remove(call)
+            self._cond.notify_all()
+        call.done.set()
+
+
+def test_steps_run_on_the_loop_thread_and_everything_finishes():
+    loop = CallLoop(2, queue_size=10, name="the-loop")
+    calls = [loop.submit(Call(lambda c, i=i: i)) for i in range(8)]
+    assert [c.wait() for c in calls] == list(range(8))
+    assert set(loop.steps) == {"the-loop"}
+    assert loop.drain(WAIT_S)
+
+
+@pytest.mark.parametrize("capacity,queue_size", [(1, 0), (1, 2), (3, 1)])
+def test_queue_bound_counts_free_room(capacity, queue_size):
+    """``capacity`` run, ``queue_size`` wait, the next is 429 with Retry-After."""
+    loop = CallLoop(capacity, queue_size=queue_size, retry_after_s=5)
     release = threading.Event()
-    running = worker.submit(lambda j: release.wait(WAIT_S))
-    assert running.started.wait(WAIT_S)
-    waiting = [worker.submit(lambda j: "ok") for _ in range(queue_size)]
+    running = [loop.submit(Call(lambda c: release.wait(WAIT_S))) for _ in range(capacity)]
+    assert all(c.started.wait(WAIT_S) for c in running)
+    waiting = [loop.submit(Call(lambda c: "ok")) for _ in range(queue_size)]
     with pytest.raises(QueueFull) as err:
-        worker.submit(lambda j: "too many")
+        loop.submit(Call(lambda c: "too many"))
     assert err.value.headers() == {"Retry-After": "5"}
-    assert worker.depth() == queue_size
+    assert loop.depth() == queue_size
     release.set()
-    assert [w.wait(WAIT_S) for w in waiting] == ["ok"] * queue_size
-    worker.drain(WAIT_S)
-
-
-def test_errors_reach_the_caller():
-    worker = ModelWorker(queue_size=1)
-    job = worker.submit(lambda j: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        job.wait(WAIT_S)
-    assert worker.submit(lambda j: "still works").wait(WAIT_S) == "still works"
+    assert [c.wait() for c in waiting] == ["ok"] * queue_size
+    assert loop.drain(WAIT_S)
 
 
 def test_drain_finishes_in_flight_then_refuses():
-    worker = ModelWorker(queue_size=2)
+    loop = CallLoop(1, queue_size=2)
     go = threading.Event()
-    first = worker.submit(lambda j: go.wait(WAIT_S) and "done")
+    first = loop.submit(Call(lambda c: go.wait(WAIT_S) and "done"))
     assert first.started.wait(WAIT_S)
     result = {}
-    t = threading.Thread(target=lambda: result.setdefault("drained", worker.drain(WAIT_S)))
+    t = threading.Thread(target=lambda: result.setdefault("drained", loop.drain(WAIT_S)))
     t.start()
     go.set()
     t.join(WAIT_S)
-    assert result["drained"] is True and first.wait(WAIT_S) == "done"
+    assert result["drained"] is True and first.wait() == "done"
     with pytest.raises(NotReady):
-        worker.submit(lambda j: None)
+        loop.submit(Call(lambda c: None))
 
 
-def test_drain_cancels_after_the_grace():
-    worker = ModelWorker(queue_size=2)
-    stop_seen = threading.Event()
-
-    def long_job(job):
-        job.cancelled.wait(WAIT_S)  # a generation checks this between tokens
-        stop_seen.set()
-        return "cancelled"
-
-    running = worker.submit(long_job)
-    queued = worker.submit(lambda j: "never runs")
+def test_drain_aborts_after_the_grace():
+    loop = CallLoop(1, queue_size=2)
+    running = loop.submit(Call(lambda c: c.cancelled.wait(WAIT_S) and "cancelled"))
+    queued = loop.submit(Call(lambda c: "never runs"))
     assert running.started.wait(WAIT_S)
-    assert worker.drain(0.05) is False
-    assert stop_seen.wait(WAIT_S)
-    assert running.wait(WAIT_S) == "cancelled"
-    assert queued.done.wait(WAIT_S) and queued.result is None
+    assert loop.drain(0.05) is False
+    assert running.wait() == "cancelled"
+    with pytest.raises(NotReady):
+        queued.wait()
+
+
+def test_a_failing_step_aborts_and_the_loop_goes_on():
+    class Flaky(CallLoop):
+        fail = True
+
+        def _step(self):
+            if self.fail:
+                self.fail = False
+                raise RuntimeError("bug in a step")
+            super()._step()
+
+    loop = Flaky(1, queue_size=2)
+    lost = loop.submit(Call(lambda c: "lost"))
+    with pytest.raises(NotReady):
+        lost.wait()
+    assert loop.submit(Call(lambda c: "served")).wait() == "served"
+    assert loop.drain(WAIT_S)

@@ -6,13 +6,12 @@ inputs in arrival order, from several requests, into one model call, and hands e
 rows back. A request with more inputs than ``max_batch_size`` spans several calls. With
 ``window_s == 0`` nothing is merged: each call serves one request (the comparison baseline).
 
-Admission is bounded like llmfn's ModelWorker: ``queue_size`` requests may wait beyond the
-running call; more get 429. llama-cpp-python is not thread-safe, so only this thread calls
-``run``.
+Admission, the wait queue and drain are llmfn's ModelLoop (shared with generate's scheduler):
+``queue_size`` requests may wait beyond the running call; more get 429. llama-cpp-python is not
+thread-safe, so only the loop thread calls ``run``.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -21,7 +20,8 @@ from typing import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from llmfn.errors import NotReady, QueueFull
+from llmfn.errors import NotReady
+from llmfn.worker import ModelLoop
 
 log = logging.getLogger(__name__)
 
@@ -54,51 +54,42 @@ class Pending:
             self.done.set()
 
 
-class Batcher:
+class Batcher(ModelLoop):
     """Merges waiting requests into model calls of up to ``max_batch_size`` inputs."""
 
     def __init__(self, run: Callable[[list[list[int]]], np.ndarray], *, window_s: float,
                  max_batch_size: int, queue_size: int, retry_after_s: int = 2, metrics=None,
                  registry: CollectorRegistry | None = None, name: str = "embed-batcher"):
+        super().__init__(queue_size=queue_size, retry_after_s=retry_after_s, metrics=metrics,
+                         name=name)
         self.run = run
         self.window_s = window_s
         self.max_batch_size = max_batch_size
-        self.queue_size = queue_size
-        self.retry_after_s = retry_after_s
-        self.metrics = metrics
+        self.capacity = max_batch_size  # requests one model call can hold
         registry = registry if registry is not None else CollectorRegistry()
         self._batch_inputs = Histogram("llmfn_embed_batch_inputs", "inputs per model call",
                                        buckets=BATCH_BUCKETS, registry=registry)
         self._batch_requests = Histogram("llmfn_embed_batch_requests",
                                          "requests sharing one model call",
                                          buckets=BATCH_BUCKETS, registry=registry)
-        self._pending: collections.deque[Pending] = collections.deque()
-        self._running: list[Pending] = []
-        self._cond = threading.Condition()
-        self._accepting = True
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._in_call: list[Pending] = []
+        self._start()
 
     def submit(self, seqs: list[list[int]]) -> Pending:
         """Queue a request's sequences; QueueFull when ``queue_size`` requests already wait."""
-        item = Pending(seqs)
-        with self._cond:
-            if not self._accepting:
-                raise NotReady("The function is shutting down.", retry_after_s=self.retry_after_s)
-            busy = bool(self._running) or bool(self._pending)
-            if busy and len(self._pending) >= self.queue_size:
-                raise QueueFull(f"Too many requests: {len(self._pending)} already waiting for the "
-                                "model. Retry later.", retry_after_s=self.retry_after_s)
-            self._pending.append(item)
-            self._gauge()
-            self._cond.notify_all()
-        return item
+        return super().submit(Pending(seqs))
 
-    def _gauge(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._pending))
-            self.metrics.in_flight.set(len(self._running))
+    # -- ModelLoop hooks ------------------------------------------------------------------------
+    def _room(self) -> int:
+        return 0 if self._in_call else 1
+
+    def _running(self) -> int:
+        return len(self._in_call)
+
+    def _abort(self) -> None:
+        for item in self._pending:
+            item._fail(NotReady("The function is shutting down.", retry_after_s=1))
+        self._pending.clear()
 
     def _waiting_inputs(self) -> int:
         return sum(len(p.seqs) - p.next for p in self._pending)
@@ -118,33 +109,28 @@ class Batcher:
                 break  # no merging across requests
         return parts
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
+    def _step(self) -> None:
+        with self._cond:
+            if not self._pending:
+                return
+            if self.window_s > 0:
+                deadline = self._pending[0].arrived + self.window_s
+                while (self._pending and self._accepting
+                       and self._waiting_inputs() < self.max_batch_size):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 if not self._pending:
                     return
-                if self.window_s > 0:
-                    deadline = self._pending[0].arrived + self.window_s
-                    while (self._pending and not self._closed
-                           and self._waiting_inputs() < self.max_batch_size):
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-                    if not self._pending:
-                        continue
-                parts = self._take()
-                self._running = list(dict.fromkeys(p for p, _, _ in parts))
-                self._gauge()
-            try:
-                self._call(parts)
-            finally:
-                with self._cond:
-                    self._running = []
-                    self._gauge()
-                    self._cond.notify_all()
+            parts = self._take()
+            self._in_call = list(dict.fromkeys(p for p, _, _ in parts))
+            self._gauge()
+        try:
+            self._call(parts)
+        finally:
+            with self._cond:
+                self._in_call = []
 
     def _call(self, parts: list[tuple[Pending, int, int]]) -> None:
         seqs = [s for item, a, b in parts for s in item.seqs[a:b]]
@@ -169,19 +155,3 @@ class Batcher:
             item.filled += b - a
             if item.filled == len(item.seqs):
                 item.done.set()
-
-    def drain(self, grace_s: float) -> bool:
-        """Stop accepting; finish waiting and running calls within ``grace_s``; fail the rest."""
-        with self._cond:
-            self._accepting = False
-            idle = self._cond.wait_for(lambda: not self._pending and not self._running,
-                                       timeout=grace_s)
-            if not idle:
-                log.warning("shutdown grace of %.1fs over: failing %d waiting request(s)",
-                            grace_s, len(self._pending))
-                for item in self._pending:
-                    item._fail(NotReady("The function is shutting down.", retry_after_s=1))
-                self._pending.clear()
-            self._closed = True
-            self._cond.notify_all()
-        return idle

@@ -9,19 +9,19 @@ the vocabulary only, as llama-server's HTTP threads do).
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 
 import llama_cpp
 import numpy as np
 
 from llmfn.llama_backend import ensure_cpu_backend
+from llmfn.llama_batch import Batch
 from llmfn.settings import ModelSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
 
-def load_embedder(path: str, model: ModelSettings, *, flash_attn: bool = True) -> "Embedder":
+def load_embedder(path: str, model: ModelSettings) -> "Embedder":
     """Load the GGUF at ``path`` in embedding mode (called by the ModelHost's loader thread).
 
     N_CTX is the per-input limit; the llama.cpp context holds a whole batch of sequences, so it
@@ -37,7 +37,7 @@ def load_embedder(path: str, model: ModelSettings, *, flash_attn: bool = True) -
                           n_batch=n_batch, n_ubatch=n_batch,
                           n_threads=model.n_threads or None,
                           n_threads_batch=model.n_threads or None,
-                          flash_attn=flash_attn, verbose=False)
+                          flash_attn=model.flash_attn, verbose=False)
     return Embedder(llm, max_input_tokens=model.n_ctx)
 
 
@@ -57,18 +57,10 @@ class Embedder:
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.sep = llama_cpp.llama_vocab_sep(vocab)
         self._ctx = llm.ctx
-        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        b = self._batch
-        self._token = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
-        self._pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
-        self._n_seq_id = np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))
-        self._logits = np.ctypeslib.as_array(ctypes.cast(b.logits, ctypes.POINTER(ctypes.c_int8)),
-                                             shape=(self.n_batch,))
-        self._seq_id = [np.ctypeslib.as_array(b.seq_id[i], shape=(1,))
-                        for i in range(self.n_batch)]
+        self._batch = Batch(self.n_batch)
 
     def close(self) -> None:
-        llama_cpp.llama_batch_free(self._batch)
+        self._batch.close()
         self.llm.close()
 
     def tokenize(self, text: str) -> list[int]:
@@ -106,23 +98,14 @@ class Embedder:
         return out
 
     def _decode(self, seqs: list[list[int]], out: np.ndarray) -> None:
-        n = 0
+        self._batch.clear()
         for s, seq in enumerate(seqs):
-            k = len(seq)
-            self._token[n:n + k] = seq
-            self._pos[n:n + k] = np.arange(k)
-            for j in range(n, n + k):
-                self._seq_id[j][0] = s
-            n += k
-        self._n_seq_id[:n] = 1
-        self._logits[:n] = 1  # embedding mode: every token is an output (see Llama.embed)
-        self._batch.n_tokens = n
+            # embedding mode: every token is an output (see Llama.embed)
+            self._batch.add(seq, 0, s, logits_last=True, logits_all=True)
         memory = llama_cpp.llama_get_memory(self._ctx)
         if memory:
             llama_cpp.llama_memory_clear(memory, True)
-        rc = llama_cpp.llama_decode(self._ctx, self._batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
+        self._batch.decode(self._ctx)
         for s in range(len(seqs)):
             ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, s)
             if not ptr:

@@ -18,7 +18,7 @@ def create_runtime(cfg: Mapping[str, str]) -> Runtime:
     settings = Settings.from_mapping(cfg, **DEFAULTS)
     embed = EmbedSettings.from_mapping(cfg)
     return Runtime(FUNCTION, settings,
-                   loader=functools.partial(load_embedder, flash_attn=embed.flash_attn),
+                   loader=load_embedder,
                    register=functools.partial(api.register, embed=embed))
 
 

@@ -21,6 +21,7 @@ DEFAULTS = {
     "N_BATCH": "2048",
     "N_UBATCH": "2048",
     "QUEUE_SIZE": "16",
+    "FLASH_ATTN": "true",  # faster on CPU for batches of many sequences (docs/embeddings.md)
 }
 
 
@@ -36,8 +37,6 @@ class EmbedSettings:
                               hi=100000)
     truncate: bool = setting("TRUNCATE", False, "cut inputs longer than N_CTX tokens instead "
                              "of answering 400")
-    flash_attn: bool = setting("FLASH_ATTN", True, "llama.cpp flash attention (faster on CPU "
-                               "for batches of many sequences)")
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "EmbedSettings":

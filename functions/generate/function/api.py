@@ -1,7 +1,7 @@
 """The OpenAI-compatible generation API: /v1/completions and /v1/chat/completions.
 
-One generation runs at a time on the ModelWorker thread; the request thread formats the
-answer, as JSON or as SSE (OpenAI's chunk format, ``data: [DONE]`` at the end, and a comment
+Up to SLOTS generations run together on the scheduler's thread (continuous batching, see
+scheduler.py); the request thread formats the answer, as JSON or as SSE (OpenAI's chunk format, ``data: [DONE]`` at the end, and a comment
 heartbeat while the prompt is processed so idle timeouts do not cut the stream).
 """
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 import time
 import uuid
 from typing import Iterator
@@ -19,10 +18,11 @@ from flask import Flask, Response, jsonify, request
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, NotReady, internal_error
 from llmfn.runtime import Runtime
 from llmfn.webapp import check_model, json_body
-from llmfn.worker import Job, ModelWorker
 
 from . import schema
-from .engine import Engine, Outcome
+from .engine import Engine
+from .scheduler import Generation, Outcome, Scheduler
+from .settings import GenerateSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +30,22 @@ HEARTBEAT = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 
 
-def register(app: Flask, runtime: Runtime) -> ModelWorker:
-    """Add the generation routes to ``app``; returns the worker (drained on stop)."""
+def register(app: Flask, runtime: Runtime, *, gen: GenerateSettings) -> Scheduler:
+    """Add the generation routes to ``app``; returns the scheduler (drained on stop)."""
     server = runtime.settings.server
-    worker = ModelWorker(server.queue_size, retry_after_s=server.retry_after_s,
-                         metrics=runtime.metrics)
-    api = GenerateAPI(runtime, worker)
+    scheduler = Scheduler(lambda: runtime.host.model, gen.slots, queue_size=server.queue_size,
+                          retry_after_s=server.retry_after_s, metrics=runtime.metrics,
+                          registry=runtime.metrics.registry)
+    api = GenerateAPI(runtime, scheduler)
     app.add_url_rule("/v1/completions", "completions", api.completions, methods=["POST"])
     app.add_url_rule("/v1/chat/completions", "chat_completions", api.chat, methods=["POST"])
-    return worker
-
-
-class AnySet:
-    """Set when any of the events is set (job cancelled or client disconnected)."""
-
-    def __init__(self, *events: threading.Event | None):
-        self.events = [e for e in events if e is not None]
-
-    def is_set(self) -> bool:
-        return any(e.is_set() for e in self.events)
+    return scheduler
 
 
 class GenerateAPI:
-    def __init__(self, runtime: Runtime, worker: ModelWorker):
+    def __init__(self, runtime: Runtime, scheduler: Scheduler):
         self.rt = runtime
-        self.worker = worker
+        self.scheduler = scheduler
 
     def completions(self):
         return self._serve(chat=False)
@@ -92,17 +83,14 @@ class GenerateAPI:
                 req = schema.completion(body, default_max)
                 tokens = self._prompt_tokens(engine, req.prompt)
             self._fit_context(engine, tokens, req, "messages" if chat else "prompt")
-            disconnected = request.environ.get("llmfn.disconnected")
-            channel: queue.Queue = queue.Queue()
-            job = self.worker.submit(lambda job: self._run(engine, tokens, req, job, channel,
-                                                           disconnected, t0))
+            job = self.scheduler.submit(Generation(
+                tokens, req.params, t0=t0, disconnected=request.environ.get("llmfn.disconnected")))
         except APIError as err:
             self._event(rid, t0, status=err.status, error_code=err.code, stream=stream)
             raise
         cold = self.rt.host.take_cold_start()
         call = _Call(rid=rid, t0=t0, chat=chat, req=req, prompt_tokens=len(tokens), job=job,
-                     channel=channel, cold=cold, disconnected=disconnected,
-                     model=self.rt.host.model_id)
+                     cold=cold, model=self.rt.host.model_id)
         if req.stream:
             resp = Response(self._sse(call), mimetype="text/event-stream")
             resp.headers["Cache-Control"] = "no-cache"
@@ -116,7 +104,7 @@ class GenerateAPI:
     def _prompt_tokens(engine: Engine, prompt) -> list[int]:
         if isinstance(prompt, str):
             return engine.tokenize_prompt(prompt)
-        n_vocab = engine.llm.n_vocab()
+        n_vocab = engine.n_vocab
         if any(t >= n_vocab for t in prompt):
             raise InvalidRequest(f"'prompt' token ids must be < {n_vocab}.", param="prompt")
         return list(prompt)
@@ -139,32 +127,17 @@ class GenerateAPI:
                 f"{wanted} in the completion). Please reduce the length of the {where} or "
                 "completion.", param=where)
 
-    def _run(self, engine: Engine, tokens, req, job: Job, channel: queue.Queue,
-             disconnected, t0: float) -> Outcome:
-        """On the worker thread: generate, pushing text pieces to the request's channel."""
-        try:
-            waited_s = time.perf_counter() - t0
-            outcome = engine.generate(tokens, req.params, AnySet(job.cancelled, disconnected),
-                                      lambda text: channel.put(("text", text)))
-            if outcome.ttft_s is not None:  # as clients see it: queueing included
-                outcome.ttft_s += waited_s
-        except BaseException as err:
-            channel.put(("error", err))
-            raise
-        channel.put(("done", outcome))
-        return outcome
-
     # -- answers ------------------------------------------------------------------------------
     def _json(self, call: "_Call"):
         try:
             outcome = call.job.wait()
+        except APIError as err:  # shutting down before it got a slot
+            self._finish(call, None, status=err.status, error_code=err.code)
+            raise
         except BaseException:
             log.exception("generation failed")
             self._finish(call, None, status=500, error_code="internal_error")
             raise internal_error() from None
-        if outcome is None:  # cancelled while queued (shutdown)
-            self._finish(call, None, status=503, error_code="model_not_ready")
-            raise NotReady("The function is shutting down.", retry_after_s=1)
         usage = _usage(call.prompt_tokens, outcome.completion_tokens)
         finish = "stop" if outcome.finish_reason == "cancelled" else outcome.finish_reason
         if call.chat:
@@ -188,12 +161,8 @@ class GenerateAPI:
                 yield call.chunk({"role": "assistant", "content": ""}, None)
             while True:
                 try:
-                    kind, value = call.channel.get(timeout=heartbeat_s)
+                    kind, value = call.job.events.get(timeout=heartbeat_s)
                 except queue.Empty:
-                    if call.job.done.is_set() and call.channel.empty():
-                        status, code = 503, "model_not_ready"  # cancelled while queued
-                        yield _sse_error(NotReady("The function is shutting down."))
-                        break
                     yield HEARTBEAT
                     continue
                 if kind == "text":
@@ -205,6 +174,10 @@ class GenerateAPI:
                     yield call.chunk({} if call.chat else "", finish)
                     if call.req.include_usage:
                         yield call.usage_chunk(outcome.completion_tokens)
+                    break
+                elif isinstance(value, APIError):  # shutting down before it got a slot
+                    status, code = value.status, value.code
+                    yield _sse_error(value)
                     break
                 else:
                     log.error("generation failed", exc_info=value)
@@ -218,8 +191,8 @@ class GenerateAPI:
         finally:
             call.job.cancel()
             if outcome is None and status == 499:
-                call.job.done.wait(30)  # the worker stops within one token
-                outcome = call.job.result
+                call.job.done.wait(30)  # the scheduler stops the slot within one token
+                outcome = call.job.outcome
             self._finish(call, outcome, status=status, error_code=code)
 
     # -- accounting ---------------------------------------------------------------------------
@@ -268,11 +241,10 @@ def _sse_error(err: APIError) -> bytes:
 class _Call:
     """The state of one admitted request while it is answered."""
 
-    def __init__(self, *, rid, t0, chat, req, prompt_tokens, job, channel, cold, disconnected,
-                 model):
+    def __init__(self, *, rid, t0, chat, req, prompt_tokens, job: Generation, cold, model):
         self.rid, self.t0, self.chat, self.req = rid, t0, chat, req
-        self.prompt_tokens, self.job, self.channel = prompt_tokens, job, channel
-        self.cold, self.disconnected, self.model = cold, disconnected, model
+        self.prompt_tokens, self.job = prompt_tokens, job
+        self.cold, self.model = cold, model
         self.created = int(time.time())
 
     def chunk(self, delta, finish: str | None) -> bytes:

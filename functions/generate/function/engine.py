@@ -1,39 +1,35 @@
-"""Text generation on llama-cpp-python: prompt rendering, token counting and a token loop.
+"""The loaded model: weights, one llama.cpp context with a slot per stream, and the tokenizer.
 
-We drive ``Llama.generate`` ourselves instead of ``create_completion`` so that tokens are counted
-as they are produced (llama-cpp-python's usage re-tokenizes the text and can exceed max_tokens),
-a cancelled request stops within one token, and time to first token is measured at the token.
-All methods that touch the model run on the ModelWorker thread.
+The context holds ``SLOTS`` sequences in one unified KV cache of ``SLOTS x N_CTX`` cells, so
+the scheduler (scheduler.py) decodes every stream's next token in one ``llama_decode``. Only
+the scheduler's thread touches the context; tokenizing reads the vocabulary only and is safe
+on request threads (as llama-server's HTTP threads do it).
 """
 from __future__ import annotations
 
+import ctypes
 import logging
-import random
-import threading
-import time
+import os
 from dataclasses import dataclass, field
-from typing import Callable
 
 import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
+from llama_cpp._logger import set_verbose
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmfn.llama_backend import ensure_cpu_backend
-from llmfn.settings import ModelSettings
+from llmfn.memory import cgroup_memory_limit, check_fits
+from llmfn.settings import ModelSettings, SettingsError
+
+from .settings import GenerateSettings
 
 log = logging.getLogger(__name__)
 
 # llama-server's sampling defaults, so both servers do the same work per token.
 TOP_K = 40
 MIN_P = 0.05
-
-
-def load_llama(path: str, model: ModelSettings) -> "Engine":
-    """Load the GGUF at ``path`` (called by the ModelHost on its loader thread)."""
-    ensure_cpu_backend()
-    llm = llama_cpp.Llama(model_path=path, n_ctx=model.n_ctx, n_batch=model.n_batch,
-                          n_ubatch=model.n_ubatch, n_threads=model.n_threads or None,
-                          verbose=False)
-    return Engine(llm)
+KV_BYTES_PER_VALUE = 2  # f16 K and V cache (llama.cpp's default type_k / type_v)
 
 
 @dataclass
@@ -46,29 +42,78 @@ class Params:
     seed: int | None = None
 
 
-@dataclass
-class Outcome:
-    """What one generation produced; tokens are counted as sampled."""
-    completion_tokens: int = 0
-    finish_reason: str = "length"
-    ttft_s: float | None = None
-    generation_s: float = 0.0
-    text: str = ""
+def kv_bytes_per_cell(model) -> int:
+    """Bytes of K and V cache one token takes in every layer (SmolLM2-135M: 23,040)."""
+    n_embd = llama_cpp.llama_model_n_embd(model)
+    n_head = llama_cpp.llama_model_n_head(model)
+    n_head_kv = llama_cpp.llama_model_n_head_kv(model)
+    n_layer = llama_cpp.llama_model_n_layer(model)
+    return n_layer * 2 * (n_embd // n_head) * n_head_kv * KV_BYTES_PER_VALUE
+
+
+def load_engine(path: str, model: ModelSettings, *, gen: GenerateSettings) -> "Engine":
+    """Load the GGUF at ``path`` and make its context (called on the ModelHost's loader
+    thread); fails with the arithmetic when weights + KV exceed the memory limit."""
+    _check_batch(model, gen)
+    ensure_cpu_backend()
+    set_verbose(False)  # llama.cpp logs errors only (to stderr)
+    params = internals.LlamaModel.default_params()
+    llm = internals.LlamaModel(path_model=path, params=params, verbose=False)
+    try:
+        n_cells = gen.slots * model.n_ctx
+        check_fits(weights_bytes=os.path.getsize(path),
+                   kv_bytes=n_cells * kv_bytes_per_cell(llm.model),
+                   limit_bytes=cgroup_memory_limit(),
+                   what=f"{gen.slots} slots x {model.n_ctx} tokens")
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = n_cells
+        cp.n_batch = model.n_batch
+        cp.n_ubatch = min(model.n_batch, model.n_ubatch)
+        cp.n_seq_max = gen.slots
+        cp.kv_unified = True  # one pool of cells: a long prompt may use what idle slots don't
+        threads = model.n_threads or os.cpu_count() or 1
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        cp.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if model.flash_attn
+                              else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cp.no_perf = True
+        ctx = internals.LlamaContext(model=llm, params=cp, verbose=False)
+    except BaseException:
+        llm.close()
+        raise
+    return Engine(llm, ctx, n_ctx=model.n_ctx, slots=gen.slots, n_batch=cp.n_batch)
+
+
+def _check_batch(model: ModelSettings, gen: GenerateSettings) -> None:
+    if model.n_batch < gen.slots:
+        raise SettingsError(f"N_BATCH must be >= SLOTS ({gen.slots}): every generating slot "
+                            f"puts one token in each batch, got {model.n_batch}")
 
 
 class Engine:
-    """One loaded model: tokenization, the chat template from the GGUF, and the token loop."""
+    """One loaded model: its context, the chat template from the GGUF, and the tokenizer."""
 
-    def __init__(self, llm: llama_cpp.Llama):
+    def __init__(self, llm: "internals.LlamaModel", ctx: "internals.LlamaContext", *,
+                 n_ctx: int, slots: int, n_batch: int):
         self.llm = llm
-        self.n_ctx = llm.n_ctx()
+        self.context = ctx
+        self.ctx = ctx.ctx
+        self.n_ctx = n_ctx  # per slot: prompt + completion of one request
+        self.slots = slots
+        self.n_batch = n_batch
+        self.n_vocab = llm.n_vocab()
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._piece = ctypes.create_string_buffer(64)
         eos, bos = llm.token_eos(), llm.token_bos()
-        self._eos_text = llm._model.token_get_text(eos) if eos != -1 else ""
-        bos_text = llm._model.token_get_text(bos) if bos != -1 else ""
-        template = llm.metadata.get("tokenizer.chat_template")
-        self._chat = (Jinja2ChatFormatter(template=template, eos_token=self._eos_text,
+        eos_text = llm.token_get_text(eos) if eos != -1 else ""
+        bos_text = llm.token_get_text(bos) if bos != -1 else ""
+        template = llm.metadata().get("tokenizer.chat_template")
+        self._chat = (Jinja2ChatFormatter(template=template, eos_token=eos_text,
                                           bos_token=bos_text) if template else None)
-        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+
+    def close(self) -> None:
+        self.context.close()
+        self.llm.close()
 
     @property
     def has_chat_template(self) -> bool:
@@ -88,95 +133,34 @@ class Engine:
                  if s]
         return tokens, stops
 
-    def generate(self, tokens: list[int], params: Params, cancelled: threading.Event,
-                 on_text: Callable[[str], None]) -> Outcome:
-        """Sample up to ``max_tokens``; call ``on_text`` with each new piece of text."""
-        out = Outcome()
-        t0 = time.perf_counter()
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
-        self.llm.set_seed(seed & 0xFFFFFFFF)
-        pending = _StopScanner(params.stop)
-        raw = bytearray()
-        decoded = 0
-        text_parts: list[str] = []
-        gen = self.llm.generate(tokens, top_k=TOP_K, top_p=params.top_p, min_p=MIN_P,
-                                temp=params.temperature, repeat_penalty=1.0)
-        try:
-            for token in gen:
-                if out.ttft_s is None:
-                    out.ttft_s = time.perf_counter() - t0
-                if cancelled.is_set():
-                    out.finish_reason = "cancelled"
-                    break
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    out.finish_reason = "stop"
-                    break
-                out.completion_tokens += 1
-                raw += self.llm.detokenize([token])
-                piece, decoded = _decode_complete(raw, decoded)
-                emit, hit = pending.feed(piece)
-                if emit:
-                    text_parts.append(emit)
-                    on_text(emit)
-                if hit:
-                    out.finish_reason = "stop"
-                    break
-                if out.completion_tokens >= params.max_tokens:
-                    out.finish_reason = "length"
-                    break
-                if cancelled.is_set():
-                    out.finish_reason = "cancelled"
-                    break
-        finally:
-            gen.close()
-        if out.finish_reason == "length" or (out.finish_reason == "stop" and not pending.hit):
-            tail = pending.flush()
-            if tail:
-                text_parts.append(tail)
-                on_text(tail)
-        out.generation_s = time.perf_counter() - t0
-        out.text = "".join(text_parts)
-        return out
+    def piece(self, token: int) -> bytes:
+        """The bytes of one generated token (special tokens as empty text); scheduler thread."""
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0,
+                                           False)
+        if n < 0:  # longer than the buffer: -n is the size it needs
+            self._piece = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, -n, 0, False)
+        return self._piece.raw[:n]
 
+    def logits(self, i_batch: int) -> np.ndarray:
+        """A copy of the logits row ``i_batch`` of the last decode."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, i_batch)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
-def _decode_complete(raw: bytearray, start: int) -> tuple[str, int]:
-    """Decode the complete UTF-8 characters of ``raw[start:]`` (a multi-byte char may be split)."""
-    end = len(raw)
-    for back in range(0, min(4, end - start) + 1):
-        try:
-            return raw[start:end - back].decode("utf-8"), end - back
-        except UnicodeDecodeError:
-            continue
-    return raw[start:end].decode("utf-8", errors="replace"), end
+    def is_eog(self, token: int) -> bool:
+        return llama_cpp.llama_vocab_is_eog(self.vocab, token)
 
-
-class _StopScanner:
-    """Holds back text that may be the start of a stop string; reports a full match."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.buf = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        self.buf += piece
-        if not self.stops:
-            out, self.buf = self.buf, ""
-            return out, False
-        first = min((i for i in (self.buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if first >= 0:
-            out, self.buf, self.hit = self.buf[:first], "", True
-            return out, True
-        keep = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.buf)), 0, -1):
-                if self.buf.endswith(s[:k]):
-                    keep = max(keep, k)
-                    break
-        cut = len(self.buf) - keep
-        out, self.buf = self.buf[:cut], self.buf[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.buf = self.buf, ""
-        return out
+    def new_sampler(self, params: Params, seed: int):
+        """A sampler chain for one slot: greedy at temperature 0, else llama-server's order
+        top_k -> top_p -> min_p -> temperature -> dist(seed). Free with ``llama_sampler_free``."""
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if params.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        add(chain, llama_cpp.llama_sampler_init_top_k(TOP_K))
+        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_min_p(MIN_P, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+        add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain

@@ -1,6 +1,7 @@
 """The generate Knative Function: OpenAI-compatible text generation on llama.cpp (CPU)."""
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 from llmfn.function import LLMFunction
@@ -8,15 +9,16 @@ from llmfn.runtime import Runtime
 from llmfn.settings import Settings
 
 from . import api
-from .engine import load_llama
-
-FUNCTION = "generate"
+from .engine import load_engine
+from .settings import DEFAULTS, FUNCTION, GenerateSettings
 
 
 def create_runtime(cfg: Mapping[str, str]) -> Runtime:
     """Build the process's Runtime from a config mapping (func's ``cfg`` or the environment)."""
-    settings = Settings.from_mapping(cfg, FUNCTION_NAME=FUNCTION)
-    return Runtime(FUNCTION, settings, loader=load_llama, register=api.register)
+    settings = Settings.from_mapping(cfg, **DEFAULTS)
+    gen = GenerateSettings.from_mapping(cfg)
+    return Runtime(FUNCTION, settings, loader=functools.partial(load_engine, gen=gen),
+                   register=functools.partial(api.register, gen=gen))
 
 
 def new() -> LLMFunction:

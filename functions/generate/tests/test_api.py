@@ -5,6 +5,9 @@ import json
 import threading
 
 import pytest
+from conftest import hold_first_step
+from function.engine import Params
+from function.scheduler import Generation
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -188,12 +191,14 @@ def test_not_ready_is_503_with_retry_after(make_runtime, tmp_path):
 
 
 def test_queue_full_is_429_with_retry_after(make_runtime):
-    rt = make_runtime(QUEUE_SIZE=1, RETRY_AFTER_S=3)
-    worker = rt.service
-    release = threading.Event()
-    running = worker.submit(lambda job: release.wait(30))   # occupies the model
-    assert running.started.wait(30)
-    waiting = worker.submit(lambda job: None)                # fills the queue of one
+    """SLOTS=1, QUEUE_SIZE=1: with the scheduler held before its first step, one request takes
+    the slot, one waits; the next gets 429."""
+    rt = make_runtime(SLOTS=1, QUEUE_SIZE=1, RETRY_AFTER_S=3)
+    scheduler, release = rt.service, threading.Event()
+    hold_first_step(scheduler, release)
+    engine = rt.host.model
+    held = [scheduler.submit(Generation(engine.tokenize_prompt("x"), Params(max_tokens=1)))
+            for _ in range(2)]
     try:
         r = rt.app.test_client().post(COMPLETIONS, json={"prompt": "x", "max_tokens": 1})
         assert r.status_code == 429
@@ -201,8 +206,8 @@ def test_queue_full_is_429_with_retry_after(make_runtime):
         assert error_of(r)["code"] == "queue_full"
     finally:
         release.set()
-        running.wait(30)
-        waiting.wait(30)
+        for gen in held:
+            assert gen.wait(30).completion_tokens == 1
 
 
 def test_metrics_count_requests_and_tokens(client):
@@ -223,7 +228,7 @@ def test_errors_never_leak_exception_text(client, runtime, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("secret internal detail /etc/passwd")
 
-    monkeypatch.setattr(engine, "generate", boom)
+    monkeypatch.setattr(engine, "piece", boom)
     r = client.post(COMPLETIONS, json={"prompt": "x", "max_tokens": 2})
     assert r.status_code == 500
     assert "secret" not in json.dumps(r.get_json())

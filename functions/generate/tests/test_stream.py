@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import re
 import sys
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT  # functions/generate/tests/conftest.py
+from conftest import ROOT, hold_first_step  # functions/generate/tests/conftest.py
 
 sys.path.insert(0, str(ROOT))
 from tests.support.eventsink import running_receiver  # noqa: E402
@@ -71,8 +72,7 @@ def test_stream_chunk_structure(client):
 def test_heartbeat_comment_while_waiting(make_runtime):
     rt = make_runtime(SSE_HEARTBEAT_S=0.05)
     release = threading.Event()
-    blocker = rt.service.submit(lambda job: release.wait(WAIT_S))
-    assert blocker.started.wait(WAIT_S)
+    hold_first_step(rt.service, release)
     r = rt.app.test_client().post("/v1/completions", json={"prompt": "x", "max_tokens": 2,
                                                            "stream": True}, buffered=False)
     it = iter(r.response)
@@ -173,22 +173,29 @@ def test_disconnect_stops_generation_within_one_token(make_runtime):
     assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
 
 
+class CancelAfter(queue.Queue):
+    """A generation's event queue that cancels it on the scheduler's thread at the Nth text."""
+
+    def __init__(self, gen, n: int):
+        super().__init__()
+        self.gen, self.n, self.texts = gen, n, 0
+
+    def put(self, item, *args, **kwargs):
+        super().put(item, *args, **kwargs)
+        if item[0] == "text":
+            self.texts += 1
+            if self.texts == self.n:
+                self.gen.cancel()
+
+
 def test_generation_stops_within_one_token_of_cancel(runtime):
-    """The token loop checks the cancel flag after every token: exactly N tokens, then stop."""
+    """The scheduler checks the cancel flag before every token: exactly N tokens, then stop."""
     from function.engine import Params
+    from function.scheduler import Generation
 
     engine = runtime.host.model
-    cancel = threading.Event()
-    pieces: list[str] = []
-
-    def on_text(text):
-        pieces.append(text)
-        if len(pieces) == 5:
-            cancel.set()
-
-    tokens = engine.tokenize_prompt("x")
-    job = runtime.service.submit(
-        lambda job: engine.generate(tokens, Params(max_tokens=200), cancel, on_text))
-    outcome = job.wait(WAIT_S)
+    gen = Generation(engine.tokenize_prompt("x"), Params(max_tokens=200))
+    gen.events = CancelAfter(gen, 5)
+    outcome = runtime.service.submit(gen).wait(WAIT_S)
     assert outcome.finish_reason == "cancelled"
     assert outcome.completion_tokens == 5

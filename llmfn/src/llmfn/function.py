@@ -25,8 +25,11 @@ class LLMFunction:
     def start(self, cfg: Mapping[str, str]) -> None:
         """Called once before the server listens: read config, start loading, return at once."""
         self.runtime = self._create_runtime(cfg)
+        # one thread per running and waiting request, plus probes and metrics
+        running = getattr(self.runtime.service, "capacity", 1)
         self._bridge = WSGIBridge(self.runtime.app,
-                                  max_workers=self.runtime.settings.server.queue_size + 16,
+                                  max_workers=self.runtime.settings.server.queue_size + running
+                                  + 16,
                                   max_body_bytes=self.runtime.settings.server.max_request_bytes)
         self.runtime.start()
 

@@ -102,6 +102,8 @@ class ModelSettings:
     default_max_tokens: int = setting("DEFAULT_MAX_TOKENS", 256,
                                       "max_tokens when a request gives none", lo=1)
     embedding: bool = setting("EMBEDDING", False, "load the model in embedding mode")
+    flash_attn: bool = setting("FLASH_ATTN", False, "llama.cpp flash attention (generate: off, "
+                               "measured in docs/benchmarks.md; embed: on)")
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class ServerSettings:
     max_request_bytes: int = setting("MAX_REQUEST_BYTES", 1024 * 1024,
                                      "largest accepted request body, bytes", lo=1)
     queue_size: int = setting("QUEUE_SIZE", 4, "requests waiting for the model beyond the "
-                              "running one; more get 429", lo=0, hi=10000)
+                              "running ones (generate: SLOTS); more get 429", lo=0, hi=10000)
     retry_after_s: int = setting("RETRY_AFTER_S", 2, "Retry-After sent with 429 and 503, s",
                                  lo=0)
     heartbeat_s: float = setting("SSE_HEARTBEAT_S", 5.0,
@@ -150,8 +152,9 @@ class GunicornSettings:
     bind: str = setting("BIND", "", "host:port to listen on; empty = 0.0.0.0:$PORT")
     port: int = setting("PORT", 8080, "port when BIND is empty (Knative sets PORT)", lo=1,
                         hi=65535)
-    threads: int = setting("GUNICORN_THREADS", 8, "gthread threads: streams plus health and "
-                           "metrics while a generation runs", lo=2, hi=256)
+    threads: int = setting("GUNICORN_THREADS", 16, "gthread threads: one per running and "
+                           "waiting request (SLOTS + QUEUE_SIZE) plus health and metrics",
+                           lo=2, hi=256)
     grace_s: float = setting("SHUTDOWN_GRACE_S", 25.0, "graceful timeout for in-flight streams, s",
                              lo=0)
     log_level: str = setting("LOG_LEVEL", "info", "log level")

@@ -1,117 +1,113 @@
-"""ModelWorker: one thread owns the model; requests wait in a bounded queue (429 beyond it).
+"""ModelLoop: one thread owns the model; admission, a bounded wait queue and drain, written once.
 
-llama-cpp-python is not thread-safe, so every call into the model runs on this one thread.
-Capacity is one running job plus ``queue_size`` waiting ones.
+llama-cpp-python is not thread-safe, so every call into a model runs on one thread. generate's
+slot scheduler and embed's batcher are both a ModelLoop: request threads ``submit`` work, the
+loop thread runs ``_step`` while anything waits or runs, and ``drain`` stops the loop on
+shutdown. Admission: a request is taken when a free place (a slot, an idle model call) is there
+or fewer than ``queue_size`` requests already wait; otherwise 429 (QueueFull).
 """
 from __future__ import annotations
 
 import collections
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any
 
 from .errors import NotReady, QueueFull
 
 log = logging.getLogger(__name__)
 
 
-class Job:
-    """One unit of model work; ``cancel()`` asks it to stop (checked between tokens)."""
+class ModelLoop:
+    """Base of the model-owning loops: subclasses define ``_room``, ``_running``, ``_step`` and
+    ``_abort``; the lock ``_cond`` guards ``_pending`` and whatever the subclass marks running."""
 
-    def __init__(self, fn: Callable[["Job"], Any]):
-        self.fn = fn
-        self.cancelled = threading.Event()
-        self.done = threading.Event()
-        self.started = threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def wait(self, timeout_s: float | None = None) -> Any:
-        """Block until the job ran; re-raise its exception."""
-        if not self.done.wait(timeout_s):
-            raise TimeoutError("job did not finish in time")
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-class ModelWorker:
-    """Runs jobs one at a time on a dedicated thread, with a bounded wait queue."""
-
-    def __init__(self, queue_size: int, *, retry_after_s: int = 2, metrics=None,
-                 name: str = "model-worker"):
+    def __init__(self, *, queue_size: int, retry_after_s: int = 2, metrics=None,
+                 name: str = "model-loop"):
         self.queue_size = queue_size
         self.retry_after_s = retry_after_s
         self.metrics = metrics
-        self._pending: collections.deque[Job] = collections.deque()
+        self._pending: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
-        self._running: Job | None = None
         self._accepting = True
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _start(self) -> None:
+        """Start the loop thread (called by the subclass once its own state exists)."""
         self._thread.start()
 
-    def submit(self, fn: Callable[[Job], Any]) -> Job:
-        """Queue ``fn(job)``; raise QueueFull when ``queue_size`` jobs already wait."""
-        job = Job(fn)
+    # -- hooks (called with ``_cond`` held, except ``_step``) ----------------------------------
+    def _room(self) -> int:
+        """Requests that could start running now (free slots, an idle model call)."""
+        raise NotImplementedError
+
+    def _running(self) -> int:
+        """Requests being run by the model now."""
+        raise NotImplementedError
+
+    def _step(self) -> None:
+        """One round of model work on the loop thread (lock not held); takes from ``_pending``."""
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        """The drain grace is over: cancel running requests and fail waiting ones."""
+        raise NotImplementedError
+
+    # -- request threads ------------------------------------------------------------------------
+    def submit(self, item: Any) -> Any:
+        """Queue ``item``; QueueFull when no room and ``queue_size`` requests already wait."""
         with self._cond:
             if not self._accepting:
                 raise NotReady("The function is shutting down.", retry_after_s=self.retry_after_s)
-            busy = self._running is not None or bool(self._pending)
-            if busy and len(self._pending) >= self.queue_size:
-                raise QueueFull(f"Too many requests: {len(self._pending)} already waiting for the "
+            waiting = len(self._pending) - self._room()
+            if waiting >= self.queue_size:
+                raise QueueFull(f"Too many requests: {max(waiting, 0)} already waiting for the "
                                 "model. Retry later.", retry_after_s=self.retry_after_s)
-            self._pending.append(job)
+            self._pending.append(item)
             self._gauge()
             self._cond.notify_all()
-        return job
+        return item
 
     def depth(self) -> int:
+        """Requests waiting for the model."""
         with self._cond:
             return len(self._pending)
 
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.queue_depth.set(len(self._pending))
-            self.metrics.in_flight.set(1 if self._running is not None else 0)
+            self.metrics.in_flight.set(self._running())
 
-    def _run(self) -> None:
+    # -- the loop thread ------------------------------------------------------------------------
+    def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._running() and not self._closed:
                     self._cond.wait()
-                if not self._pending and self._closed:
+                if self._closed and not self._pending and not self._running():
                     return
-                job = self._pending.popleft()
-                self._running = job
-                self._gauge()
             try:
-                if not job.cancelled.is_set():
-                    job.started.set()
-                    job.result = job.fn(job)
-            except BaseException as err:  # delivered to the waiting request thread
-                job.error = err
-            finally:
-                job.done.set()
+                self._step()
+            except BaseException:  # a bug in a step must not kill the thread silently
+                log.exception("model loop step failed")
                 with self._cond:
-                    self._running = None
-                    self._gauge()
-                    self._cond.notify_all()
+                    self._abort()
+            with self._cond:
+                self._gauge()
+                self._cond.notify_all()
 
     def drain(self, grace_s: float) -> bool:
-        """Stop accepting, let queued and running jobs finish within ``grace_s``, cancel the rest."""
+        """Stop accepting; let waiting and running requests finish within ``grace_s``; then
+        abort the rest. True when everything finished in time."""
         with self._cond:
             self._accepting = False
-            idle = self._cond.wait_for(lambda: not self._pending and self._running is None,
+            idle = self._cond.wait_for(lambda: not self._pending and not self._running(),
                                        timeout=grace_s)
             if not idle:
-                log.warning("shutdown grace of %.1fs over: cancelling %d job(s)", grace_s,
-                            len(self._pending) + (self._running is not None))
-                for job in list(self._pending) + ([self._running] if self._running else []):
-                    job.cancel()
+                log.warning("shutdown grace of %.1fs over: aborting %d running and %d waiting "
+                            "request(s)", grace_s, self._running(), len(self._pending))
+                self._abort()
             self._closed = True
             self._cond.notify_all()
         return idle

@@ -1,0 +1,332 @@
+"""Continuous batching: a slot scheduler on llama.cpp's batch API (the shape of llama-server's).
+
+One context holds ``SLOTS`` sequences in a unified KV cache; the scheduler's thread owns it.
+Each step is one ``llama_decode`` of one batch that holds, in this order:
+
+1. the next token of every generating slot (one logit row each);
+2. chunks of waiting prompts, oldest first, up to ``N_BATCH`` tokens in all, so a long prompt
+   is split over steps and never stalls the others' decoding.
+
+Each slot has its own sampler chain and reads the logits at its own batch index; stop strings,
+end of generation, ``max_tokens`` and cancel are per slot (a client that leaves stops its slot
+within one token, and no other). When a request ends, the KV of its generated tokens is
+removed and its prompt's KV stays, so a later request sharing a prefix (the next turn of a
+chat) is given that slot and only its new tokens are processed.
+
+Admission, the wait queue and drain are llmfn's ModelLoop (shared with embed's batcher).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import llama_cpp
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from llmfn.errors import NotReady
+from llmfn.llama_batch import Batch
+from llmfn.worker import ModelLoop
+
+from .engine import Engine, Params
+from .text import StopScanner, decode_complete
+
+log = logging.getLogger(__name__)
+
+SEQ_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+@dataclass
+class Outcome:
+    """What one generation produced; tokens are counted as sampled."""
+    completion_tokens: int = 0
+    finish_reason: str = "length"
+    ttft_s: float | None = None  # request start (queueing included) to the first token
+    generation_s: float = 0.0  # from getting a slot to the end
+    text: str = ""
+
+
+class Generation:
+    """One request in the scheduler. Its text pieces, then ("done", Outcome) or ("error", err),
+    arrive on ``events``; ``cancel()`` (or the ``disconnected`` event) stops it."""
+
+    def __init__(self, tokens: list[int], params: Params, *, t0: float | None = None,
+                 disconnected: threading.Event | None = None):
+        self.tokens = tokens
+        self.params = params
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.disconnected = disconnected
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+        self.events: queue.Queue = queue.Queue()
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+        self.capture_logits = False  # keep the prompt-end logits (tests compare kernel paths)
+        self.prompt_logits = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def stop_requested(self) -> bool:
+        return self.cancelled.is_set() or (self.disconnected is not None
+                                            and self.disconnected.is_set())
+
+    def wait(self, timeout_s: float | None = None) -> Outcome:
+        """Block until the generation ended; re-raise the error that ended it."""
+        if not self.done.wait(timeout_s):
+            raise TimeoutError("generation did not finish in time")
+        if self.error is not None:
+            raise self.error
+        return self.outcome
+
+    def _end(self, outcome: Outcome | None, error: BaseException | None = None) -> None:
+        self.outcome, self.error = outcome, error
+        self.events.put(("error", error) if error is not None else ("done", outcome))
+        self.done.set()
+
+
+class Slot:
+    """One sequence of the context: the tokens whose KV it holds, and its running request."""
+
+    def __init__(self, seq: int):
+        self.seq = seq
+        self.cache: list[int] = []  # tokens whose KV is in this sequence, positions 0..n-1
+        self.gen: Generation | None = None
+        self.last_used = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.done_prompt = 0  # tokens of gen.tokens already in the KV
+        self.next_token: int | None = None  # sampled, not yet decoded
+        self.i_batch = -1  # index of this slot's logits row in the current batch
+        self.sampler = None
+        self.scanner: StopScanner | None = None
+        self.raw = bytearray()
+        self.decoded = 0
+        self.parts: list[str] = []
+        self.outcome = Outcome()
+        self.t_start = 0.0
+
+
+class Scheduler(ModelLoop):
+    """Decodes up to ``engine.slots`` generations together; ``queue_size`` more may wait."""
+
+    def __init__(self, get_engine: Callable[[], Engine], slots: int, *, queue_size: int,
+                 retry_after_s: int = 2, metrics=None, registry: CollectorRegistry | None = None,
+                 name: str = "generate-scheduler"):
+        super().__init__(queue_size=queue_size, retry_after_s=retry_after_s, metrics=metrics,
+                         name=name)
+        self._get_engine = get_engine  # the model loads after the scheduler exists
+        self.slots = [Slot(i) for i in range(slots)]
+        self.capacity = slots  # requests running at once
+        self._engine: Engine | None = None
+        self._batch: Batch | None = None
+        self.peak_busy = 0  # most slots ever generating at once (tests prove batching with it)
+        self.max_batch_seqs = 0  # most sequences ever in one llama_decode
+        self.reused_tokens = 0  # prompt tokens whose KV a slot kept from its last request
+        registry = registry if registry is not None else CollectorRegistry()
+        self._busy_gauge = Gauge("llmfn_slots_busy", "slots running a request", registry=registry)
+        Gauge("llmfn_slots", "slots of the context (SLOTS)", registry=registry).set(slots)
+        self._cells_gauge = Gauge("llmfn_kv_cells_used",
+                                  "KV cache cells holding a token (all slots)", registry=registry)
+        self._batch_seqs = Histogram("llmfn_decode_batch_sequences",
+                                     "sequences in one llama_decode", buckets=SEQ_BUCKETS,
+                                     registry=registry)
+        self._start()
+
+    # -- ModelLoop hooks ------------------------------------------------------------------------
+    def _room(self) -> int:
+        return sum(1 for s in self.slots if s.gen is None)
+
+    def _running(self) -> int:
+        return sum(1 for s in self.slots if s.gen is not None)
+
+    def _abort(self) -> None:
+        for slot in self.slots:
+            if slot.gen is not None:
+                slot.gen.cancel()  # finished as "cancelled" by the next step
+        for gen in self._pending:
+            gen._end(None, NotReady("The function is shutting down.", retry_after_s=1))
+        self._pending.clear()
+
+    # -- the loop thread ------------------------------------------------------------------------
+    def _ensure_engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._get_engine()
+            self._batch = Batch(self._engine.n_batch)
+        return self._engine
+
+    def _step(self) -> None:
+        engine = self._ensure_engine()
+        with self._cond:
+            admitted = self._admit()
+        for slot in admitted:
+            self._start_slot(engine, slot)
+        for slot in self.slots:
+            if slot.gen is not None and slot.gen.stop_requested():
+                self._finish(slot, "cancelled")
+        batch, members = self._fill()
+        if not members:
+            return
+        self._batch_seqs.observe(len(members))
+        self.max_batch_seqs = max(self.max_batch_seqs, len(members))
+        try:
+            batch.decode(engine.ctx)
+        except Exception as err:  # fail the requests of this batch, keep serving the others
+            log.exception("llama_decode failed for %d sequences", len(members))
+            for slot in members:
+                self._fail(slot, err)
+            return
+        for slot in members:
+            if slot.gen is None or slot.i_batch < 0:
+                continue
+            try:
+                if slot.gen.capture_logits and slot.outcome.ttft_s is None:
+                    slot.gen.prompt_logits = engine.logits(slot.i_batch)
+                token = llama_cpp.llama_sampler_sample(slot.sampler, engine.ctx, slot.i_batch)
+                slot.i_batch = -1
+                self._on_token(engine, slot, token)
+            except Exception as err:  # this request fails; the others go on
+                log.exception("sampling failed")
+                self._fail(slot, err)
+        self._cells_gauge.set(sum(len(s.cache) for s in self.slots))
+
+    def _admit(self) -> list[Slot]:
+        """Give waiting requests free slots, oldest first (lock held). The slot whose kept KV
+        shares the longest prefix with the prompt wins; ties go to the least recently used."""
+        admitted = []
+        while self._pending:
+            free = [s for s in self.slots if s.gen is None]
+            if not free:
+                break
+            gen = self._pending.popleft()
+            slot = max(free, key=lambda s: (_common_prefix(s.cache, gen.tokens), -s.last_used))
+            slot._reset()
+            slot.gen = gen
+            admitted.append(slot)
+        busy = self._running()
+        self.peak_busy = max(self.peak_busy, busy)
+        self._busy_gauge.set(busy)
+        self._gauge()
+        return admitted
+
+    def _start_slot(self, engine: Engine, slot: Slot) -> None:
+        """Reuse the slot's KV for the shared prefix; drop the rest; build the sampler."""
+        gen = slot.gen
+        keep = min(_common_prefix(slot.cache, gen.tokens), len(gen.tokens) - 1)
+        if keep < len(slot.cache):
+            self._forget(engine, slot, keep)
+        slot.done_prompt = keep
+        self.reused_tokens += keep
+        seed = gen.params.seed if gen.params.seed is not None else random.getrandbits(32)
+        slot.sampler = engine.new_sampler(gen.params, seed)
+        slot.scanner = StopScanner(gen.params.stop)
+        slot.t_start = time.perf_counter()
+
+    def _fill(self) -> tuple[Batch, list[Slot]]:
+        """The next batch and its slots: every generating slot's token, then prompt chunks,
+        oldest request first."""
+        batch, members = self._batch, []
+        batch.clear()
+        for slot in self.slots:
+            if slot.gen is not None and slot.next_token is not None:
+                slot.i_batch = batch.add([slot.next_token], len(slot.cache), slot.seq,
+                                         logits_last=True)
+                slot.cache.append(slot.next_token)
+                slot.next_token = None
+                members.append(slot)
+        prompting = sorted((s for s in self.slots if s.gen is not None
+                            and s.done_prompt < len(s.gen.tokens)), key=lambda s: s.t_start)
+        for slot in prompting:
+            if batch.room == 0:
+                break
+            tokens = slot.gen.tokens
+            chunk = tokens[slot.done_prompt:slot.done_prompt + batch.room]
+            last = slot.done_prompt + len(chunk) == len(tokens)
+            index = batch.add(chunk, len(slot.cache), slot.seq, logits_last=last)
+            slot.cache.extend(chunk)
+            slot.done_prompt += len(chunk)
+            members.append(slot)
+            if last:
+                slot.i_batch = index
+        return batch, members
+
+    def _on_token(self, engine: Engine, slot: Slot, token: int) -> None:
+        gen, out = slot.gen, slot.outcome
+        if out.ttft_s is None:
+            out.ttft_s = time.perf_counter() - gen.t0
+        if gen.stop_requested():
+            return self._finish(slot, "cancelled")
+        if engine.is_eog(token):
+            return self._finish(slot, "stop")
+        out.completion_tokens += 1
+        slot.raw += engine.piece(token)
+        piece, slot.decoded = decode_complete(slot.raw, slot.decoded)
+        emit, hit = slot.scanner.feed(piece)
+        if emit:
+            slot.parts.append(emit)
+            gen.events.put(("text", emit))
+        if hit:
+            return self._finish(slot, "stop")
+        if out.completion_tokens >= gen.params.max_tokens:
+            return self._finish(slot, "length")
+        slot.next_token = token
+
+    def _finish(self, slot: Slot, reason: str) -> None:
+        """End the slot's request: flush held-back text, drop the generated tokens' KV."""
+        gen, out = slot.gen, slot.outcome
+        out.finish_reason = reason
+        if reason == "length" or (reason == "stop" and not slot.scanner.hit):
+            tail = slot.scanner.flush()
+            if tail:
+                slot.parts.append(tail)
+                gen.events.put(("text", tail))
+        out.generation_s = time.perf_counter() - slot.t_start
+        out.text = "".join(slot.parts)
+        keep = min(len(slot.cache), len(gen.tokens))
+        if keep < len(slot.cache):
+            self._forget(self._engine, slot, keep)
+        self._release(slot)
+        gen._end(out)
+
+    def _fail(self, slot: Slot, err: BaseException) -> None:
+        gen = slot.gen
+        self._forget(self._engine, slot, 0)
+        self._release(slot)
+        gen._end(None, err)
+
+    def _release(self, slot: Slot) -> None:
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+        slot.next_token, slot.i_batch, slot.sampler = None, -1, None
+        slot.last_used = time.monotonic()
+        with self._cond:
+            slot.gen = None
+            self._busy_gauge.set(self._running())
+            self._gauge()
+            self._cond.notify_all()
+
+    @staticmethod
+    def _forget(engine: Engine, slot: Slot, keep: int) -> None:
+        """Remove the slot's KV from position ``keep`` on."""
+        memory = llama_cpp.llama_get_memory(engine.ctx)
+        llama_cpp.llama_memory_seq_rm(memory, slot.seq, keep, -1)
+        del slot.cache[keep:]
+
+    def close(self) -> None:
+        """Free the batch and samplers (after ``drain``; the engine is closed by its owner)."""
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,28 @@
+"""The generate function's own settings (continuous batching), built from the same mapping as
+llmfn's. Shared settings (model, storage, server, events) come from ``llmfn.settings.Settings``
+with generate's defaults in :data:`DEFAULTS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from llmfn.settings import build, setting
+
+FUNCTION = "generate"
+
+# Defaults of shared settings for generate; the cfg mapping (or the environment) overrides them.
+DEFAULTS = {
+    "FUNCTION_NAME": FUNCTION,
+}
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """How many streams one process decodes together."""
+    slots: int = setting("SLOTS", 4, "streams decoded together in one llama.cpp batch "
+                         "(continuous batching); KV cache = SLOTS x N_CTX cells", lo=1, hi=64)
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> "GenerateSettings":
+        return build(cls, {k: v for k, v in env.items() if v is not None})
