@@ -19,6 +19,11 @@ MODEL_FILES := $(if $(wildcard scripts/make_tiny_model.py),$(STATE)/models/tiny-
 
 .PHONY: venv services models vendor run test clean distclean
 
+# llama.cpp's OpenMP threads sleep while they wait instead of spinning, in tests and benchmarks
+# as in the deployment (docs/deploy.md "Threads and CPU"): a spinning thread beside a busy core
+# turned 0.6 s requests into 75 s ones.
+export OMP_WAIT_POLICY := passive
+
 venv: $(VENV_STAMP)
 
 # Re-run pip only when the pins change.

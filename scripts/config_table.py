@@ -30,7 +30,7 @@ def sections() -> list[tuple[str, type]]:
            ("Server (generate, embed)", shared.ServerSettings),
            ("Events (generate, embed)", shared.EventSettings),
            ("gunicorn (all functions)", shared.GunicornSettings)]
-    for name in ("embed", "audit"):
+    for name in ("generate", "embed", "audit"):
         path = ROOT / "functions" / name / "function" / "settings.py"
         if path.exists():
             module = _load(path)

@@ -158,6 +158,8 @@ class Scheduler(ModelLoop):
         if self._engine is None:
             self._engine = self._get_engine()
             self._batch = Batch(self._engine.n_batch)
+            # the scheduler owns the context: its slots start empty, so must the KV cache
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._engine.ctx), True)
         return self._engine
 
     def _step(self) -> None:

@@ -126,11 +126,10 @@ def test_batched_prompt_logits_within_tolerance_of_alone(smol, scheduler_of):
     entries = CLEAR_PROMPTS[:SLOTS]
     alone = []
     for entry in entries:
-        scheduler = scheduler_of(smol)  # a fresh scheduler: no prefix reuse between prompts
+        scheduler = scheduler_of(smol)  # a fresh scheduler (empty KV): no prefix reuse
         gen = scheduler.submit(greedy(tokens_of(smol, entry), 1, logits=True))
         gen.wait(WAIT_S)
         alone.append(gen.prompt_logits)
-        smol_clear(smol)
     scheduler = scheduler_of(smol)
     gens = [greedy(tokens_of(smol, e), 1, logits=True) for e in entries]
     run_together(scheduler, gens)
@@ -138,11 +137,6 @@ def test_batched_prompt_logits_within_tolerance_of_alone(smol, scheduler_of):
     for entry, ref, gen in zip(entries, alone, gens):
         delta = float(np.max(np.abs(gen.prompt_logits - ref)))
         assert delta <= LOGIT_TOLERANCE, (entry.name, delta)
-
-
-def smol_clear(engine) -> None:
-    """Empty the KV cache between schedulers that share one engine."""
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(engine.ctx), True)
 
 
 def test_tiny_streams_batched_equal_alone(tiny, scheduler_of):
@@ -153,7 +147,6 @@ def test_tiny_streams_batched_equal_alone(tiny, scheduler_of):
         scheduler = scheduler_of(tiny)
         alone.append(scheduler.submit(greedy(tokens_of(tiny, entry), entry.tokens))
                      .wait(WAIT_S).text)
-        smol_clear(tiny)
     scheduler = scheduler_of(tiny)
     gens = [greedy(tokens_of(tiny, e), e.tokens) for e in TINY_CLEAR_PROMPTS]
     outcomes = run_together(scheduler, gens)
@@ -217,7 +210,6 @@ def test_generated_kv_is_dropped_and_the_prompt_kept_for_reuse(tiny, scheduler_o
     reused = scheduler.submit(greedy(follow, 1, logits=True))
     reused.wait(WAIT_S)
     assert scheduler.reused_tokens == len(first)
-    smol_clear(tiny)
     fresh_scheduler = scheduler_of(tiny)
     fresh = fresh_scheduler.submit(greedy(follow, 1, logits=True))
     fresh.wait(WAIT_S)

@@ -95,7 +95,8 @@ class StorageSettings:
 class ModelSettings:
     """How llama.cpp loads and runs the model."""
     name: str = setting("MODEL_NAME", "", "model id served in /v1/models (default: file stem)")
-    n_ctx: int = setting("N_CTX", 2048, "context length in tokens", lo=16)
+    n_ctx: int = setting("N_CTX", 2048, "context length of one request (generate: per slot), "
+                         "tokens", lo=16)
     n_threads: int = setting("N_THREADS", 0, "llama.cpp threads; 0 = CPU count", lo=0, hi=256)
     n_batch: int = setting("N_BATCH", 512, "prompt batch size in tokens", lo=1)
     n_ubatch: int = setting("N_UBATCH", 512, "physical micro-batch size in tokens", lo=1)
