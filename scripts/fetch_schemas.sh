@@ -3,21 +3,24 @@
 #
 # - Knative Serving and Eventing CRDs (their openAPIV3Schema) and the Serving annotation key
 #   constants, from the Go modules at the pinned versions (`go mod download`, the Go module proxy).
-# - The func.yaml JSON schema that knative/func ships (schema/func_yaml-schema.json in the
-#   knative.dev/func module), or a local copy named by FUNC_SCHEMA_JSON.
+# - The func.yaml JSON schema that knative/func ships (schema/func_yaml-schema.json): the
+#   unchanged copy in ../shared/schemas/ beside the project (knative/func commit c18d6045,
+#   2026-08-22, Apache-2.0; never copied into this tree), or a copy named by FUNC_SCHEMA_JSON.
+#   The Go module proxy refuses knative.dev/func, so it is not downloaded.
 #
 # Idempotent: a version already extracted (or already refused) is not fetched again. Writes $OUT/index.json with the
 # files found per source; a source that could not be fetched is recorded with its error instead
-# (Serving and Eventing are required: exit 1; func is optional: the test skips the official
-# func.yaml schema check and says why).
+# (Serving and Eventing are required: exit 1; func is optional: without ../shared the test skips
+# the official func.yaml schema check and says why).
 set -euo pipefail
 
 # Pinned versions (Knative 1.x = module v0.(x+27)); bump together with docs/deploy.md.
 SERVING_VERSION=${SERVING_VERSION:-v0.51.0}
 EVENTING_VERSION=${EVENTING_VERSION:-v0.50.0}
-FUNC_VERSION=${FUNC_VERSION:-v0.48.3}
+FUNC_VERSION=c18d6045
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED_FUNC_SCHEMA="$ROOT/../shared/schemas/func_yaml-schema.json"
 OUT=${SCHEMAS_DIR:-$ROOT/.state/schemas}
 mkdir -p "$OUT"
 
@@ -78,13 +81,17 @@ extract knative.dev/eventing "eventing-$EVENTING_VERSION" "$EVENTING_VERSION" ev
     config/core/resources/sinkbindings.yaml || status=1
 
 func_src=""
-if [ -n "${FUNC_SCHEMA_JSON:-}" ]; then
+rm -rf "$OUT/func-local"
+func_schema=${FUNC_SCHEMA_JSON:-}
+if [ -z "$func_schema" ] && [ -f "$SHARED_FUNC_SCHEMA" ]; then
+    func_schema=$SHARED_FUNC_SCHEMA
+fi
+if [ -n "$func_schema" ]; then
     mkdir -p "$OUT/func-local"
-    cp "$FUNC_SCHEMA_JSON" "$OUT/func-local/func_yaml-schema.json"
+    cp "$func_schema" "$OUT/func-local/func_yaml-schema.json"
     func_src="func-local"
-elif extract knative.dev/func "func-$FUNC_VERSION" "$FUNC_VERSION" func \
-        schema/func_yaml-schema.json; then
-    func_src="func-$FUNC_VERSION"
+else
+    echo "no func.yaml schema: neither FUNC_SCHEMA_JSON nor $SHARED_FUNC_SCHEMA" >"$OUT/func.error"
 fi
 
 # index.json: what the tests can use (paths relative to $OUT) and why something is missing.

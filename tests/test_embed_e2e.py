@@ -23,7 +23,7 @@ from upload_model import upload
 
 BUCKET, KEY = "models", "all-minilm-l6-v2-f16.gguf"
 MODEL = "all-minilm-l6-v2-f16"
-GOLDEN = ROOT.parent / "shared" / "golden" / "minilm_reference_embeddings.json"
+GOLDEN = ROOT / "tests" / "fixtures" / "minilm_reference_embeddings.json"
 MIN_COSINE = 0.999
 WAIT_S = 60
 

@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "minilm_reference_embeddings.json"
+GOLDEN = REPO / "tests" / "fixtures" / "minilm_reference_embeddings.json"
 TINY_MAX_BYTES = 2 * 1024 * 1024
 MIN_COSINE = 0.999
 
@@ -36,8 +36,6 @@ def sha256(path: Path) -> str:
 
 
 def golden_items() -> list[dict]:
-    if not GOLDEN.is_file():
-        return []
     return json.loads(GOLDEN.read_text(encoding="utf-8"))["items"]
 
 
@@ -134,7 +132,6 @@ def test_minilm_gguf_layout(minilm_path: Path) -> None:
     assert types["position_embd.weight"] == gguf.GGMLQuantizationType.F32
 
 
-@pytest.mark.skipif(not GOLDEN.is_file(), reason=f"golden file missing: {GOLDEN}")
 @pytest.mark.parametrize("item", golden_items(), ids=lambda item: repr(item["text"][:24]))
 def test_minilm_matches_reference_embedding(minilm: llama_cpp.Llama, item: dict) -> None:
     got = np.asarray(minilm.embed(item["text"]), dtype=np.float64)
