@@ -18,7 +18,7 @@ def test_defaults_and_overrides():
     ({"N_THREADS": "-1"}, "N_THREADS must be >= 0"),
     ({"N_CTX": "lots"}, "N_CTX must be int"),
     ({"SSE_HEARTBEAT_S": "0"}, "SSE_HEARTBEAT_S must be >= 0.05"),
-    ({"EMBEDDING": "maybe"}, "EMBEDDING must be bool"),
+    ({"FLASH_ATTN": "maybe"}, "FLASH_ATTN must be bool"),
     ({"S3_MAX_CONCURRENCY": "65"}, "S3_MAX_CONCURRENCY must be <= 64"),
 ])
 def test_errors_name_the_key(env, message):

@@ -47,7 +47,6 @@ class AuditStore:
         self._client_factory = client_factory
         self._client = None
         self._lock = threading.Lock()
-        self.indexes_ready = False
         self.ttl_index = False  # True when the server expires documents itself
 
     def client(self):
@@ -100,7 +99,6 @@ class AuditStore:
                 self.ttl_index = self._ensure_ttl(ev)
         except perr.PyMongoError as err:
             raise StoreUnavailable(type(err).__name__) from err
-        self.indexes_ready = True
 
     def _ensure_ttl(self, ev) -> bool:
         seconds = self.settings.retention_days * 86400

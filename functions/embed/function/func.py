@@ -17,7 +17,7 @@ def create_runtime(cfg: Mapping[str, str]) -> Runtime:
     """Build the process's Runtime from a config mapping (func's ``cfg`` or the environment)."""
     settings = Settings.from_mapping(cfg, **DEFAULTS)
     embed = EmbedSettings.from_mapping(cfg)
-    return Runtime(FUNCTION, settings,
+    return Runtime(settings.server.function or FUNCTION, settings,
                    loader=load_embedder,
                    register=functools.partial(api.register, embed=embed))
 

@@ -16,7 +16,6 @@ FUNCTION = "embed"
 # Defaults of shared settings for embed; the cfg mapping (or the environment) overrides them.
 DEFAULTS = {
     "FUNCTION_NAME": FUNCTION,
-    "EMBEDDING": "true",
     "N_CTX": "512",
     "N_BATCH": "2048",
     "N_UBATCH": "2048",

@@ -17,7 +17,8 @@ def create_runtime(cfg: Mapping[str, str]) -> Runtime:
     """Build the process's Runtime from a config mapping (func's ``cfg`` or the environment)."""
     settings = Settings.from_mapping(cfg, **DEFAULTS)
     gen = GenerateSettings.from_mapping(cfg)
-    return Runtime(FUNCTION, settings, loader=functools.partial(load_engine, gen=gen),
+    return Runtime(settings.server.function or FUNCTION, settings,
+                   loader=functools.partial(load_engine, gen=gen),
                    register=functools.partial(api.register, gen=gen))
 
 

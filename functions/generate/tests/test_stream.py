@@ -110,6 +110,15 @@ def test_events_for_success_and_error(make_runtime):
     assert bad["status"] == 400 and bad["error_code"] is None and bad["completion_tokens"] == 0
 
 
+def test_function_name_setting_names_the_events(make_runtime):
+    """FUNCTION_NAME (default "generate") is the `function` of every event."""
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url, FUNCTION_NAME="generate-canary")
+        rt.app.test_client().post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        assert rt.events.flush(WAIT_S) and sink.wait_requests(1)
+        assert sink.events()[0]["data"]["function"] == "generate-canary"
+
+
 def test_text_in_events_only_when_opted_in(make_runtime):
     with running_receiver() as sink:
         rt = make_runtime(K_SINK=sink.url, EVENTS_INCLUDE_TEXT="true")

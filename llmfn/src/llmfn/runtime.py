@@ -55,10 +55,6 @@ class Runtime:
     def alive(self) -> tuple[bool, str]:
         return self.host.alive()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     def emit_inference(self, request_id: str, *, endpoint: str, status: int,
                        generation_s: float | None = None, **fields) -> bool:
         """Emit `dev.llmfn.inference.completed.v1` for one request (never blocks).

@@ -1,6 +1,6 @@
 """Typed, frozen settings built once from a mapping (the func `cfg` dict or the environment).
 
-Only this module reads ``os.environ`` (see :func:`from_environ`). Every field has a default,
+Only this module reads ``os.environ`` (see :func:`environ_copy`). Every field has a default,
 bounds where they make sense and a one-line description with its unit. Parsing is strict and
 errors name the key, e.g. ``N_THREADS must be >= 1``.
 """
@@ -102,7 +102,6 @@ class ModelSettings:
     n_ubatch: int = setting("N_UBATCH", 512, "physical micro-batch size in tokens", lo=1)
     default_max_tokens: int = setting("DEFAULT_MAX_TOKENS", 256,
                                       "max_tokens when a request gives none", lo=1)
-    embedding: bool = setting("EMBEDDING", False, "load the model in embedding mode")
     flash_attn: bool = setting("FLASH_ATTN", False, "llama.cpp flash attention (generate: off, "
                                "measured in docs/benchmarks.md; embed: on)")
 
@@ -110,7 +109,8 @@ class ModelSettings:
 @dataclass(frozen=True)
 class ServerSettings:
     """HTTP limits, queueing, auth and shutdown behaviour."""
-    function: str = setting("FUNCTION_NAME", "", "function name reported in events and metrics")
+    function: str = setting("FUNCTION_NAME", "", "function name reported in events (default: "
+                            "the function's own, e.g. generate)")
     max_request_bytes: int = setting("MAX_REQUEST_BYTES", 1024 * 1024,
                                      "largest accepted request body, bytes", lo=1)
     queue_size: int = setting("QUEUE_SIZE", 4, "requests waiting for the model beyond the "
@@ -182,11 +182,6 @@ class Settings:
             raise SettingsError("MODEL_URI is missing")
         if not self.storage.model_uri.startswith(("s3://", "file://")):
             raise SettingsError("MODEL_URI must start with s3:// or file://")
-
-
-def from_environ(**defaults: str) -> Settings:
-    """Settings from the process environment (the gunicorn path)."""
-    return Settings.from_mapping(os.environ, **defaults)
 
 
 def environ_copy() -> dict[str, str]:
