@@ -381,8 +381,9 @@ def test_shutdown_refuses_new_requests_with_503():
         conn = Conn()
         await asyncio.wait_for(bridge(scope_for("/"), conn.receive, conn.send), DEADLINE_S)
         return await collect(conn)
-    status, _, body = run(main())
+    status, headers, body = run(main())
     assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down"
+    assert headers[b"retry-after"] == b"2"
 
 
 def test_shutdown_stops_running_stream_and_answers_queued_request_503(sapp):

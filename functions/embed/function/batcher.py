@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from llmfn.errors import NotReady
+from llmfn.errors import ShuttingDown
 from llmfn.worker import ModelLoop
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Batcher(ModelLoop):
 
     def _abort(self) -> None:
         for item in self._pending:
-            item._fail(NotReady("The function is shutting down.", retry_after_s=1))
+            item._fail(ShuttingDown(self.retry_after_s))
         self._pending.clear()
 
     def _waiting_inputs(self) -> int:

@@ -28,7 +28,7 @@ from typing import Callable
 import llama_cpp
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-from llmfn.errors import NotReady
+from llmfn.errors import ShuttingDown
 from llmfn.llama_batch import Batch
 from llmfn.worker import ModelLoop
 
@@ -150,7 +150,7 @@ class Scheduler(ModelLoop):
             if slot.gen is not None:
                 slot.gen.cancel()  # finished as "cancelled" by the next step
         for gen in self._pending:
-            gen._end(None, NotReady("The function is shutting down.", retry_after_s=1))
+            gen._end(None, ShuttingDown(self.retry_after_s))
         self._pending.clear()
 
     # -- the loop thread ------------------------------------------------------------------------

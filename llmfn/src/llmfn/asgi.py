@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from llmfn.errors import APIError, RequestTooLarge, internal_error
+from llmfn.errors import APIError, RequestTooLarge, ShuttingDown, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ DISCONNECTED_KEY = "llmfn.disconnected"
 
 class _Disconnected(Exception):
     """The client is gone: stop producing the response."""
-
-
-def _shutting_down() -> APIError:
-    err = APIError("The server is shutting down.", code="shutting_down")
-    err.status, err.type = 503, "service_unavailable"
-    return err
 
 
 class _Request:
@@ -204,7 +198,8 @@ def build_environ(scope: dict, body, disconnected: threading.Event, *,
 async def _send_error(send: Callable, err: APIError, *, close: bool = False) -> None:
     body = json.dumps(err.body()).encode()
     headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+               (b"content-length", str(len(body)).encode()),
+               *((k.lower().encode(), v.encode()) for k, v in err.headers().items())]
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
@@ -214,8 +209,10 @@ async def _send_error(send: Callable, err: APIError, *, close: bool = False) -> 
 class WSGIBridge:
     """ASGI 3 app serving a WSGI app on a bounded thread pool, streaming, disconnect-aware."""
 
-    def __init__(self, app: Callable, *, max_workers: int = 16, max_body_bytes: int | None = None):
-        """``max_workers``: requests run at once; ``max_body_bytes``: 413 beyond (None: no cap)."""
+    def __init__(self, app: Callable, *, max_workers: int = 16, max_body_bytes: int | None = None,
+                 retry_after_s: int = 2):
+        """``max_workers``: requests run at once; ``max_body_bytes``: 413 beyond (None: no cap);
+        ``retry_after_s``: the Retry-After of the 503 answered once shutting down."""
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
         if max_body_bytes is not None and max_body_bytes < 0:
@@ -223,6 +220,7 @@ class WSGIBridge:
         self.app = app
         self.max_workers = max_workers
         self.max_body_bytes = max_body_bytes
+        self.retry_after_s = retry_after_s
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="wsgi")
         self._active: set[_Request] = set()
         self._lock = threading.Lock()
@@ -248,14 +246,14 @@ class WSGIBridge:
                 fut = self._pool.submit(self._run, environ, req)
         if fut is None:
             body.close()
-            await _send_error(send, _shutting_down())
+            await _send_error(send, ShuttingDown(self.retry_after_s))
             return
         watcher = asyncio.create_task(self._watch(receive, req))
         try:
             await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
             if fut.cancelled() and not asyncio.current_task().cancelling():
-                await _send_error(send, _shutting_down())  # still queued at shutdown()
+                await _send_error(send, ShuttingDown(self.retry_after_s))  # still queued at shutdown()
                 return
             req.disconnect()  # the server cancelled us: the worker stops within one chunk
             raise

@@ -87,6 +87,15 @@ class NotReady(APIError):
     code = "model_not_ready"
 
 
+class ShuttingDown(NotReady):
+    """The process is stopping (SIGTERM, scale-down): retry, another instance will answer."""
+    code = "shutting_down"
+
+    def __init__(self, retry_after_s: int):
+        super().__init__("The function is shutting down. Retry shortly.",
+                         retry_after_s=retry_after_s)
+
+
 class InternalError(APIError):
     status = 500
     type = "server_error"

@@ -30,7 +30,8 @@ class LLMFunction:
         self._bridge = WSGIBridge(self.runtime.app,
                                   max_workers=self.runtime.settings.server.queue_size + running
                                   + 16,
-                                  max_body_bytes=self.runtime.settings.server.max_request_bytes)
+                                  max_body_bytes=self.runtime.settings.server.max_request_bytes,
+                                  retry_after_s=self.runtime.settings.server.retry_after_s)
         self.runtime.start()
 
     async def handle(self, scope, receive, send) -> None:

@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Any
 
-from .errors import NotReady, QueueFull
+from .errors import QueueFull, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ModelLoop:
         """Queue ``item``; QueueFull when no room and ``queue_size`` requests already wait."""
         with self._cond:
             if not self._accepting:
-                raise NotReady("The function is shutting down.", retry_after_s=self.retry_after_s)
+                raise ShuttingDown(self.retry_after_s)
             waiting = len(self._pending) - self._room()
             if waiting >= self.queue_size:
                 raise QueueFull(f"Too many requests: {max(waiting, 0)} already waiting for the "
