@@ -138,17 +138,7 @@ class GenerateAPI:
             log.exception("generation failed")
             self._finish(call, None, status=500, error_code="internal_error")
             raise internal_error() from None
-        usage = _usage(call.prompt_tokens, outcome.completion_tokens)
-        finish = "stop" if outcome.finish_reason == "cancelled" else outcome.finish_reason
-        if call.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": outcome.text},
-                      "logprobs": None, "finish_reason": finish}
-            body = {"id": f"chatcmpl-{call.rid}", "object": "chat.completion"}
-        else:
-            choice = {"text": outcome.text, "index": 0, "logprobs": None, "finish_reason": finish}
-            body = {"id": f"cmpl-{call.rid}", "object": "text_completion"}
-        body.update({"created": call.created, "model": call.model, "choices": [choice],
-                     "usage": usage})
+        body = call.response(outcome)
         self._finish(call, outcome, status=200)
         return jsonify(body)
 
@@ -169,9 +159,7 @@ class GenerateAPI:
                     yield call.chunk(value, None)
                 elif kind == "done":
                     outcome = value
-                    finish = ("stop" if outcome.finish_reason == "cancelled"
-                              else outcome.finish_reason)
-                    yield call.chunk({} if call.chat else "", finish)
+                    yield call.chunk({} if call.chat else "", client_finish(outcome))
                     if call.req.include_usage:
                         yield call.usage_chunk(outcome.completion_tokens)
                     break
@@ -235,7 +223,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def _sse_error(err: APIError) -> bytes:
-    return b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+    return _sse_data(err.body())
 
 
 class _Call:
@@ -247,24 +235,51 @@ class _Call:
         self.cold, self.model = cold, model
         self.created = int(time.time())
 
+    def _head(self, *, stream: bool) -> dict:
+        """id, object, created and model: what every body and chunk of this request carries."""
+        if self.chat:
+            head = {"id": f"chatcmpl-{self.rid}",
+                    "object": "chat.completion.chunk" if stream else "chat.completion"}
+        else:
+            head = {"id": f"cmpl-{self.rid}", "object": "text_completion"}
+        head.update({"created": self.created, "model": self.model})
+        return head
+
+    def _choice(self, content, finish: str | None, *, stream: bool) -> dict:
+        """One choice: chat has a message (a delta when streamed), completions have text."""
+        if not self.chat:
+            return {"text": content, "index": 0, "logprobs": None, "finish_reason": finish}
+        if stream:
+            delta = {"content": content} if isinstance(content, str) else content
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "message": {"role": "assistant", "content": content},
+                "logprobs": None, "finish_reason": finish}
+
+    def response(self, outcome: Outcome) -> dict:
+        """The whole answer of a non-streamed request (OpenAI's completion objects)."""
+        return {**self._head(stream=False),
+                "choices": [self._choice(outcome.text, client_finish(outcome), stream=False)],
+                "usage": _usage(self.prompt_tokens, outcome.completion_tokens)}
+
     def chunk(self, delta, finish: str | None) -> bytes:
         """One SSE chunk; ``delta`` is new text (or, for chat, a ready delta object)."""
-        if self.chat:
-            if isinstance(delta, str):
-                delta = {"content": delta}
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            body = {"id": f"chatcmpl-{self.rid}", "object": "chat.completion.chunk"}
-        else:
-            choice = {"text": delta, "index": 0, "logprobs": None, "finish_reason": finish}
-            body = {"id": f"cmpl-{self.rid}", "object": "text_completion"}
-        body.update({"created": self.created, "model": self.model, "choices": [choice]})
+        body = {**self._head(stream=True),
+                "choices": [self._choice(delta, finish, stream=True)]}
         if self.req.include_usage:
             body["usage"] = None
-        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+        return _sse_data(body)
 
     def usage_chunk(self, completion_tokens: int) -> bytes:
-        body = {"id": f"{'chatcmpl' if self.chat else 'cmpl'}-{self.rid}",
-                "object": "chat.completion.chunk" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": [],
-                "usage": _usage(self.prompt_tokens, completion_tokens)}
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
+        """The last chunk with `stream_options.include_usage`: no choices, the usage."""
+        return _sse_data({**self._head(stream=True), "choices": [],
+                          "usage": _usage(self.prompt_tokens, completion_tokens)})
+
+
+def client_finish(outcome: Outcome) -> str:
+    """The finish_reason a client sees: a cancelled generation (its client left, or shutdown)
+    ended like a stop; the event keeps "cancelled"."""
+    return "stop" if outcome.finish_reason == "cancelled" else outcome.finish_reason
+
+
+def _sse_data(body: dict) -> bytes:
+    return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
