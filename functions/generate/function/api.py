@@ -91,6 +91,8 @@ class GenerateAPI:
         cold = self.rt.host.take_cold_start()
         call = _Call(rid=rid, t0=t0, chat=chat, req=req, prompt_tokens=len(tokens), job=job,
                      cold=cold, model=self.rt.host.model_id)
+        if self.rt.settings.events.include_text:
+            call.prompt_text = _prompt_text(engine, req, tokens)
         if req.stream:
             resp = Response(self._sse(call), mimetype="text/event-stream")
             resp.headers["Cache-Control"] = "no-cache"
@@ -204,7 +206,7 @@ class GenerateAPI:
             generation_s=outcome.generation_s if outcome else None,
             finish_reason=outcome.finish_reason if outcome else "error",
             cold_start=call.cold, stream=call.req.stream,
-            prompt=None, output=outcome.text if outcome else None)
+            prompt=call.prompt_text, output=outcome.text if outcome else None)
 
     def _event(self, rid: str, t0: float, *, status: int, error_code: str | None,
                stream: bool) -> None:
@@ -234,6 +236,7 @@ class _Call:
         self.prompt_tokens, self.job = prompt_tokens, job
         self.cold, self.model = cold, model
         self.created = int(time.time())
+        self.prompt_text: str | None = None  # only with EVENTS_INCLUDE_TEXT
 
     def _head(self, *, stream: bool) -> dict:
         """id, object, created and model: what every body and chunk of this request carries."""
@@ -273,6 +276,16 @@ class _Call:
         """The last chunk with `stream_options.include_usage`: no choices, the usage."""
         return _sse_data({**self._head(stream=True), "choices": [],
                           "usage": _usage(self.prompt_tokens, completion_tokens)})
+
+
+def _prompt_text(engine: Engine, req: schema.Request, tokens: list[int]) -> str:
+    """The prompt as the event's text: a chat as `role: content` lines, a completion prompt as
+    given (token ids detokenized)."""
+    if req.messages is not None:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in req.messages)
+    if isinstance(req.prompt, str):
+        return req.prompt
+    return engine.llm.detokenize(tokens).decode("utf-8", errors="replace")
 
 
 def client_finish(outcome: Outcome) -> str:

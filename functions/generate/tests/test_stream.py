@@ -122,10 +122,16 @@ def test_function_name_setting_names_the_events(make_runtime):
 def test_text_in_events_only_when_opted_in(make_runtime):
     with running_receiver() as sink:
         rt = make_runtime(K_SINK=sink.url, EVENTS_INCLUDE_TEXT="true")
-        r = rt.app.test_client().post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
-        assert rt.events.flush(WAIT_S) and sink.wait_requests(1)
-        data = sink.events()[0]["data"]
-    assert data["output"] == r.get_json()["choices"][0]["text"]
+        c = rt.app.test_client()
+        r = c.post("/v1/completions", json={"prompt": "x y", "max_tokens": 2})
+        chat = c.post("/v1/chat/completions", json={"max_tokens": 2, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]})
+        assert rt.events.flush(WAIT_S) and sink.wait_requests(2)
+        plain, chatted = (e["data"] for e in sink.events())
+    assert plain["prompt"] == "x y"
+    assert plain["output"] == r.get_json()["choices"][0]["text"]
+    assert chatted["prompt"] == "system: Be brief.\nuser: hi"
+    assert chatted["output"] == chat.get_json()["choices"][0]["message"]["content"]
 
 
 def _asgi_stream_then_disconnect(bridge, body: bytes, chunks_before_disconnect: int):
