@@ -27,6 +27,7 @@ import random
 import re
 import threading
 import time
+import typing
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -96,17 +97,23 @@ class InferenceRecord:
 
 _TEXT_FIELDS = ("prompt", "output")
 _INT, _FLOAT, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
-# field -> (accepted types, null allowed); all fields but the text ones are required.
-_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
-    "request_id": (_STR, False), "function": (_STR, False), "model": (_STR, False),
-    "model_sha256": (_STR, False), "service": (_STR, False), "revision": (_STR, False),
-    "endpoint": (_STR, False), "status": (_INT, False), "error_code": (_STR, True),
-    "prompt_tokens": (_INT, False), "completion_tokens": (_INT, False),
-    "input_count": (_INT, False), "ttft_s": (_FLOAT, True), "duration_s": (_FLOAT, False),
-    "tokens_per_s": (_FLOAT, True), "finish_reason": (_STR, True), "cold_start": (_BOOL, False),
-    "stream": (_BOOL, False), "time": (_STR, False), "prompt": (_STR, False),
-    "output": (_STR, False),
-}
+_KINDS = {int: _INT, float: _FLOAT, str: _STR, bool: _BOOL}
+
+
+def _schema_of(record: type) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """field -> (accepted JSON types, null allowed), from the dataclass's annotations. The text
+    fields are left out when unset, never sent as null."""
+    schema = {}
+    for f in dataclasses.fields(record):
+        hint = typing.get_type_hints(record)[f.name]
+        args = typing.get_args(hint)
+        base = next(a for a in args if a is not type(None)) if args else hint
+        schema[f.name] = (_KINDS[base], type(None) in args and f.name not in _TEXT_FIELDS)
+    return schema
+
+
+# All fields but the text ones are required.
+_SCHEMA = _schema_of(InferenceRecord)
 _NAMES = {_INT: "int", _FLOAT: "number", _STR: "str", _BOOL: "bool"}
 
 
