@@ -19,10 +19,10 @@ MODEL_FILES := $(if $(wildcard scripts/make_tiny_model.py),$(STATE)/models/tiny-
 
 .PHONY: venv services models vendor run test clean distclean
 
-# llama.cpp's OpenMP threads sleep while they wait instead of spinning, in tests and benchmarks
-# as in the deployment (docs/deploy.md "Threads and CPU"): a spinning thread beside a busy core
-# turned 0.6 s requests into 75 s ones.
-export OMP_WAIT_POLICY := passive
+# Tests run llama.cpp with the deployment's thread policy (docs/deploy.md "Threads and CPU"):
+# OpenMP threads sleep while they wait instead of spinning (beside a busy core, spinning turned
+# 0.6 s requests into 75 s ones). Benchmarks set it per server themselves.
+TEST_ENV := OMP_WAIT_POLICY=passive
 
 venv: $(VENV_STAMP)
 
@@ -59,9 +59,9 @@ run: venv services models vendor
 # Each function's own tests run in their own pytest process: every function folder has a
 # top-level package named `function`, as func requires, so they cannot share one interpreter.
 test: venv services models vendor
-	$(VENV)/bin/pytest -q llmfn/tests tests
+	$(TEST_ENV) $(VENV)/bin/pytest -q llmfn/tests tests
 	for fn in $(FUNCTIONS); do \
-	  if [ -d "$$fn/tests" ]; then (cd "$$fn" && $(CURDIR)/$(VENV)/bin/pytest -q -p no:cacheprovider tests); fi; \
+	  if [ -d "$$fn/tests" ]; then (cd "$$fn" && $(TEST_ENV) $(CURDIR)/$(VENV)/bin/pytest -q -p no:cacheprovider tests); fi; \
 	done
 
 # Runtime state (cache, logs, data, models) and vendored copies; keeps the venv and binaries.

@@ -2,6 +2,7 @@
 import asyncio
 import json
 import socket
+import threading
 
 from cloudevents.core.v1.event import CloudEvent
 from llmfn.events import INFERENCE_COMPLETED
@@ -96,9 +97,17 @@ def test_func_contract_routes_by_method_and_path():
         fn.stop()
 
 
-def test_service_stop_is_idempotent():
+def test_service_start_and_stop_are_idempotent():
+    """A second start adds no background thread; a second stop is a no-op, not an error."""
+    def store_threads():
+        return [t for t in threading.enumerate() if t.name == "audit-store" and t.is_alive()]
+
+    before = len(store_threads())
     svc = AuditService(settings())
     svc.start()
     svc.start()
+    assert len(store_threads()) - before <= 1  # it may have connected and ended already
+    assert svc._thread is not None
     svc.stop()
     svc.stop()
+    assert svc._thread is None and len(store_threads()) <= before

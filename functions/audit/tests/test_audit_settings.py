@@ -1,5 +1,5 @@
 import pytest
-from llmfn.settings import SettingsError, describe
+from llmfn.settings import SettingsError
 
 from audit_function.settings import AuditSettings
 
@@ -19,8 +19,3 @@ def test_parse_and_errors_name_the_key():
         AuditSettings.from_mapping({"RETENTION_DAYS": "-1"})
     with pytest.raises(SettingsError, match="MONGODB_TIMEOUT_MS must be int"):
         AuditSettings.from_mapping({"MONGODB_TIMEOUT_MS": "fast"})
-
-
-def test_every_field_is_documented():
-    for key, _default, doc in describe(AuditSettings):
-        assert key.isupper() and doc

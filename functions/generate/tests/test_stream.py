@@ -45,8 +45,10 @@ def test_stream_matches_golden(client):
     assert chat.headers["Cache-Control"] == "no-cache"
     got = ("# chat, include_usage\n" + normalize(chat.get_data(as_text=True)) +
            "# completion\n" + normalize(plain.get_data(as_text=True)))
-    if os.environ.get("LLMFN_UPDATE_GOLDEN"):
+    if os.environ.get("LLMFN_UPDATE_GOLDEN"):  # re-recording never counts as a pass
         GOLDEN.write_text(got)
+        pytest.fail(f"{GOLDEN.name} rewritten: review the diff, then run without "
+                    "LLMFN_UPDATE_GOLDEN")
     assert got == GOLDEN.read_text()
 
 
