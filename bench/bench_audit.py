@@ -18,7 +18,6 @@ import concurrent.futures as cf
 import datetime as dt
 import http.client
 import json
-import math
 import os
 import random
 import shutil
@@ -37,17 +36,12 @@ from cloudevents.core.v1.event import CloudEvent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from common import (GUNICORN, GUNICORN_CONF, HOST, REPO_ROOT, STATE, Server,  # noqa: E402
-                    free_port, log)
+                    free_port, log, percentile)
 import services  # noqa: E402
 
 AUDIT_DIR = REPO_ROOT / "functions" / "audit"
 TYPE = "dev.llmfn.inference.completed.v1"
 UTC = dt.timezone.utc
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    values = sorted(values)
-    return values[max(0, math.ceil(p * len(values)) - 1)] if values else None
 
 
 def record(i: int, t: dt.datetime, rng: random.Random) -> dict:

@@ -25,20 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from common import completion_body as body  # noqa: E402
 from common import fmt, log, ratio, summary  # noqa: E402
-
-BASE_PROMPT = ("Once upon a time, in a small village at the edge of a great forest, there lived "
-               "an old clockmaker who")
-
-
-def body(i: int, *, stream: bool, max_tokens: int, model: str | None) -> dict:
-    b = {"prompt": f"{i + 1}. {BASE_PROMPT}", "max_tokens": max_tokens, "temperature": 0,
-         "seed": 42, "stream": stream}
-    if stream:
-        b["stream_options"] = {"include_usage": True}
-    if model:
-        b["model"] = model
-    return b
 
 
 def measure(servers: dict[str, common.Server], runs: int, max_tokens: int) -> dict:
@@ -50,7 +38,7 @@ def measure(servers: dict[str, common.Server], runs: int, max_tokens: int) -> di
                 # offset the prompt number per mode, so SSE never reuses the JSON run's prompt
                 t = common.post_completion(srv.port, body(i * 2 + (mode == "sse") + 100,
                                                           stream=mode == "sse",
-                                                          max_tokens=max_tokens, model=None))
+                                                          max_tokens=max_tokens))
                 out[name][mode].append(t)
         log(f"run {i + 1}/{runs}: " + ", ".join(
             f"{n} {out[n]['sse'][-1].decode_tps or 0:.0f} tok/s" for n in servers))
@@ -87,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--runs must be 1..50")
 
     model = common.smollm2_path()
-    env = common.generate_env({"MODEL_URI": f"file://{model}",
-                               "MODEL_CACHE_DIR": str(common.STATE / "bench" / "cache")},
-                              n_ctx=args.n_ctx, threads=args.threads)
+    env = common.generate_env(common.file_model_env(model), n_ctx=args.n_ctx,
+                              threads=args.threads)
     servers = {"ours (gunicorn)": common.gunicorn_server(common.free_port(), env),
                "llama-server": common.llama_server(common.free_port(), model,
                                                    n_ctx=args.n_ctx, threads=args.threads)}
@@ -101,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: ready in {srv.start_ready():.2f} s (port {srv.port})")
             memory[name] = {"after_load": srv.memory_kb()}
         for name, srv in servers.items():  # warm-up: first request of each process
-            common.post_completion(srv.port, body(0, stream=True, max_tokens=8, model=None))
-            common.post_completion(srv.port, body(0, stream=False, max_tokens=8, model=None))
+            common.post_completion(srv.port, body(0, stream=True, max_tokens=8))
+            common.post_completion(srv.port, body(0, stream=False, max_tokens=8))
         t0 = time.perf_counter()
         timings = measure(servers, args.runs, args.max_tokens)
         log(f"measured in {time.perf_counter() - t0:.1f} s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
+import math
 import os
 import signal
 import socket
@@ -64,6 +65,12 @@ def summary(values: list[float]) -> dict:
         return {"median": None, "min": None, "max": None, "n": 0}
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
             "n": len(vals)}
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank ``p`` quantile (0 < p <= 1) of ``values``; None when empty."""
+    vals = sorted(v for v in values if v is not None)
+    return vals[max(0, math.ceil(p * len(vals)) - 1)] if vals else None
 
 
 def fmt(s: dict, unit: str = "", digits: int = 3) -> str:
@@ -128,6 +135,7 @@ class Timing:
     prompt_tokens: int = 0
     text: str = ""
     chunks: int = 0
+    chunk_s: list[float] = field(default_factory=list)  # request sent -> each chunk with text
 
     @property
     def decode_tps(self) -> float | None:
@@ -173,6 +181,7 @@ def post_completion(port: int, body: dict, *, timeout_s: float = 300.0) -> Timin
             for choice in event.get("choices") or []:
                 if choice.get("text"):
                     t.chunks += 1
+                    t.chunk_s.append(now)
                     parts.append(choice["text"])
                     if t.ttft_s is None:
                         t.ttft_s = now
@@ -267,11 +276,45 @@ class Server:
         self.stop()
 
 
+STORY_PROMPT = ("Once upon a time, in a small village at the edge of a great forest, there lived "
+                "an old clockmaker who")
+
+
+def completion_body(i: int, *, stream: bool, max_tokens: int) -> dict:
+    """A greedy /v1/completions body whose prompt starts with ``i + 1``, so that requests with
+    different ``i`` share no cached prompt prefix."""
+    b = {"prompt": f"{i + 1}. {STORY_PROMPT}", "max_tokens": max_tokens, "temperature": 0,
+         "seed": 42, "stream": stream}
+    if stream:
+        b["stream_options"] = {"include_usage": True}
+    return b
+
+
+def file_model_env(model: Path) -> dict:
+    """MODEL_URI / MODEL_CACHE_DIR of our function for a local GGUF file."""
+    return {"MODEL_URI": f"file://{model}", "MODEL_CACHE_DIR": str(STATE / "bench" / "cache")}
+
+
 def generate_env(model_env: dict, *, n_ctx: int, threads: int) -> dict:
     """Environment of our generate function for a benchmark (no events, no auth)."""
     return {"N_CTX": str(n_ctx), "N_THREADS": str(threads), "N_BATCH": "512",
             "N_UBATCH": "512", "K_SINK": "", "API_KEYS": "", "LOG_LEVEL": "warning",
             "FUNCTION_NAME": "generate", **model_env}
+
+
+def deployed_env(manifest: Path = REPO_ROOT / "deploy" / "generate.yaml") -> dict[str, str]:
+    """The plain ``- name: K`` / ``value: V`` env entries of a manifest (secrets skipped), read
+    as text so that no YAML library is needed: what the deployment gives the function."""
+    env: dict[str, str] = {}
+    name = None
+    for line in manifest.read_text().splitlines():
+        s = line.strip()
+        if s.startswith("- name:"):
+            name = s.split(":", 1)[1].strip().strip('"')
+        elif name and s.startswith("value:"):
+            env[name] = s.split(":", 1)[1].strip().strip('"')
+            name = None
+    return env
 
 
 def gunicorn_server(port: int, env: dict) -> Server:
@@ -291,14 +334,15 @@ def func_python_server(port: int, env: dict) -> Server:
                   cwd=str(GENERATE_DIR))
 
 
-def llama_server(port: int, model: Path, *, n_ctx: int, threads: int,
-                 extra: list[str] | None = None) -> Server:
-    """llama.cpp's llama-server with the same context, threads, batch and attention as ours."""
+def llama_server(port: int, model: Path, *, n_ctx: int, threads: int, parallel: int = 1,
+                 flash_attn: str = "off", extra: list[str] | None = None) -> Server:
+    """llama.cpp's llama-server with the same context, threads, batch and attention as ours
+    (``parallel`` slots sharing ``n_ctx``; ``flash_attn`` on|off|auto)."""
     if not LLAMA_SERVER.exists():
         raise SystemExit(f"{LLAMA_SERVER} missing: run scripts/build_llama_server.sh")
     cmd = [str(LLAMA_SERVER), "-m", str(model), "--host", HOST, "--port", str(port),
            "-c", str(n_ctx), "-t", str(threads), "-tb", str(threads), "-b", "512",
-           "-ub", "512", "-np", "1", "-fa", "off", "--no-webui", *(extra or [])]
+           "-ub", "512", "-np", str(parallel), "-fa", flash_attn, "--no-webui", *(extra or [])]
     return Server("llama-server", cmd, port, "/health")
 
 

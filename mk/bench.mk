@@ -1,12 +1,22 @@
-# Benchmarks (not part of `make test`): our functions vs llama.cpp's llama-server, cold start,
-# portable vs native llama.cpp build. Results: docs/benchmarks.md, raw JSON in .state/bench/.
+# Benchmarks (not part of `make test`): our functions vs llama.cpp's llama-server (single
+# requests, CPU contention, concurrent streams), cold start, portable vs native llama.cpp build.
+# Results: docs/benchmarks.md, raw JSON in .state/bench/.
 # Long-running; the machine should be otherwise idle. Extra flags: BENCH_ARGS="--runs 9".
-.PHONY: bench bench-generate bench-coldstart bench-portable llama-server portable-wheel
+.PHONY: bench bench-generate bench-coldstart bench-portable bench-contention bench-concurrency \
+        bench-deps llama-server portable-wheel
 
 LLAMA_SERVER := $(STATE)/llama.cpp/build/bin/llama-server
 BENCH_ARGS ?=
+# Benchmark-only packages (matplotlib for the plots), installed into the venv once per pin change.
+BENCH_STAMP := $(VENV)/.bench-requirements.stamp
 
-bench: bench-generate bench-coldstart bench-portable
+bench: bench-generate bench-coldstart bench-portable bench-contention bench-concurrency
+
+bench-deps: $(BENCH_STAMP)
+
+$(BENCH_STAMP): bench/requirements.txt $(VENV_STAMP)
+	$(PIP) install -r bench/requirements.txt
+	touch $@
 
 # llama-server from the llama.cpp that llama-cpp-python vendors (same flags as the pip build).
 llama-server: $(LLAMA_SERVER)
@@ -26,3 +36,12 @@ bench-coldstart: venv services $(LLAMA_SERVER)
 
 bench-portable: venv portable-wheel
 	$(PY) bench/bench_portable.py $(BENCH_ARGS)
+
+# p50/p95/p100 latency, quiet and with a CPU hog on one core (optionally a cgroup CPU quota),
+# e.g. BENCH_ARGS="--variants passive,active --cgroup-quota 1".
+bench-contention: venv $(LLAMA_SERVER)
+	$(PY) bench/bench_contention.py $(BENCH_ARGS)
+
+# 1, 2, 4, 8 concurrent SSE streams vs llama-server -np N -kvu; writes docs/img/bench-concurrency.png.
+bench-concurrency: venv bench-deps $(LLAMA_SERVER)
+	$(PY) bench/bench_concurrency.py $(BENCH_ARGS)

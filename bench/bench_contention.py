@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Latency under CPU contention: our generate function (gunicorn) vs llama-server.
+
+Both servers run at once on the same GGUF (SmolLM2-135M-Instruct Q4_1) with the same n_ctx,
+threads, batch and no flash attention (as bench_generate.py). Ours gets N_THREADS and
+OMP_WAIT_POLICY from the flags, as the deployment sets them (deploy/generate.yaml's values are
+printed next to them); llama-server runs with its defaults (no OMP_WAIT_POLICY). Each request
+is a greedy /v1/completions (JSON, temperature 0) of exactly ``--max-tokens`` tokens, checked
+on both sides from ``usage`` (the run fails otherwise); every request pair gets a prompt with a
+new leading number, so no server reuses a cached prompt. Requests alternate ours / theirs
+(ABBA), ``--requests`` per server and condition:
+
+- quiet: nothing else started by the benchmark;
+- hog: a busy-loop process pinned (sched_setaffinity) to one core (``--hog-cpu``), started
+  before the condition and killed after it; it also exits by itself after ``--hog-max-s`` or
+  when this process is gone;
+- quota (``--cgroup-quota CPUS``): each server's processes moved into a cgroup of its own
+  limited to CPUS CPUs (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us), quiet; moved back after.
+  If this machine does not let us create one, the reason is printed and the condition skipped.
+
+``--variants passive,active`` runs the whole sequence once per OMP_WAIT_POLICY of ours
+("unset" = not set), each phase with a fresh ours next to the same llama-server, so one
+policy's spinning threads never overlap another phase. Reported per phase, condition and
+server: median, p95 (nearest rank) and p100 (max) of the client-side latency, and ours /
+llama-server. Targets: p100 under the hog <= 1.2 x llama-server's; quiet figures on par.
+
+    .venv/bin/python bench/bench_contention.py [--requests 30] [--variants passive,active]
+        [--cgroup-quota 1] [--no-doc]
+
+Writes .state/bench/contention.json and the "contention" section of docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import log, percentile  # noqa: E402
+
+LLAMA = "llama-server"
+POLICIES = ("passive", "active", "unset")
+HOG_CODE = """
+import os, sys, time
+cpu, bound_s, parent = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+os.sched_setaffinity(0, {cpu})
+end = time.monotonic() + bound_s
+while time.monotonic() < end and os.getppid() == parent:
+    for _ in range(200000):
+        pass
+"""
+
+
+@contextlib.contextmanager
+def cpu_hog(cpu: int, bound_s: float):
+    """A busy loop pinned to ``cpu`` for the duration of the ``with`` block (at most bound_s)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOG_CODE, str(cpu), str(bound_s),
+                             str(os.getpid())], stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)
+        if proc.poll() is not None:
+            raise RuntimeError(f"CPU hog exited {proc.returncode}")
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class CpuQuota:
+    """A child cgroup limited to ``cpus`` CPUs, next to this process's own cpu cgroup."""
+
+    def __init__(self, name: str, cpus: float):
+        v2 = Path("/sys/fs/cgroup")
+        own = {parts[1]: parts[2] for parts in
+               (line.rstrip("\n").split(":", 2) for line in open("/proc/self/cgroup"))}
+        period = 100_000
+        if (v2 / "cgroup.controllers").exists():
+            self.parent = v2 / own.get("", "/").lstrip("/")
+            if "cpu" not in (self.parent / "cgroup.subtree_control").read_text().split():
+                (self.parent / "cgroup.subtree_control").write_text("+cpu")
+            limits = {"cpu.max": f"{int(cpus * period)} {period}"}
+        else:
+            key = next((k for k in own if "cpu" in k.split(",")), None)
+            mount = next((m for m in (v2 / "cpu", v2 / "cpu,cpuacct") if
+                          (m / "cpu.cfs_quota_us").exists()), None)
+            if key is None or mount is None:
+                raise RuntimeError("no cgroup v2 and no cgroup v1 cpu controller mounted")
+            self.parent = mount / own[key].lstrip("/")
+            limits = {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(int(cpus * period))}
+        self.dir = self.parent / name
+        self.dir.mkdir()
+        try:
+            for key, value in limits.items():
+                (self.dir / key).write_text(value)
+        except OSError:
+            self.dir.rmdir()
+            raise
+        self.pids: list[int] = []
+
+    def add(self, pids: list[int]) -> None:
+        for pid in pids:
+            (self.dir / "cgroup.procs").write_text(str(pid))
+            self.pids.append(pid)
+
+    def remove(self) -> None:
+        """Move the processes back to the parent cgroup and delete ours."""
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                (self.parent / "cgroup.procs").write_text(str(pid))
+        self.dir.rmdir()
+
+
+def probe_quota(cpus: float) -> str | None:
+    """None when a CPU quota cgroup can be made here, else why not."""
+    try:
+        CpuQuota(f"llmfn-bench-probe-{os.getpid()}", cpus).remove()
+        return None
+    except (OSError, RuntimeError) as err:
+        return f"{type(err).__name__}: {err}"
+
+
+@contextlib.contextmanager
+def condition(name: str, servers: dict[str, common.Server], args):
+    """Set up one condition around the ``with`` block and undo it afterwards."""
+    if name == "hog":
+        with cpu_hog(args.hog_cpu, args.hog_max_s):
+            yield
+    elif name == "quota":
+        groups = []
+        try:
+            for i, srv in enumerate(servers.values()):
+                groups.append(CpuQuota(f"llmfn-bench-{os.getpid()}-{i}", args.cgroup_quota))
+                groups[-1].add([srv.proc.pid] + common.children(srv.proc.pid))
+            yield
+        finally:
+            for g in groups:
+                g.remove()
+    else:
+        yield
+
+
+def measure(servers: dict[str, common.Server], n: int, max_tokens: int, first: int) -> dict:
+    """``n`` requests per server, ABBA order; latencies (s). Fails if a count is not max_tokens."""
+    lat: dict[str, list[float]] = {name: [] for name in servers}
+    names = list(servers)
+    for i in range(n):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            t = common.post_completion(servers[name].port, common.completion_body(
+                first + i, stream=False, max_tokens=max_tokens))
+            if t.completion_tokens != max_tokens:
+                raise SystemExit(f"{name}: {t.completion_tokens} completion tokens, not "
+                                 f"{max_tokens} (prompt {first + i + 1}., text {t.text!r}): "
+                                 "pick a prompt that does not stop early")
+            lat[name].append(t.total_s)
+    return lat
+
+
+def stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "p95": percentile(values, 0.95),
+            "p100": max(values), "n": len(values)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=30, help="per server and condition")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="N_THREADS of ours, -t of theirs")
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--omp-wait-policy", default="passive", choices=POLICIES,
+                    help="OMP_WAIT_POLICY of ours, as deployed")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated OMP_WAIT_POLICY values of ours, one phase each "
+                         "(default: --omp-wait-policy)")
+    ap.add_argument("--hog-cpu", type=int, default=max(os.sched_getaffinity(0)))
+    ap.add_argument("--hog-max-s", type=float, default=900.0,
+                    help="the hog exits by itself after this long")
+    ap.add_argument("--cgroup-quota", type=float, default=None, metavar="CPUS",
+                    help="add a quiet condition with each server in a cgroup of CPUS CPUs")
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    variants = (args.variants or args.omp_wait_policy).split(",")
+    if not 1 <= args.requests <= 500 or any(v not in POLICIES for v in variants):
+        ap.error(f"--requests must be 1..500, --variants a subset of {','.join(POLICIES)}")
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if key in os.environ:
+            ap.error(f"unset {key}: the benchmark sets the wait policy per server")
+
+    deployed = {k: common.deployed_env().get(k, "unset") for k in ("N_THREADS", "OMP_WAIT_POLICY")}
+    if deployed != {"N_THREADS": str(args.threads), "OMP_WAIT_POLICY": args.omp_wait_policy}:
+        log(f"note: deploy/generate.yaml sets {deployed}, this run uses N_THREADS="
+            f"{args.threads}, OMP_WAIT_POLICY={args.omp_wait_policy}")
+    conditions = ["quiet", "hog"]
+    quota_problem = None
+    if args.cgroup_quota is not None:
+        quota_problem = probe_quota(args.cgroup_quota)
+        if quota_problem:
+            log(f"cgroup CPU quota not possible here: {quota_problem}")
+        else:
+            conditions.append("quota")
+
+    model = common.smollm2_path()
+    base_env = common.generate_env(common.file_model_env(model), n_ctx=args.n_ctx,
+                                   threads=args.threads)
+    theirs = common.llama_server(common.free_port(), model, n_ctx=args.n_ctx,
+                                 threads=args.threads)
+    results: dict[str, dict] = {}
+    prompt_no = 100
+    try:
+        log(f"{LLAMA}: ready in {theirs.start_ready():.2f} s")
+        for policy in variants:
+            env = dict(base_env, **({} if policy == "unset" else {"OMP_WAIT_POLICY": policy}))
+            ours = common.gunicorn_server(common.free_port(), env)
+            servers = {f"ours ({policy})": ours, LLAMA: theirs}
+            try:
+                log(f"ours, OMP_WAIT_POLICY={policy}: ready in {ours.start_ready():.2f} s")
+                for srv in servers.values():  # warm-up
+                    common.post_completion(srv.port, common.completion_body(
+                        0, stream=False, max_tokens=8))
+                for cond in conditions:
+                    t0 = time.perf_counter()
+                    with condition(cond, servers, args):
+                        lat = measure(servers, args.requests, args.max_tokens, prompt_no)
+                    prompt_no += args.requests
+                    res = {name: stats(v) for name, v in lat.items()}
+                    results.setdefault(policy, {})[cond] = {
+                        "ours": res[f"ours ({policy})"], "theirs": res[LLAMA], "raw_s": lat}
+                    log(f"{policy}/{cond} in {time.perf_counter() - t0:.0f} s: " + ", ".join(
+                        f"{n} median {s['median']:.3f} p100 {s['p100']:.3f}"
+                        for n, s in res.items()))
+            finally:
+                ours.stop()
+    finally:
+        theirs.stop()
+
+    data = {"machine": common.machine_line(), "model": model.name, "requests": args.requests,
+            "max_tokens": args.max_tokens, "threads": args.threads, "n_ctx": args.n_ctx,
+            "omp_wait_policy": args.omp_wait_policy, "deployed": deployed,
+            "hog_cpu": args.hog_cpu, "cgroup_quota_cpus": args.cgroup_quota,
+            "cgroup_quota_problem": quota_problem, "results": results}
+    common.publish("contention", data, render, no_doc=args.no_doc)
+    return 0
+
+
+def render(d: dict) -> str:
+    def cells(s: dict) -> str:
+        return " / ".join(f"{s[k]:.3f}" for k in ("median", "p95", "p100"))
+
+    lines = ["| ours: OMP_WAIT_POLICY | condition | ours (s) | llama-server (s) | "
+             "ours / llama-server |", "|---|---|---|---|---|"]
+    verdicts = []
+    for policy, conds in d["results"].items():
+        for cond, r in conds.items():
+            q = {k: r["ours"][k] / r["theirs"][k] for k in ("median", "p95", "p100")}
+            lines.append(f"| {policy} | {cond} | {cells(r['ours'])} | {cells(r['theirs'])} | "
+                         + " / ".join(f"{q[k]:.2f}" for k in ("median", "p95", "p100")) + " |")
+            if cond == "hog":
+                verdicts.append(f"{policy}: p100 under the hog {q['p100']:.2f} x "
+                                f"({'met' if q['p100'] <= 1.2 else 'NOT met'}, target <= 1.2)")
+            if cond == "quiet":
+                ok = max(q["median"], q["p95"]) <= 1.05
+                verdicts.append(f"{policy}: quiet median / p95 {q['median']:.2f} / "
+                                f"{q['p95']:.2f} x (target <= 1.05, no regression: "
+                                f"{'met' if ok else 'NOT met'})")
+    quota = ""
+    if d["cgroup_quota_problem"]:
+        quota = f" A cgroup CPU quota could not be made here ({d['cgroup_quota_problem']})."
+    elif d["cgroup_quota_cpus"] is not None:
+        quota = (f" quota: each server in a cgroup of its own limited to "
+                 f"{d['cgroup_quota_cpus']:g} CPU, quiet.")
+    dep = ", ".join(f"{k}={v}" for k, v in d["deployed"].items())
+    return "\n".join([
+        "## Latency under CPU contention: our function vs llama-server",
+        "",
+        f"Machine: {d['machine']}, shared with other jobs. Model {d['model']}, n_ctx "
+        f"{d['n_ctx']}, {d['threads']} threads (ours: N_THREADS), no flash attention, greedy, "
+        f"exactly {d['max_tokens']} completion tokens per request (checked from `usage`), "
+        f"/v1/completions JSON. {d['requests']} requests per server and condition, alternating "
+        "servers (ABBA); client-side latency median / p95 / p100 (max) in seconds. "
+        f"deploy/generate.yaml: {dep}. llama-server: its defaults (no OMP_WAIT_POLICY).",
+        "",
+        *lines,
+        "",
+        f"- quiet: no load started by the benchmark. hog: a busy loop pinned to CPU "
+        f"{d['hog_cpu']} during the condition.{quota}",
+        "- Each OMP_WAIT_POLICY row is its own phase with a fresh ours next to the same "
+        "llama-server; with `active` ours' idle threads spin and slow llama-server too.",
+        *[f"- {v}" for v in verdicts],
+        "",
+        "Reproduce: `make bench-contention` (`bench/bench_contention.py`; "
+        "`BENCH_ARGS=\"--variants passive,active --cgroup-quota 1\"`).",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
