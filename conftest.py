@@ -1,6 +1,8 @@
 """Fixtures every test tree shares: the real local stack (MinIO, FerretDB) from scripts/services.py.
 
-Nothing is skipped: missing binaries are installed by scripts/install_services.sh.
+Missing binaries are installed by scripts/install_services.sh, so no test skips for want of a
+service. The one test that may skip is the official func.yaml schema check, without
+../shared/schemas beside the clone (README "Tests").
 """
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ class AuditStore:
         return self.client()[self.settings.database][self.settings.deadletter_collection]
 
     def kpi(self, name: str):
-        """A rollup collection: ``parts``, ``rollups``, ``ledger`` or ``locks`` (rollups.py)."""
+        """A rollup collection: ``parts``, ``rollups``, ``ledger`` or ``locks`` (rollup.py)."""
         return self.client()[self.settings.database][self.settings.kpi_prefix + name]
 
     def close(self) -> None:

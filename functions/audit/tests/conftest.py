@@ -1,7 +1,8 @@
 """Load this folder's `function` package as `audit_function`.
 
-`make test` runs every function's tests in one pytest process and each function folder has a
-package named `function`, so the audit package is imported under a unique name here.
+`make test` runs each function's tests in a pytest process of its own, but every function folder
+has a package named `function`, and `tests/test_audit_e2e.py` imports audit's beside the root
+tree's, so the audit package is imported under a unique name everywhere.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The base Flask app every function shares: health, /metrics, /v1/models, auth, limits, errors.
 
-A function adds its own blueprint (its API) on top with ``app.register_blueprint``.
+A function adds its own routes (its API) on top: its ``register(app, runtime)`` calls
+``app.add_url_rule`` (see ``llmfn.runtime.Register``).
 """
 from __future__ import annotations
 
