@@ -1,0 +1,89 @@
+"""Runtime: one function process wired together (host, app, events, metrics, the function's
+model loop), readiness while stopping, the inference event it emits, and stop()."""
+from __future__ import annotations
+
+import threading
+
+from llmfn.runtime import Runtime
+from llmfn.settings import Settings
+from tests.support.eventsink import running_receiver
+
+WAIT_S = 30
+
+
+class Loop:
+    """What a function's register() returns: something with drain(grace_s)."""
+
+    def __init__(self):
+        self.drained_with = []
+
+    def drain(self, grace_s: float) -> bool:
+        self.drained_with.append(grace_s)
+        return True
+
+
+def make(tmp_path, **env) -> tuple[Runtime, Loop]:
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF")
+    loop = Loop()
+    settings = Settings.from_mapping({"MODEL_URI": f"file://{weights}",
+                                      "MODEL_CACHE_DIR": str(tmp_path / "c"),
+                                      "SHUTDOWN_GRACE_S": "3", "EVENTS_FLUSH_S": "2", **env})
+    rt = Runtime("fn", settings, loader=lambda path, model: path,
+                 register=lambda app, runtime: loop)
+    return rt, loop
+
+
+def test_start_ready_stop(tmp_path):
+    rt, loop = make(tmp_path)
+    assert rt.ready() == (False, "not started")
+    rt.start()
+    assert rt.host.wait(WAIT_S) and rt.ready() == (True, "ready")
+    assert rt.app.extensions["llmfn.runtime"] is rt and rt.service is loop
+    rt.stop()
+    assert rt.ready() == (False, "stopping") and rt.alive()[0]
+    rt.stop()  # idempotent: drained once
+    assert loop.drained_with == [3.0]
+
+
+def test_inference_event_fields_and_tokens_per_second(tmp_path):
+    with running_receiver() as sink:
+        rt, _ = make(tmp_path, K_SINK=sink.url, K_SERVICE="svc", K_REVISION="svc-1")
+        rt.start()
+        assert rt.host.wait(WAIT_S)
+        assert rt.emit_inference("r1", endpoint="/v1/x", status=200, completion_tokens=10,
+                                 generation_s=2.0, prompt_tokens=3)
+        assert rt.emit_inference("r2", endpoint="/v1/x", status=400, error_code=None)
+        rt.stop()  # flushes the events
+        assert sink.wait_requests(2)
+        ok, bad = sorted((e["data"] for e in sink.events()), key=lambda d: d["request_id"])
+    assert ok["tokens_per_s"] == 5.0 and ok["function"] == "fn"
+    assert (ok["service"], ok["revision"]) == ("svc", "svc-1")
+    assert len(ok["model_sha256"]) == 64 and ok["input_count"] == 1
+    assert bad["tokens_per_s"] is None and bad["completion_tokens"] == 0
+
+
+def test_stop_waits_for_the_loop_before_flushing(tmp_path):
+    """The loop drains first (in-flight requests still emit their events), then events flush."""
+    order, gate = [], threading.Event()
+
+    class SlowLoop(Loop):
+        def drain(self, grace_s):
+            gate.wait(WAIT_S)
+            order.append("drained")
+            return True
+
+    rt, _ = make(tmp_path)
+    rt.service = SlowLoop()
+    close = rt.events.close
+
+    def closing(flush_s):
+        order.append("flushed")
+        return close(flush_s)
+
+    rt.events.close = closing
+    stopper = threading.Thread(target=rt.stop)
+    stopper.start()
+    gate.set()
+    stopper.join(WAIT_S)
+    assert order == ["drained", "flushed"]

@@ -1,0 +1,120 @@
+"""The base app every model function shares: probes, /metrics, /v1/models, auth, request
+parsing (json_body, param, check_model), request counting."""
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from llmfn.auth import BearerAuth
+from llmfn.errors import APIError, InvalidRequest, ModelNotFound, register_flask
+from llmfn.host import ModelHost
+from llmfn.metrics import Metrics
+from llmfn.settings import Settings
+from llmfn.webapp import check_model, create_base_app, json_body, param
+
+WAIT_S = 30
+
+
+@pytest.fixture
+def loaded(tmp_path):
+    """A base app whose host loaded a file (the loader returns its path: no model needed)."""
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF")
+    settings = Settings.from_mapping({"MODEL_URI": f"file://{weights}", "MODEL_NAME": "m1",
+                                      "MODEL_CACHE_DIR": str(tmp_path / "c"),
+                                      "MAX_REQUEST_BYTES": "64"})
+    host = ModelHost(settings, lambda path, model: path)
+    metrics = Metrics()
+    app = create_base_app("t", settings, host=host, metrics=metrics,
+                          auth=BearerAuth((b"k1",)))
+
+    @app.post("/echo")
+    def echo():
+        body = json_body()
+        check_model(body, host.model_id)
+        return {"n": param(body, "n", (int,), 1, lo=1, hi=3)}
+
+    host.start()
+    assert host.wait(WAIT_S)
+    return app, metrics
+
+
+def test_probes_and_metrics_stay_open_with_auth(loaded):
+    app, _ = loaded
+    c = app.test_client()
+    assert c.get("/health/liveness").status_code == 200
+    assert c.get("/health/readiness").get_data(as_text=True) == "ready"
+    assert c.get("/metrics").status_code == 200
+    assert c.get("/v1/models").status_code == 401
+
+
+def test_models_list_and_card(loaded):
+    c = loaded[0].test_client()
+    auth = {"Authorization": "Bearer k1"}
+    listed = c.get("/v1/models", headers=auth).get_json()
+    assert [m["id"] for m in listed["data"]] == ["m1"] and listed["object"] == "list"
+    assert c.get("/v1/models/m1", headers=auth).get_json()["owned_by"] == "llmfn"
+    missing = c.get("/v1/models/other", headers=auth)
+    assert missing.status_code == 404 and missing.get_json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize("kwargs, status, param_name", [
+    ({"json": {"n": 2}}, 200, None),
+    ({"json": {"n": 4}}, 400, "n"),
+    ({"json": {"n": True}}, 400, "n"),
+    ({"json": {"n": 1.5}}, 400, "n"),
+    ({"json": {"model": "other"}}, 404, "model"),
+    ({"json": [1]}, 400, None),
+    ({"data": "{not json", "content_type": "application/json"}, 400, None),
+    ({"data": "n=1", "content_type": "text/plain"}, 415, None),
+    ({"json": {"pad": "x" * 100}}, 413, None),
+])
+def test_request_parsing_errors_name_the_param(loaded, kwargs, status, param_name):
+    app, metrics = loaded
+    r = app.test_client().post("/echo", headers={"Authorization": "Bearer k1"}, **kwargs)
+    assert r.status_code == status, r.get_data(as_text=True)
+    if status != 200:
+        assert r.get_json()["error"]["param"] == param_name
+    counted = metrics.render()[0].decode()
+    assert f'llmfn_requests_total{{route="/echo",status="{status}"}} 1.0' in counted
+
+
+def test_param_null_handling():
+    assert param({"x": None}, "x", (int,), 5) == 5
+    with pytest.raises(InvalidRequest, match="must not be null"):
+        param({"x": None}, "x", (int,), 5, nullable=False)
+    with pytest.raises(InvalidRequest, match="Missing required parameter: 'x'"):
+        param({}, "x", (int,))
+    assert param({"x": 2}, "x", (float,)) == 2  # a JSON integer is a number
+
+
+def test_error_mapping_in_one_place():
+    """APIError subclasses keep their status, code and Retry-After; routing errors and
+    unexpected exceptions get the OpenAI shape too (never the exception text)."""
+    app = Flask("errors")
+    register_flask(app)
+
+    @app.get("/model")
+    def model():
+        raise ModelNotFound("nope", param="model")
+
+    @app.get("/busy")
+    def busy():
+        raise APIError("later", code="x", retry_after_s=7)
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    c = app.test_client()
+    r = c.get("/model")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "model_not_found"
+    r = c.get("/busy")
+    assert r.status_code == 400 and r.headers["Retry-After"] == "7"
+    r = c.post("/model")
+    assert r.status_code == 405 and r.get_json()["error"]["code"] == "method_not_allowed"
+    r = c.get("/nowhere")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
+    r = c.get("/boom")
+    assert r.status_code == 500 and "secret" not in r.get_data(as_text=True)
+    assert set(r.get_json()["error"]) == {"message", "type", "param", "code"}
