@@ -100,3 +100,11 @@ def test_sigterm_drains_every_slot(tmp_path):
         assert lines[-1] == b"data: [DONE]", server.log_tail()
         finish = json.loads(lines[-2][6:])["choices"][0]["finish_reason"]
         assert finish in ("stop", "length")
+
+
+def test_empty_prompt_starts_from_bos(generate):
+    """SmolLM2's vocab adds no BOS, so "" tokenizes to nothing: generate starts from BOS."""
+    r = requests.post(f"{generate.url}/v1/completions", timeout=WAIT_S,
+                      json={"prompt": "", "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == 1

@@ -105,7 +105,13 @@ class GenerateAPI:
     @staticmethod
     def _prompt_tokens(engine: Engine, prompt) -> list[int]:
         if isinstance(prompt, str):
-            return engine.tokenize_prompt(prompt)
+            tokens = engine.tokenize_prompt(prompt)
+            if not tokens:  # "" (the vocab adds no BOS): generate from BOS, as OpenAI does
+                if engine.bos < 0:
+                    raise InvalidRequest("'prompt' must not be empty for this model.",
+                                         param="prompt")
+                tokens = [engine.bos]
+            return tokens
         n_vocab = engine.n_vocab
         if any(t >= n_vocab for t in prompt):
             raise InvalidRequest(f"'prompt' token ids must be < {n_vocab}.", param="prompt")

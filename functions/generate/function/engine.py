@@ -105,6 +105,7 @@ class Engine:
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._piece = ctypes.create_string_buffer(64)
         eos, bos = llm.token_eos(), llm.token_bos()
+        self.bos = bos
         eos_text = llm.token_get_text(eos) if eos != -1 else ""
         bos_text = llm.token_get_text(bos) if bos != -1 else ""
         template = llm.metadata().get("tokenizer.chat_template")

@@ -56,6 +56,8 @@ class Generation:
 
     def __init__(self, tokens: list[int], params: Params, *, t0: float | None = None,
                  disconnected: threading.Event | None = None):
+        if not tokens:
+            raise ValueError("a generation needs at least one prompt token")
         self.tokens = tokens
         self.params = params
         self.t0 = time.perf_counter() if t0 is None else t0

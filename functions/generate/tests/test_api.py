@@ -252,3 +252,11 @@ def test_auth_when_keys_are_set(make_runtime, tmp_path):
     assert c.get("/health/readiness").status_code == 200
     assert c.get("/health/liveness").status_code == 200
     assert c.get("/metrics").status_code == 200
+
+
+def test_empty_prompt_generates_from_bos(client, runtime):
+    """An empty prompt starts from the BOS token, as OpenAI starts from <|endoftext|>."""
+    r = client.post(COMPLETIONS, json={"prompt": "", "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["usage"] == {"prompt_tokens": 1, "completion_tokens": 2,
+                                     "total_tokens": 3}
