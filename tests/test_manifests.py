@@ -924,7 +924,7 @@ def test_secret_rules_reject_literal_values(deploy_objs):
     ("generate", lambda d: d["deploy"]["options"]["scale"].update(utilization=70), "utilization"),
     ("generate", lambda d: d["run"]["envs"].append({"name": "SLOTS", "value": "8"}) or
      d["run"]["envs"].remove({"name": "SLOTS", "value": "4"}), "limits.concurrency"),
-    ("generate", lambda d: d["deploy"]["options"]["resources"]["requests"].update(cpu="1"),
+    ("generate", lambda d: d["deploy"]["options"]["resources"]["requests"].update(cpu="2"),
      "N_THREADS"),
     ("embed", lambda d: d["run"]["envs"].remove({"name": "OMP_WAIT_POLICY", "value": "passive"}),
      "OMP_WAIT_POLICY"),
