@@ -1,8 +1,12 @@
 """End to end: gunicorn + real MinIO + real SmolLM2-135M-Instruct, and the func-python path.
 
-not ready -> ready, "What is the capital of France?" answered with Paris (streamed and not),
-the official openai client against /v1 unchanged, events with cold-start flags, a client that
-disconnects stops its generation, and func-python serves the same answers.
+not ready -> ready, a chat question answered (streamed and not, the same text), the official
+openai client against /v1 unchanged, events with cold-start flags, a client that disconnects
+stops its generation, and func-python serves the same answers.
+
+Exact text is asserted only for answers from tests/support/kernel_noise.py's CLEAR_PROMPTS,
+whose every greedy step leads by >= 3x LOGIT_TOLERANCE on every llama.cpp kernel path: a
+near tie (0.10 logits for "What is the capital of France?") flips between CPUs (issue 9 §1).
 """
 from __future__ import annotations
 
@@ -20,14 +24,19 @@ from openai import OpenAI
 
 import services
 from tests.support.eventsink import running_receiver
+from tests.support.kernel_noise import CLEAR_PROMPTS
 from tests.support.procs import ROOT, ServerProcess, func_python_cmd, gunicorn_cmd
 from upload_model import upload
 
 from llmfn.weights import cache_path
 
 BUCKET, KEY = "models", "smollm2-135m-instruct-q4_1.gguf"
-QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"}]
+CLEAR = {c.name: c for c in CLEAR_PROMPTS}
+# Margins: the smallest lead of each asserted token, over kernel paths and CPU variants.
+ANSWER = CLEAR["pythagoras"]  # "The Pythagorean theorem": 3 greedy steps, margin >= 6.15
+QUESTION = ANSWER.messages
+SUN = CLEAR["earth_orbit"]  # "The Earth revolves around the" -> " Sun", margin 5.64
+CHINA = CLEAR["great_wall"]  # "The Great Wall of" -> " China", margin 4.94
 WAIT_S = 60
 
 
@@ -105,14 +114,17 @@ def test_not_ready_then_ready(generate):
         assert f'llmfn_cold_start_seconds{{phase="{phase}"}}' in metrics
 
 
-def test_paris_not_streamed(generate):
+def test_answer_not_streamed(generate):
     generate.wait_ready(180)
     body = chat(generate.url).json()
-    assert "Paris" in body["choices"][0]["message"]["content"]
+    assert body["choices"][0]["message"]["content"].startswith(ANSWER.expected)
     assert body["usage"]["completion_tokens"] <= 24
 
 
-def test_paris_streamed(generate):
+def test_answer_streamed_is_the_answer_not_streamed(generate):
+    """Same request, same process: the same kernel path, so the whole text is identical."""
+    generate.wait_ready(180)
+    whole = chat(generate.url).json()["choices"][0]["message"]["content"]
     r = requests.post(f"{generate.url}/v1/chat/completions", stream=True, timeout=WAIT_S,
                       json={"messages": QUESTION, "max_tokens": 24, "temperature": 0,
                             "stream": True})
@@ -124,7 +136,7 @@ def test_paris_streamed(generate):
         elif line.startswith(b"data: "):
             delta = json.loads(line[6:])["choices"][0]["delta"]
             text += delta.get("content") or ""
-    assert done and "Paris" in text
+    assert done and text.startswith(ANSWER.expected) and text == whole
 
 
 def test_openai_client_unchanged(generate):
@@ -133,7 +145,7 @@ def test_openai_client_unchanged(generate):
     assert model == "smollm2-135m-instruct-q4_1"
     resp = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=24,
                                           temperature=0)
-    assert "Paris" in resp.choices[0].message.content
+    assert resp.choices[0].message.content.startswith(ANSWER.expected)
     assert resp.usage.completion_tokens == resp.usage.total_tokens - resp.usage.prompt_tokens
     parts, usage = [], None
     for chunk in client.chat.completions.create(model=model, messages=QUESTION, max_tokens=24,
@@ -143,9 +155,10 @@ def test_openai_client_unchanged(generate):
             parts.append(chunk.choices[0].delta.content or "")
         if chunk.usage:
             usage = chunk.usage
-    assert "Paris" in "".join(parts) and usage.completion_tokens > 0
-    comp = client.completions.create(model=model, prompt="The capital of France is",
-                                     max_tokens=5, temperature=0)
+    assert "".join(parts).startswith(ANSWER.expected) and usage.completion_tokens > 0
+    comp = client.completions.create(model=model, prompt=SUN.prompt, max_tokens=5,
+                                     temperature=0)
+    assert comp.choices[0].text.startswith(SUN.expected)  # a real answer, clear on every path
     assert comp.usage.completion_tokens <= 5
 
 
@@ -194,11 +207,16 @@ def test_func_python_path_serves_the_same_answers(generate, tmp_path):
         server.wait_ready(180)  # the cache is warm: no second download
         assert requests.get(f"{server.url}/health/liveness", timeout=5).status_code == 200
         got = chat(server.url).json()["choices"][0]["message"]["content"]
-        assert got == expected and "Paris" in got
+        # same build, same settings, one request at a time: the same kernel path, same text
+        assert got == expected and got.startswith(ANSWER.expected)
         models = requests.get(f"{server.url}/v1/models", timeout=5).json()
         assert models["data"][0]["id"] == "smollm2-135m-instruct-q4_1"
         stream = requests.post(f"{server.url}/v1/completions", timeout=WAIT_S, json={
-            "prompt": "The capital of France is", "max_tokens": 4, "stream": True}).text
+            "prompt": CHINA.prompt, "max_tokens": 4, "temperature": 0, "stream": True}).text
         assert stream.endswith("data: [DONE]\n\n")
+        chunks = [json.loads(line[6:]) for line in stream.splitlines()
+                  if line.startswith("data: {")]
+        text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+        assert text.startswith(CHINA.expected)
     finally:
         assert server.stop() == 0

@@ -19,7 +19,7 @@ import run  # scripts/run.py: the models, S3 keys and function environments of `
 import services
 from test_audit_e2e import count, unique_db
 from test_embed_e2e import embed
-from test_generate_e2e import chat
+from test_generate_e2e import ANSWER, chat
 from tests.support.models import model_file
 from tests.support.procs import ROOT, ServerProcess, gunicorn_cmd
 
@@ -104,6 +104,8 @@ def test_requests_become_documents_and_kpis(stack):
     answer = chat(stack.generate.url, max_tokens=8)
     assert answer.status_code == 200, answer.text
     usage = answer.json()["usage"]
+    # a clear-margin answer (tests/support/kernel_noise.py): the same on every CPU
+    assert answer.json()["choices"][0]["message"]["content"].startswith(ANSWER.expected)
     vectors = embed(stack.embed.url, input=["The capital of France is Paris."])
     assert vectors.status_code == 200, vectors.text
     embed_tokens = vectors.json()["usage"]["prompt_tokens"]

@@ -20,7 +20,6 @@ DEFAULTS = {
     "N_BATCH": "2048",
     "N_UBATCH": "2048",
     "QUEUE_SIZE": "16",
-    "FLASH_ATTN": "true",  # faster on CPU for batches of many sequences (docs/embeddings.md)
 }
 
 

@@ -102,8 +102,9 @@ class ModelSettings:
     n_ubatch: int = setting("N_UBATCH", 512, "physical micro-batch size in tokens", lo=1)
     default_max_tokens: int = setting("DEFAULT_MAX_TOKENS", 256,
                                       "max_tokens when a request gives none", lo=1)
-    flash_attn: bool = setting("FLASH_ATTN", False, "llama.cpp flash attention (generate: off, "
-                               "measured in docs/benchmarks.md; embed: on)")
+    flash_attn: bool = setting("FLASH_ATTN", True, "llama.cpp flash attention: batched and "
+                               "token-by-token prompts give the same logits, at no cost "
+                               "(docs/benchmarks.md \"Kernel-path noise\")")
 
 
 @dataclass(frozen=True)
