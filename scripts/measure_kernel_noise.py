@@ -264,8 +264,8 @@ def recommendation(d: dict) -> str:
     for t in sorted({r["threads"] for r in d.get("timing", [])}):
         on, off = timing[(t, True)], timing[(t, False)]
         text += (f" {t} thread{'s' if t > 1 else ''}: a 200-token prompt "
-                 f"{on['prompt_200_s']:.2f} s with fa on vs {off['prompt_200_s']:.2f} s off, decoding {on['token_ms']:.1f} vs "
-                 f"{off['token_ms']:.1f} ms/token.")
+                 f"{on['prompt_200_s']:.2f} s with fa on vs {off['prompt_200_s']:.2f} s off, "
+                 f"decoding {on['token_ms']:.1f} vs {off['token_ms']:.1f} ms/token.")
         slower = slower or on["token_ms"] > 1.1 * off["token_ms"] or \
             on["prompt_200_s"] > 1.1 * off["prompt_200_s"]
     if same["on"] > same["off"] and med["on"] <= med["off"] and not slower:
