@@ -101,6 +101,7 @@ class Engine:
         self.n_ctx = n_ctx  # per slot: prompt + completion of one request
         self.slots = slots
         self.n_batch = n_batch
+        self.flash_attn = ctx.params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.n_vocab = llm.n_vocab()
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._piece = ctypes.create_string_buffer(64)

@@ -20,7 +20,8 @@ from function.scheduler import Generation, Scheduler
 from function.settings import GenerateSettings
 from llmfn.settings import ModelSettings, SettingsError
 from model_files import smollm2_path
-from tests.support.kernel_noise import CLEAR_PROMPTS, LOGIT_TOLERANCE, TINY_CLEAR_PROMPTS
+from tests.support.kernel_noise import (CLEAR_PROMPTS, LOGIT_TOLERANCE, TINY_CLEAR_PROMPTS,
+                                       TINY_LOGIT_TOLERANCE, VOCAB_TOLERANCE, deltas)
 
 WAIT_S = 120.0
 SLOTS = 4
@@ -99,6 +100,7 @@ def test_concurrent_streams_get_their_own_clear_answers(smol, scheduler_of):
 def test_alone_equals_high_level_llama(smol, scheduler_of):
     """At temperature 0 a request alone gives the tokens of llama-cpp-python's ``Llama``."""
     llm = llama_cpp.Llama(model_path=str(smollm2_path()), n_ctx=512, n_threads=2,
+                          flash_attn=smol.flash_attn,
                           verbose=False)
     try:
         scheduler = scheduler_of(smol)
@@ -129,8 +131,8 @@ def test_batched_prompt_logits_within_tolerance_of_alone(smol, scheduler_of):
     run_together(scheduler, gens)
     assert scheduler.max_batch_seqs >= 2
     for entry, ref, gen in zip(entries, alone, gens):
-        delta = float(np.max(np.abs(gen.prompt_logits - ref)))
-        assert delta <= LOGIT_TOLERANCE, (entry.name, delta)
+        top, vocab = deltas(gen.prompt_logits, ref)
+        assert top <= LOGIT_TOLERANCE and vocab <= VOCAB_TOLERANCE, (entry.name, top, vocab)
 
 
 def test_tiny_streams_batched_equal_alone(tiny, scheduler_of):
@@ -208,7 +210,9 @@ def test_generated_kv_is_dropped_and_the_prompt_kept_for_reuse(tiny, scheduler_o
     fresh = fresh_scheduler.submit(greedy(follow, 1, logits=True))
     fresh.wait(WAIT_S)
     assert fresh_scheduler.reused_tokens == 0
-    assert float(np.max(np.abs(reused.prompt_logits - fresh.prompt_logits))) <= LOGIT_TOLERANCE
+    # the tiny model's own kernel noise bound (tests/support/kernel_noise.py)
+    assert float(np.max(np.abs(reused.prompt_logits - fresh.prompt_logits))) <= \
+        TINY_LOGIT_TOLERANCE
 
 
 def test_long_prompt_is_chunked_and_does_not_stall_decoding(tiny_model, scheduler_of):
