@@ -281,10 +281,11 @@ def file_model_env(model: Path) -> dict:
 
 
 def generate_env(model_env: dict, *, n_ctx: int, threads: int) -> dict:
-    """Environment of our generate function for a benchmark (no events, no auth)."""
+    """Environment of our generate function for a benchmark (no events, no auth; flash
+    attention off, as :func:`llama_server` defaults to)."""
     return {"N_CTX": str(n_ctx), "N_THREADS": str(threads), "N_BATCH": "512",
             "N_UBATCH": "512", "K_SINK": "", "API_KEYS": "", "LOG_LEVEL": "warning",
-            "FUNCTION_NAME": "generate", **model_env}
+            "FUNCTION_NAME": "generate", "FLASH_ATTN": "off", **model_env}
 
 
 def deployed_env(manifest: Path = REPO_ROOT / "deploy" / "generate.yaml") -> dict[str, str]:

