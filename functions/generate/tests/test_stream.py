@@ -36,11 +36,14 @@ def sse_events(text: str) -> list[str]:
 
 
 def test_stream_matches_golden(client):
+    """The recorded streams' texts are greedy answers of the tiny model that lead the runner-up
+    at every step by well over its kernel noise (0.0117, tests/support/kernel_noise.py): the
+    chat "vpvm" -> "VVV" by >= 0.062, the completion "ok" -> "VVV" by >= 0.81."""
     chat = client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0,
+        "messages": [{"role": "user", "content": "vpvm"}], "max_tokens": 3, "temperature": 0,
         "stream": True, "stream_options": {"include_usage": True}})
     plain = client.post("/v1/completions", json={
-        "prompt": "x", "max_tokens": 3, "temperature": 0, "stream": True})
+        "prompt": "ok", "max_tokens": 3, "temperature": 0, "stream": True})
     assert chat.headers["Content-Type"].startswith("text/event-stream")
     assert chat.headers["Cache-Control"] == "no-cache"
     got = ("# chat, include_usage\n" + normalize(chat.get_data(as_text=True)) +
