@@ -141,6 +141,10 @@ class Scheduler(ModelLoop):
         self._start()
 
     # -- ModelLoop hooks ------------------------------------------------------------------------
+    def _gauge(self) -> None:
+        super()._gauge()
+        self._busy_gauge.set(self._running())
+
     def _room(self) -> int:
         return sum(1 for s in self.slots if s.gen is None)
 
@@ -208,23 +212,22 @@ class Scheduler(ModelLoop):
             if not free:
                 break
             gen = self._pending.popleft()
-            slot = max(free, key=lambda s: (_common_prefix(s.cache, gen.tokens), -s.last_used))
+            shared, _, _, slot = max((_common_prefix(s.cache, gen.tokens), -s.last_used,
+                                      -s.seq, s) for s in free)  # seq is unique: no Slot compare
             slot._reset()
             slot.gen = gen
+            slot.done_prompt = min(shared, len(gen.tokens) - 1)  # KV kept; one token is redone
             admitted.append(slot)
-        busy = self._running()
-        self.peak_busy = max(self.peak_busy, busy)
-        self._busy_gauge.set(busy)
+        self.peak_busy = max(self.peak_busy, self._running())
         self._gauge()
         return admitted
 
     def _start_slot(self, engine: Engine, slot: Slot) -> None:
-        """Reuse the slot's KV for the shared prefix; drop the rest; build the sampler."""
-        gen = slot.gen
-        keep = min(_common_prefix(slot.cache, gen.tokens), len(gen.tokens) - 1)
+        """Reuse the slot's KV for the prefix found at admission; drop the rest; build the
+        sampler."""
+        gen, keep = slot.gen, slot.done_prompt
         if keep < len(slot.cache):
             self._forget(engine, slot, keep)
-        slot.done_prompt = keep
         self.reused_tokens += keep
         seed = gen.params.seed if gen.params.seed is not None else random.getrandbits(32)
         slot.sampler = engine.new_sampler(gen.params, seed)
@@ -310,7 +313,6 @@ class Scheduler(ModelLoop):
         slot.last_used = time.monotonic()
         with self._cond:
             slot.gen = None
-            self._busy_gauge.set(self._running())
             self._gauge()
             self._cond.notify_all()
 
