@@ -35,8 +35,8 @@ from cloudevents.core.v1.event import CloudEvent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from common import (GUNICORN, GUNICORN_CONF, HOST, REPO_ROOT, STATE, Server,  # noqa: E402
-                    free_port, log, percentile)
+from common import (HOST, REPO_ROOT, STATE, free_port, gunicorn_server, log,  # noqa: E402
+                    percentile)
 import services  # noqa: E402
 
 AUDIT_DIR = REPO_ROOT / "functions" / "audit"
@@ -182,10 +182,7 @@ def main() -> int:
     port = free_port()
     env = {"MONGODB_URI": fdb.uri, "MONGODB_DATABASE": db, "GUNICORN_THREADS": str(args.threads),
            "LOG_LEVEL": "warning"}
-    audit = Server("gunicorn-audit", [str(GUNICORN), "-c", str(GUNICORN_CONF), "--chdir",
-                                      str(AUDIT_DIR), "function.wsgi:app", "--bind",
-                                      f"{HOST}:{port}", "--access-logfile", "/dev/null"],
-                   port, "/health/readiness", env=env, cwd=str(REPO_ROOT))
+    audit = gunicorn_server(port, env, "audit", extra=("--access-logfile", "/dev/null"))
     results: dict = {"when": dt.datetime.now(UTC).isoformat(), "args": vars(args)}
     try:
         log(f"bulk insert {args.kpi_docs} docs")

@@ -53,7 +53,7 @@ def first_token_s(port: int) -> float:
 def ours_once(env: dict) -> dict:
     srv = common.gunicorn_server(common.free_port(), env)
     try:
-        ready_s = srv.start_ready(poll_s=0.02)
+        ready_s = srv.start().wait_ready()
         got = phases(srv.port)
         got["first_token"] = first_token_s(srv.port)
     finally:
@@ -66,7 +66,7 @@ def ours_once(env: dict) -> dict:
 def llama_server_once(model: Path, n_ctx: int, threads: int) -> dict:
     srv = common.llama_server(common.free_port(), model, n_ctx=n_ctx, threads=threads)
     try:
-        ready_s = srv.start_ready(poll_s=0.02)
+        ready_s = srv.start().wait_ready()
         return {"ready": ready_s, "first_token": first_token_s(srv.port)}
     finally:
         srv.stop()

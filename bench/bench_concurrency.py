@@ -84,7 +84,7 @@ def run_n(n: int, model: Path, args, first_prompt: int) -> dict:
     rounds = {name: [] for name in servers}
     try:
         for name, srv in servers.items():  # one at a time: start-up does not overlap
-            log(f"N={n} {name}: ready in {srv.start_ready():.2f} s")
+            log(f"N={n} {name}: ready in {srv.start().wait_ready():.2f} s")
             common.post_completion(srv.port, common.completion_body(0, stream=True, max_tokens=8))
         for r in range(args.rounds):
             order = list(servers) if r % 2 == 0 else list(servers)[::-1]

@@ -137,7 +137,7 @@ def condition(name: str, servers: dict[str, common.Server], args):
         try:
             for i, srv in enumerate(servers.values()):
                 groups.append(CpuQuota(f"llmfn-bench-{os.getpid()}-{i}", args.cgroup_quota))
-                groups[-1].add([srv.proc.pid] + common.children(srv.proc.pid))
+                groups[-1].add(srv.pids())
             yield
         finally:
             for g in groups:
@@ -213,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     prompt_no = 100
     try:
-        log(f"{LLAMA}: ready in {theirs.start_ready():.2f} s")
+        log(f"{LLAMA}: ready in {theirs.start().wait_ready():.2f} s")
         for policy in variants:
             env = dict(base_env, **({} if policy == "unset" else {"OMP_WAIT_POLICY": policy}))
             ours = common.gunicorn_server(common.free_port(), env)
             servers = {f"ours ({policy})": ours, LLAMA: theirs}
             try:
-                log(f"ours, OMP_WAIT_POLICY={policy}: ready in {ours.start_ready():.2f} s")
+                log(f"ours, OMP_WAIT_POLICY={policy}: ready in {ours.start().wait_ready():.2f} s")
                 for srv in servers.values():  # warm-up
                     common.post_completion(srv.port, common.completion_body(
                         0, stream=False, max_tokens=8))

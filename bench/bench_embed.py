@@ -19,7 +19,6 @@ import base64
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -29,14 +28,12 @@ import numpy as np
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import services  # noqa: E402
-from tests.support.procs import ServerProcess, gunicorn_cmd  # noqa: E402
+import procs  # noqa: E402  (scripts/procs.py)
+from procs import LLAMA_SERVER, ServerProcess, free_port  # noqa: E402
 
 MODEL = ROOT / ".state" / "models" / "all-minilm-l6-v2-f16.gguf"
-LLAMA_SERVER = ROOT / ".state" / "llama.cpp" / "build" / "bin" / "llama-server"
 GOLDEN = ROOT.parent / "shared" / "golden" / "minilm_reference_embeddings.json"
 BATCH = 32
 CLIENTS = 8
@@ -129,47 +126,22 @@ def concurrent_singles(url: str, texts: list[str], seconds: float, max_requests:
 
 # -- servers ------------------------------------------------------------------------------------
 def start_function(tmp: Path, window_ms: str) -> ServerProcess:
-    port = services.free_port()
+    port = free_port()
     env = {"MODEL_URI": f"file://{MODEL}", "MODEL_CACHE_DIR": str(tmp / "cache"),
            "N_THREADS": str(N_THREADS), "BATCH_WINDOW_MS": window_ms, "LOG_LEVEL": "warning"}
-    proc = ServerProcess(gunicorn_cmd("embed", port), port=port, env=env, cwd=ROOT,
-                         log_path=tmp / f"embed-window{window_ms}.log").start()
+    proc = procs.gunicorn_server("embed", port, env=env,
+                                 log_path=tmp / f"embed-window{window_ms}.log").start()
     proc.wait_ready(180)
     return proc
 
 
-class LlamaServer:
-    def __init__(self, tmp: Path):
-        self.port = services.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(tmp / "llama-server.log", "ab")
-        # 32 slots of 512 tokens, one ubatch of N_BATCH: the same batch shape as the function.
-        self.proc = subprocess.Popen(
-            [str(LLAMA_SERVER), "-m", str(MODEL), "--embeddings", "--host", "127.0.0.1",
-             "--port", str(self.port), "-t", str(N_THREADS), "-tb", str(N_THREADS),
-             "-c", str(512 * BATCH), "-np", str(BATCH), "-b", str(N_BATCH), "-ub", str(N_BATCH),
-             "-fa", "on", "--no-webui"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited {self.proc.returncode}; see {tmp}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("llama-server not ready after 120 s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
+def start_llama_server(tmp: Path) -> ServerProcess:
+    """32 slots of 512 tokens, one ubatch of N_BATCH: the same batch shape as the function."""
+    server = procs.llama_server(MODEL, free_port(), n_ctx=512 * BATCH, threads=N_THREADS,
+                                parallel=BATCH, flash_attn="on", batch=N_BATCH, ubatch=N_BATCH,
+                                extra=["--embeddings"], log_path=tmp / "llama-server.log")
+    server.start().wait_ready(120)
+    return server
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -200,7 +172,7 @@ def main() -> int:
         contenders = [InProcess(), HTTP("function over HTTP (gunicorn, base64)", batched.url),
                       HTTP("function over HTTP (gunicorn, float)", batched.url, "float")]
         if LLAMA_SERVER.is_file():
-            server = LlamaServer(tmp)
+            server = start_llama_server(tmp)
             servers.append(server)
             contenders.append(HTTP("llama-server --embeddings", server.url, "float"))
         else:

@@ -9,10 +9,7 @@ import http.client
 import json
 import math
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.error
@@ -24,22 +21,14 @@ from typing import Callable
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from model_files import smollm2_path  # noqa: E402,F401  (scripts/model_files.py, stdlib only)
+import procs  # noqa: E402  (scripts/procs.py: the server processes, stdlib only)
+from procs import HOST, free_port  # noqa: E402,F401
+
 STATE = REPO_ROOT / ".state"
 LOG_DIR = STATE / "logs" / "bench"
 VENV_PY = REPO_ROOT / ".venv" / "bin" / "python"
-GUNICORN = REPO_ROOT / ".venv" / "bin" / "gunicorn"
-GUNICORN_CONF = REPO_ROOT / "llmfn" / "src" / "llmfn" / "gunicorn_conf.py"
-GENERATE_DIR = REPO_ROOT / "functions" / "generate"
-LLAMA_SERVER = STATE / "llama.cpp" / "build" / "bin" / "llama-server"
-HOST = "127.0.0.1"
-READY_DEADLINE_S = 180.0  # process start to ready, model load included
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+Server = procs.ServerProcess  # every server under test; ready in ``srv.start().wait_ready()`` s
+POLL_S = 0.02  # readiness poll of the servers under test: the resolution of "ready in" times
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -71,31 +60,6 @@ def ratio(a: dict, b: dict) -> float | None:
     if a["median"] is None or not b["median"]:
         return None
     return a["median"] / b["median"]
-
-
-# -- memory ---------------------------------------------------------------------------------------
-def proc_status_kb(pid: int, key: str) -> int | None:
-    """A ``kB`` field of /proc/<pid>/status (VmRSS = resident now, VmHWM = peak resident)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc)."""
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
 
 
 # -- HTTP -----------------------------------------------------------------------------------------
@@ -182,85 +146,6 @@ def post_completion(port: int, body: dict, *, timeout_s: float = 300.0) -> Timin
 
 
 # -- servers under test ---------------------------------------------------------------------------
-@dataclass
-class Server:
-    """A server process with a readiness URL, started at ``t_start`` (perf_counter)."""
-    name: str
-    cmd: list[str]
-    port: int
-    ready_path: str
-    env: dict = field(default_factory=dict)
-    cwd: str | None = None
-    proc: subprocess.Popen | None = None
-    t_start: float = 0.0
-    log_path: Path | None = None
-
-    def start(self) -> "Server":
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"{self.name}-{self.port}.log"
-        log = open(self.log_path, "wb")
-        self.t_start = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, cwd=self.cwd,
-                                     stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        return self
-
-    def wait_ready(self, deadline_s: float = 120.0, poll_s: float = 0.02) -> float:
-        """Poll the readiness URL until 200; seconds from process start. Raises on deadline."""
-        url = f"http://{HOST}:{self.port}{self.ready_path}"
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}; "
-                                   f"log {self.log_path}:\n{self.log_tail()}")
-            status, _ = http_get(url, timeout_s=1.0)
-            if status == 200:
-                return time.perf_counter() - self.t_start
-            time.sleep(poll_s)
-        raise RuntimeError(f"{self.name} not ready after {deadline_s}s; log {self.log_path}:\n"
-                           f"{self.log_tail()}")
-
-    def start_ready(self, deadline_s: float = READY_DEADLINE_S, poll_s: float = 0.02) -> float:
-        """:meth:`start`, then :meth:`wait_ready`: seconds from process start to ready."""
-        return self.start().wait_ready(deadline_s, poll_s)
-
-    def model_pid(self) -> int:
-        """The process holding the model: gunicorn's worker, else the process itself."""
-        kids = children(self.proc.pid)
-        return kids[0] if kids and self.name.startswith("gunicorn") else self.proc.pid
-
-    def memory_kb(self) -> dict:
-        """VmRSS / VmHWM of the model process, and RSS of the whole tree (master + worker)."""
-        pid = self.model_pid()
-        tree = [self.proc.pid] + children(self.proc.pid)
-        return {"rss_kb": proc_status_kb(pid, "VmRSS"), "hwm_kb": proc_status_kb(pid, "VmHWM"),
-                "tree_rss_kb": sum(proc_status_kb(p, "VmRSS") or 0 for p in tree)}
-
-    def stop(self, grace_s: float = 30.0) -> None:
-        """SIGTERM the process group, SIGKILL after ``grace_s``."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=grace_s)
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
 STORY_PROMPT = ("Once upon a time, in a small village at the edge of a great forest, there lived "
                 "an old clockmaker who")
 
@@ -303,33 +188,30 @@ def deployed_env(manifest: Path = REPO_ROOT / "deploy" / "generate.yaml") -> dic
     return env
 
 
-def gunicorn_server(port: int, env: dict) -> Server:
-    """Our generate function under gunicorn, started exactly like scripts/run.py does."""
-    cmd = [str(GUNICORN), "-c", str(GUNICORN_CONF), "--chdir", str(GENERATE_DIR),
-           "function.wsgi:app", "--bind", f"{HOST}:{port}"]
-    return Server("gunicorn-generate", cmd, port, "/health/readiness", env=env,
-                  cwd=str(REPO_ROOT))
+def _log_path(name: str, port: int) -> Path:
+    return LOG_DIR / f"{name}-{port}.log"
+
+
+def gunicorn_server(port: int, env: dict, function: str = "generate",
+                    extra: tuple[str, ...] = ()) -> Server:
+    """Our function under gunicorn, started exactly like scripts/run.py does."""
+    return procs.gunicorn_server(function, port, env=env, extra=extra, poll_s=POLL_S,
+                                 log_path=_log_path(f"gunicorn-{function}", port))
 
 
 def func_python_server(port: int, env: dict) -> Server:
     """Our generate function under func-python's ASGI server (``func_python.http.serve``)."""
-    code = ("import sys; sys.path.insert(0, %r); from func_python.http import serve; "
-            "from function import new; serve(new)" % str(GENERATE_DIR))
-    return Server("func-python-generate", [str(VENV_PY), "-c", code], port,
-                  "/health/readiness", env={**env, "LISTEN_ADDRESS": f"{HOST}:{port}"},
-                  cwd=str(GENERATE_DIR))
+    return procs.func_python_server("generate", port, env=env, python=VENV_PY, poll_s=POLL_S,
+                                    log_path=_log_path("func-python-generate", port))
 
 
 def llama_server(port: int, model: Path, *, n_ctx: int, threads: int, parallel: int = 1,
                  flash_attn: str = "off", extra: list[str] | None = None) -> Server:
     """llama.cpp's llama-server with the same context, threads, batch and attention as ours
     (``parallel`` slots sharing ``n_ctx``; ``flash_attn`` on|off|auto)."""
-    if not LLAMA_SERVER.exists():
-        raise SystemExit(f"{LLAMA_SERVER} missing: run scripts/build_llama_server.sh")
-    cmd = [str(LLAMA_SERVER), "-m", str(model), "--host", HOST, "--port", str(port),
-           "-c", str(n_ctx), "-t", str(threads), "-tb", str(threads), "-b", "512",
-           "-ub", "512", "-np", str(parallel), "-fa", flash_attn, "--no-webui", *(extra or [])]
-    return Server("llama-server", cmd, port, "/health")
+    return procs.llama_server(model, port, n_ctx=n_ctx, threads=threads, parallel=parallel,
+                              flash_attn=flash_attn, extra=extra or (), poll_s=POLL_S,
+                              log_path=_log_path("llama-server", port))
 
 
 def log(msg: str) -> None:

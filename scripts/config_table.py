@@ -27,7 +27,7 @@ def sections() -> list[tuple[str, type]]:
     """(title, settings class) in README order."""
     out = [("Weights (generate, embed)", shared.StorageSettings),
            ("Model (generate, embed)", shared.ModelSettings),
-           ("Server (generate, embed)", shared.ServerSettings),
+           ("Server (all functions)", shared.ServerSettings),
            ("Events (generate, embed)", shared.EventSettings),
            ("gunicorn (all functions)", shared.GunicornSettings)]
     for name in ("generate", "embed", "audit"):

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Install the local stack binaries (MinIO, FerretDB v1.24.2) into .state/bin/ if missing.
+# Install the local stack binaries (MinIO, FerretDB v1.24.2) and the kustomize the manifest
+# tests render with into .state/bin/ if missing.
 # Needs only Go. Idempotent: a binary that is present and runs is left alone.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${ROOT}/.state/bin"
 FERRETDB_VERSION="v1.24.2"
+# v5.8.1 needs go >= 1.24; v5.8.3 needs go 1.27 (newer than the machines' go 1.26).
+KUSTOMIZE_VERSION="v5.8.1"
 mkdir -p "${BIN}"
 export GOBIN="${BIN}"
 
@@ -57,7 +60,20 @@ install_ferretdb() {
   rm -rf "${src}"
 }
 
+# tests/test_manifests_*.py render deploy/ and eventing/ with it (tests/support/kustomize.py).
+# Counts as installed when `kustomize version` runs and prints the pinned version.
+kustomize_ok() {
+  [ -x "${BIN}/kustomize" ] && [ "$("${BIN}/kustomize" version 2>/dev/null)" = "${KUSTOMIZE_VERSION}" ]
+}
+
+install_kustomize() {
+  if kustomize_ok; then return; fi
+  log "go install sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION} (1-2 minutes)"
+  go install "sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}"
+}
+
 install_minio
 install_ferretdb
-works "${BIN}/minio" && works "${BIN}/ferretdb"
+install_kustomize
+works "${BIN}/minio" && works "${BIN}/ferretdb" && kustomize_ok
 log "ok: $(ls "${BIN}" | tr '\n' ' ')"

@@ -7,145 +7,19 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import datetime as dt
-import importlib.util
 import json
-import os
-import random
-import subprocess
-import sys
-import time
-import uuid
-from pathlib import Path
 
 import pymongo
 import pytest
 import requests
-from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 from llmfn.events import INFERENCE_COMPLETED
 
-import services
+from tests.support.audit import (audit_env, count, deliveries, encode, inference_data,
+                                 load_audit, make_event, start_func_python, start_gunicorn,
+                                 unique_db)
 
-REPO = Path(__file__).resolve().parents[1]
-AUDIT_DIR = REPO / "functions" / "audit"
 UTC = dt.timezone.utc
-READY_DEADLINE_S = 60.0
-
-
-def load_audit():
-    """The audit `function` package under a unique name (each function has a `function`)."""
-    name = "audit_function"
-    if name not in sys.modules:
-        pkg = AUDIT_DIR / "function"
-        spec = importlib.util.spec_from_file_location(name, pkg / "__init__.py",
-                                                      submodule_search_locations=[str(pkg)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        for sub in ("settings", "app", "service", "ingest", "kpis", "store"):
-            importlib.import_module(f"{name}.{sub}")
-    return sys.modules[name]
-
-
-def inference_data(i: int, now: dt.datetime, **kw) -> dict:
-    d = {"request_id": f"r{i}", "function": "generate" if i % 3 else "embed",
-         "model": "tiny" if i % 2 else "mini", "model_sha256": "ab" * 32, "service": "svc",
-         "revision": "svc-00001", "endpoint": "/v1/chat/completions",
-         "status": 500 if i % 10 == 0 else 200, "error_code": None, "prompt_tokens": 10 + i,
-         "completion_tokens": i, "input_count": 1, "ttft_s": 0.01 * i, "duration_s": 0.1 * i,
-         "tokens_per_s": 5.0, "finish_reason": "stop", "cold_start": i % 7 == 0,
-         "stream": False, "time": (now - dt.timedelta(seconds=i)).isoformat()}
-    d.update(kw)
-    return d
-
-
-def make_event(i: int, now: dt.datetime, *, source: str = "/llmfn/generate", **kw) -> CloudEvent:
-    return CloudEvent({"type": INFERENCE_COMPLETED, "source": source, "id": f"ev-{i}",
-                       "subject": "tiny", "datacontenttype": "application/json"},
-                      inference_data(i, now, **kw))
-
-
-def encode(event: CloudEvent, mode: str) -> tuple[dict, bytes]:
-    msg = to_structured_event(event) if mode == "structured" else to_binary_event(event)
-    return dict(msg.headers), msg.body
-
-
-def deliveries(n: int, now: dt.datetime, seed: int = 7) -> list[tuple[int, dict, bytes]]:
-    """Every event twice (once binary, once structured), shuffled: at-least-once, reordered."""
-    out = []
-    for i in range(1, n + 1):
-        ev = make_event(i, now)
-        out += [(i, *encode(ev, "binary")), (i, *encode(ev, "structured"))]
-    random.Random(seed).shuffle(out)
-    return out
-
-
-def unique_db() -> str:
-    return f"audit_{uuid.uuid4().hex[:12]}"
-
-
-def audit_env(uri: str, db: str, **kw) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(MONGODB_URI=uri, MONGODB_DATABASE=db, MONGODB_TIMEOUT_MS="1000", **kw)
-    return env
-
-
-class Proc:
-    """A server subprocess with a log file, a readiness wait with a deadline and a clean stop."""
-
-    def __init__(self, cmd: list[str], env: dict, cwd: Path, log_path: Path, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def wait_ready(self, deadline_s: float = READY_DEADLINE_S) -> "Proc":
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.base + "/health/readiness", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"not ready after {deadline_s}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self._log.close()
-
-
-def start_gunicorn(tmp_path: Path, env: dict) -> Proc:
-    port = services.free_port()
-    env = {**env, "BIND": f"127.0.0.1:{port}", "GUNICORN_THREADS": "8"}
-    cmd = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "llmfn/src/llmfn/gunicorn_conf.py"),
-           "--chdir", str(AUDIT_DIR), "function.wsgi:app", "--bind", f"127.0.0.1:{port}"]
-    return Proc(cmd, env, REPO, tmp_path / "gunicorn.log", port).wait_ready()
-
-
-def start_func_python(tmp_path: Path, env: dict) -> Proc:
-    port = services.free_port()
-    env = {**env, "LISTEN_ADDRESS": f"127.0.0.1:{port}"}
-    cmd = [sys.executable, "-c",
-           "from func_python.cloudevent import serve\nfrom function import new\nserve(new)"]
-    return Proc(cmd, env, AUDIT_DIR, tmp_path / "func.log", port).wait_ready()
-
-
-def count(uri: str, db: str, collection: str = "inference_events") -> int:
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
-        return client[db][collection].count_documents({})
 
 
 def expected_total(n: int, now: dt.datetime) -> dict:
@@ -161,13 +35,12 @@ def expected_total(n: int, now: dt.datetime) -> dict:
 
 @pytest.fixture()
 def app_db(ferretdb):
-    audit = load_audit()
     db = unique_db()
-    settings = audit.settings.AuditSettings.from_mapping(
+    runtime = load_audit().func.create_runtime(
         {"MONGODB_URI": ferretdb.uri, "MONGODB_DATABASE": db, "MAX_REQUEST_BYTES": "65536"})
-    app = audit.app.create_app(settings)
-    yield app.test_client(), db
-    app.extensions["audit.service"].stop()
+    runtime.start()
+    yield runtime.app.test_client(), db
+    runtime.stop()
 
 
 def test_twice_and_out_of_order_is_exactly_once(app_db, ferretdb):
@@ -295,23 +168,19 @@ def test_gunicorn_path(ferretdb, tmp_path):
     proc = start_gunicorn(tmp_path, audit_env(ferretdb.uri, db))
     try:
         now = dt.datetime.now(UTC)
-        responses = _send_all(proc.base, deliveries(30, now, seed=11))
+        responses = _send_all(proc.url, deliveries(30, now, seed=11))
         assert [r.status_code for r in responses] == [200] * 60
         assert count(ferretdb.uri, db) == 30
-        r = requests.get(proc.base + "/kpis", timeout=30)
+        r = requests.get(proc.url + "/kpis", timeout=30)
         assert r.status_code == 200 and r.json()["total"]["count"] == 30
-        assert requests.get(proc.base + "/kpis/timeseries?bucket=5m", timeout=30).ok
-        assert "audit_events_recorded_total 30.0" in requests.get(proc.base + "/metrics",
+        assert requests.get(proc.url + "/kpis/timeseries?bucket=5m", timeout=30).ok
+        assert "audit_events_recorded_total 30.0" in requests.get(proc.url + "/metrics",
                                                                   timeout=10).text
-        assert requests.post(proc.base + "/", data=b"x" * (2 << 20),
+        assert requests.post(proc.url + "/", data=b"x" * (2 << 20),
                              headers={"content-type": "application/json"},
                              timeout=30).status_code == 413
     finally:
         proc.stop()
-
-
-QUERY_CE = {"ce-specversion": "1.0", "ce-id": "q", "ce-source": "/cli",
-            "ce-type": "dev.llmfn.audit.query.v1"}
 
 
 def test_func_python_path(ferretdb, tmp_path):
@@ -319,30 +188,28 @@ def test_func_python_path(ferretdb, tmp_path):
     proc = start_func_python(tmp_path, audit_env(ferretdb.uri, db, MAX_REQUEST_BYTES="65536"))
     try:
         now = dt.datetime.now(UTC)
-        responses = _send_all(proc.base, deliveries(20, now, seed=5), workers=4)
+        responses = _send_all(proc.url, deliveries(20, now, seed=5), workers=4)
         assert [r.status_code for r in responses] == [200] * 40
         assert sorted(r.json()["status"] for r in responses) == ["duplicate"] * 20 + \
             ["recorded"] * 20
         assert count(ferretdb.uri, db) == 20
-        # func-python answers a request it cannot decode as a CloudEvent itself (400), so a
-        # plain GET /kpis does not reach the function; with ce-* headers it does.
-        assert requests.get(proc.base + "/kpis", timeout=30).status_code == 400
-        r = requests.get(proc.base + "/kpis", headers=QUERY_CE, timeout=30)
+        # `invoke: http`: plain GETs reach the function, no ce-* headers needed
+        r = requests.get(proc.url + "/kpis", timeout=30)
         assert r.status_code == 200 and r.json()["total"]["count"] == 20
-        r = requests.get(proc.base + "/kpis/timeseries?bucket=1h", headers=QUERY_CE, timeout=30)
+        r = requests.get(proc.url + "/kpis/timeseries?bucket=1h", timeout=30)
         assert r.status_code == 200 and sum(b["count"] for b in r.json()["series"]) == 20
         assert "audit_events_duplicate_total 20.0" in requests.get(
-            proc.base + "/metrics", headers=QUERY_CE, timeout=10).text
+            proc.url + "/metrics", timeout=10).text
         headers, body = encode(make_event(99, now), "binary")
-        bad = [({**headers, "ce-source": ""}, body, 400),  # rejected by the middleware
+        bad = [({**headers, "ce-source": ""}, body, 400),
                ({k: v for k, v in headers.items() if k != "ce-id"}, body, 400),
                ({**headers, "ce-type": "com.example.other"}, body, 400),
                (headers, json.dumps({"model": 1}).encode(), 400),
                (headers, b"x" * 70000, 413)]
         for h, b, want in bad:
-            assert requests.post(proc.base + "/", headers=h, data=b, timeout=30).status_code \
+            assert requests.post(proc.url + "/", headers=h, data=b, timeout=30).status_code \
                 == want, h
-        r = requests.post(proc.base + "/dead-letter", headers={**headers,
+        r = requests.post(proc.url + "/dead-letter", headers={**headers,
                           "ce-knativeerrorcode": "503"}, data=body, timeout=30)
         assert r.status_code == 200 and count(ferretdb.uri, db, "dead_letters") == 1
     finally:

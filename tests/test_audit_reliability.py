@@ -14,7 +14,7 @@ import requests
 
 import services
 from tests.support.stack import started
-from test_audit_e2e import count, encode, make_event, start_gunicorn, unique_db, audit_env
+from tests.support.audit import audit_env, count, encode, make_event, start_gunicorn, unique_db
 
 RESEND_DEADLINE_S = 60.0
 
@@ -37,17 +37,17 @@ def test_database_outage_then_recovery(own_ferretdb, tmp_path):
         now = dt.datetime.now(dt.timezone.utc)
         first = [make_event(i, now) for i in range(1, 11)]
         second = [make_event(i, now) for i in range(11, 21)]
-        assert all(_post(proc.base, ev).status_code == 200 for ev in first)
+        assert all(_post(proc.url, ev).status_code == 200 for ev in first)
 
         own_ferretdb.stop()
         for ev in second:
-            r = _post(proc.base, ev, "structured")
+            r = _post(proc.url, ev, "structured")
             assert r.status_code == 503, r.text
             assert r.headers["Retry-After"] == "2"
             assert r.json()["error"]["code"] == "database_unavailable"
-        assert requests.get(proc.base + "/kpis", timeout=60).status_code == 503
-        assert requests.get(proc.base + "/health/readiness", timeout=10).status_code == 200
-        assert requests.get(proc.base + "/health/liveness", timeout=10).status_code == 200
+        assert requests.get(proc.url + "/kpis", timeout=60).status_code == 503
+        assert requests.get(proc.url + "/health/readiness", timeout=10).status_code == 200
+        assert requests.get(proc.url + "/health/liveness", timeout=10).status_code == 200
 
         own_ferretdb.start().wait_ready(deadline_s=60)
         # The broker re-sends what got 503 (and, at least once, may re-send the rest too).
@@ -56,7 +56,7 @@ def test_database_outage_then_recovery(own_ferretdb, tmp_path):
         for ev in pending:
             end = time.monotonic() + RESEND_DEADLINE_S
             while True:
-                r = _post(proc.base, ev)
+                r = _post(proc.url, ev)
                 if r.status_code != 503 or time.monotonic() > end:
                     break
                 time.sleep(0.2)  # the broker's backoff, bounded by the deadline
@@ -65,7 +65,7 @@ def test_database_outage_then_recovery(own_ferretdb, tmp_path):
         assert [results[e.get_id()] for e in second] == ["recorded"] * 10
         assert [results[e.get_id()] for e in first] == ["duplicate"] * 10
         assert count(own_ferretdb.uri, db) == 20
-        metrics = requests.get(proc.base + "/metrics", timeout=10).text
+        metrics = requests.get(proc.url + "/metrics", timeout=10).text
         errors = re.search(r'audit_db_errors_total\{op="insert"\} ([0-9.]+)', metrics)
         assert errors and float(errors.group(1)) >= 10
     finally:

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 import pymongo
 import pytest
 
-from test_audit_e2e import load_audit, unique_db
+from tests.support.audit import load_audit, unique_db
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 4, 10, 15, 30, tzinfo=UTC)
@@ -100,7 +100,7 @@ def expected(audit, batch: list[dict]) -> dict:
 def die_before_part(audit, store, clock, batch: list[dict]) -> str:
     """Step 1 of a commit only, as a process that died before writing its part."""
     batch_id = audit.rollup.new_batch_id(clock())
-    new, _ = store.insert_events([{**d, "kb": batch_id} for d in batch])
+    new, _ = store.insert_events([{**d, audit.store.BATCH_FIELD: batch_id} for d in batch])
     assert len(new) == len(batch)
     return batch_id
 
@@ -191,8 +191,8 @@ def test_a_late_recovery_after_compaction_is_a_new_generation(env):
     assert totals(audit, rollups) == expected(audit, early + lost)
     clock.advance(minutes=2)
     rollups.compact()
-    ledger = store.kpi("ledger").find_one({})
-    assert len(ledger["gens"]) == 2 and lost_id in ledger["gens"][1]["ids"]
+    generations = audit.ledger.generations(store.kpi("ledger").find_one({}))
+    assert len(generations) == 2 and lost_id in generations[1]
     assert totals(audit, rollups) == expected(audit, early + lost)
     assert commit(committer, lost) == ["duplicate"] * 10 and recovered(metrics) == 1
 

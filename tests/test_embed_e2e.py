@@ -16,16 +16,16 @@ import pytest
 import requests
 from openai import OpenAI
 
-import services
+import procs  # scripts/procs.py
+from procs import REPO_ROOT as ROOT
+from tests.support.calls import WAIT_S, embed
 from tests.support.eventsink import running_receiver
-from tests.support.procs import ROOT, ServerProcess, func_python_cmd, gunicorn_cmd
 from upload_model import upload
 
 BUCKET, KEY = "models", "all-minilm-l6-v2-f16.gguf"
 MODEL = "all-minilm-l6-v2-f16"
 GOLDEN = ROOT / "tests" / "fixtures" / "minilm_reference_embeddings.json"
 MIN_COSINE = 0.999
-WAIT_S = 60
 
 
 def golden() -> list[dict]:
@@ -35,10 +35,6 @@ def golden() -> list[dict]:
 def cosine(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def embed(url: str, **body) -> requests.Response:
-    return requests.post(f"{url}/v1/embeddings", json=body, timeout=WAIT_S)
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +55,11 @@ def server(minio, minilm_path, sink, tmp_path_factory):
     """gunicorn embed pulling its weights from MinIO, as `make run` and the container do."""
     upload(minio.client(), str(minilm_path), BUCKET, KEY)
     tmp = tmp_path_factory.mktemp("embed")
-    port = services.free_port()
     env = {**minio.client_env(), "MODEL_URI": f"s3://{BUCKET}/{KEY}",
            "MODEL_CACHE_DIR": str(tmp / "cache"), "N_THREADS": "2", "K_SINK": sink.url,
            "BATCH_WINDOW_MS": "20", "GUNICORN_THREADS": "12"}
-    proc = ServerProcess(gunicorn_cmd("embed", port), port=port, env=env, cwd=ROOT,
-                         log_path=tmp / "gunicorn.log").start()
+    proc = procs.gunicorn_server("embed", procs.free_port(), env=env,
+                                 log_path=tmp / "gunicorn.log").start()
     try:
         proc.wait_ready(180)
         proc.env_for_tests = env
@@ -147,18 +142,8 @@ def test_limits_and_error_shape(server):
     assert embed(server.url, input="x", model="nope").status_code == 404
 
 
-def wait_event(sink, request_id: str) -> dict:
-    """The data of the event for ``request_id`` (delivered asynchronously, in any order)."""
-    for _ in range(100):  # each wait is bounded by the sink's WAIT_S
-        for e in sink.events():
-            if e["data"]["request_id"] == request_id:
-                return e["data"]
-        sink.wait_requests(len(sink.requests) + 1)
-    raise AssertionError(f"no event for {request_id}")
-
-
 def test_events_one_per_request_cold_start_once(server, sink):
-    data = wait_event(sink, embed(server.url, input=["last"]).headers["X-Request-Id"])
+    data = sink.event_data(embed(server.url, input=["last"]).headers["X-Request-Id"])
     assert data["function"] == "embed" and data["input_count"] == 1 and data["status"] == 200
     served = [e["data"] for e in sink.events() if e["data"]["status"] == 200]
     assert served[0]["cold_start"] is True
@@ -169,11 +154,10 @@ def test_events_one_per_request_cold_start_once(server, sink):
 
 def test_func_python_path(server, minilm_path, tmp_path):
     """func's Python scaffolding: ``func_python.http.serve(new)`` on a file:// model."""
-    port = services.free_port()
     env = {"MODEL_URI": f"file://{minilm_path}", "MODEL_CACHE_DIR": str(tmp_path / "cache"),
            "N_THREADS": "2", "K_SINK": ""}
-    proc = ServerProcess(func_python_cmd(), port=port, env=env, cwd=ROOT / "functions" / "embed",
-                         log_path=tmp_path / "func.log").start()
+    proc = procs.func_python_server("embed", procs.free_port(), env=env,
+                                    log_path=tmp_path / "func.log").start()
     try:
         proc.wait_ready(180)
         items = golden()

@@ -16,8 +16,8 @@ import pytest
 import requests
 import yaml
 
-import services
-from tests.support.procs import ROOT, ServerProcess, func_python_cmd
+import procs  # scripts/procs.py
+from procs import REPO_ROOT as ROOT
 
 IGNORE = shutil.ignore_patterns("__pycache__", "tests", ".func", "llmfn")
 MODELS = ROOT / ".state" / "models"
@@ -84,11 +84,10 @@ def test_function_folder_builds_and_serves_alone(name, env, check, tmp_path, req
                "MONGODB_DATABASE": f"build_{uuid.uuid4().hex[:8]}"}
     invoke = yaml.safe_load((ROOT / "functions" / name / "func.yaml").read_text()).get(
         "invoke", "http")
-    port = services.free_port()
-    server = ServerProcess(func_python_cmd(py, module=invoke), port=port, cwd=tmp_path,
-                           env={**env, "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-                                "K_SINK": ""},
-                           log_path=tmp_path / "serve.log").start()
+    server = procs.func_python_server(tmp_path, procs.free_port(), python=py, module=invoke,
+                                      env={**env, "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+                                           "K_SINK": ""},
+                                      log_path=tmp_path / "serve.log").start()
     try:
         server.wait_ready(120)
         check(server.url)

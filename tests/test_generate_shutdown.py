@@ -6,21 +6,18 @@ import threading
 
 import requests
 
-import services
+import procs  # scripts/procs.py
+from model_files import smollm2_path
+from tests.support.calls import QUESTION, WAIT_S
 from tests.support.eventsink import running_receiver
-from tests.support.procs import ROOT, ServerProcess, gunicorn_cmd
-from test_generate_e2e import QUESTION, smollm2_path, wait_event
-
-WAIT_S = 60
 
 
 def test_sigterm_finishes_the_stream_and_flushes_events(tmp_path):
-    port = services.free_port()
     with running_receiver() as sink:
         env = {"MODEL_URI": f"file://{smollm2_path()}", "N_THREADS": "2", "K_SINK": sink.url,
                "SHUTDOWN_GRACE_S": "60", "MODEL_CACHE_DIR": str(tmp_path / "cache")}
-        server = ServerProcess(gunicorn_cmd("generate", port), port=port, env=env, cwd=ROOT,
-                               log_path=tmp_path / "gunicorn.log").start()
+        server = procs.gunicorn_server("generate", procs.free_port(), env=env,
+                                       log_path=tmp_path / "gunicorn.log").start()
         try:
             server.wait_ready(180)
             resp = requests.post(f"{server.url}/v1/chat/completions", stream=True,
@@ -38,5 +35,5 @@ def test_sigterm_finishes_the_stream_and_flushes_events(tmp_path):
             server.stop()
         assert rest[-1] == b"data: [DONE]", server.log_tail()
         assert code["rc"] == 0, server.log_tail()
-        data = wait_event(sink, resp.headers["X-Request-Id"])
+        data = sink.event_data(resp.headers["X-Request-Id"])
     assert data["status"] == 200 and data["finish_reason"] in ("stop", "length")

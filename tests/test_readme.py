@@ -5,7 +5,7 @@ import re
 
 import config_table  # scripts/config_table.py
 from llmfn.settings import describe
-from tests.support.procs import ROOT
+from procs import REPO_ROOT as ROOT  # scripts/procs.py
 
 
 def test_every_setting_is_documented_with_its_default():

@@ -15,13 +15,12 @@ import pymongo
 import pytest
 import requests
 
+import procs  # scripts/procs.py
 import run  # scripts/run.py: the models, S3 keys and function environments of `make run`
-import services
-from test_audit_e2e import count, unique_db
-from test_embed_e2e import embed
-from test_generate_e2e import ANSWER, chat
+from procs import ServerProcess
+from tests.support.audit import count, unique_db
+from tests.support.calls import ANSWER, chat, embed
 from tests.support.models import model_file
-from tests.support.procs import ROOT, ServerProcess, gunicorn_cmd
 
 GENERATE_MODEL = "smollm2-135m-instruct-q4_1"
 EMBED_MODEL = "all-minilm-l6-v2-f16"
@@ -66,9 +65,8 @@ def by_function(kpis: dict) -> dict[str, dict]:
 
 
 def start(name: str, env: dict[str, str], tmp) -> ServerProcess:
-    port = services.free_port()
-    return ServerProcess(gunicorn_cmd(name, port), port=port, env=env, cwd=ROOT,
-                         log_path=tmp / f"{name}.log").start()
+    return procs.gunicorn_server(name, procs.free_port(), env=env,
+                                 log_path=tmp / f"{name}.log").start()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from llmfn.runtime import Runtime
+from llmfn.model_runtime import Runtime
+from llmfn.origin import Origin
 from llmfn.settings import Settings
 from tests.support.eventsink import running_receiver
 
@@ -51,12 +52,22 @@ def test_inference_event_fields_and_tokens_per_second(tmp_path):
         rt, _ = make(tmp_path, K_SINK=sink.url, K_SERVICE="svc", K_REVISION="svc-1")
         rt.start()
         assert rt.host.wait(WAIT_S)
-        assert rt.emit_inference("r1", endpoint="/v1/x", status=200, completion_tokens=10,
-                                 generation_s=2.0, prompt_tokens=3)
-        assert rt.emit_inference("r2", endpoint="/v1/x", status=400, error_code=None)
+        assert rt.emit_inference(Origin("r1", 0), endpoint="/v1/x", status=200,
+                                 completion_tokens=10, generation_s=2.0, prompt_tokens=3)
+        assert rt.emit_inference(Origin("r2", 0), endpoint="/v1/x", status=400, error_code=None)
+        from_event = Origin("r3", 0, event_id="e3", event_source="/llmfn/fn/svc",
+                            extensions={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+        assert rt.emit_inference(from_event, endpoint="/v1/x", status=200)
         rt.stop()  # flushes the events
-        assert sink.wait_requests(2)
-        ok, bad = sorted((e["data"] for e in sink.events()), key=lambda d: d["request_id"])
+        assert sink.wait_requests(3)
+        events = {e["data"]["request_id"]: e for e in sink.events()}
+        ok, bad = events["r1"]["data"], events["r2"]["data"]
+    def attrs(rid):
+        h = {k.lower(): v for k, v in events[rid]["headers"].items()}
+        return h["ce-id"], h["ce-source"], h.get("ce-traceparent")
+
+    assert attrs("r1") == ("r1", "/llmfn/fn/svc/svc-1", None)
+    assert attrs("r3") == ("e3", "/llmfn/fn/svc", from_event.extensions["traceparent"])
     assert ok["tokens_per_s"] == 5.0 and ok["function"] == "fn"
     assert (ok["service"], ok["revision"]) == ("svc", "svc-1")
     assert len(ok["model_sha256"]) == 64 and ok["input_count"] == 1

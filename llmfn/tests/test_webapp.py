@@ -1,5 +1,5 @@
-"""The base app every model function shares: probes, /metrics, /v1/models, auth, request
-parsing (json_body, param, check_model), request counting."""
+"""The base app every function shares: probes, /metrics, auth and public routes, request
+parsing (json_body, param, check_model), request counting; /v1/models for model functions."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,8 @@ from llmfn.errors import APIError, InvalidRequest, ModelNotFound, register_flask
 from llmfn.host import ModelHost
 from llmfn.metrics import Metrics
 from llmfn.settings import Settings
-from llmfn.webapp import check_model, create_base_app, json_body, param
+from llmfn.webapp import (add_model_routes, check_model, create_base_app, json_body,
+                          param, public)
 
 WAIT_S = 30
 
@@ -25,8 +26,9 @@ def loaded(tmp_path):
                                       "MAX_REQUEST_BYTES": "64"})
     host = ModelHost(settings, lambda path, model: path)
     metrics = Metrics()
-    app = create_base_app("t", settings, host=host, metrics=metrics,
-                          auth=BearerAuth((b"k1",)))
+    app = create_base_app("t", max_request_bytes=settings.server.max_request_bytes,
+                          probes=host, metrics=metrics, auth=BearerAuth((b"k1",)))
+    add_model_routes(app, host)
 
     @app.post("/echo")
     def echo():
@@ -118,3 +120,27 @@ def test_error_mapping_in_one_place():
     r = c.get("/boom")
     assert r.status_code == 500 and "secret" not in r.get_data(as_text=True)
     assert set(r.get_json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_public_routes_answer_without_a_key(loaded):
+    app, _ = loaded
+    public(app, "/open", "open", lambda: "yes", methods=("POST",))
+    c = app.test_client()
+    assert c.post("/open").get_data(as_text=True) == "yes"
+    assert c.post("/echo", json={}).status_code == 401
+
+
+def test_probes_answer_as_func_python_does():
+    """Not ready: 500 with the reason as text, like func-python's own /health/readiness."""
+    class Probes:
+        def ready(self):
+            return False, "loading"
+
+        def alive(self):
+            return False, "load failed"
+
+    app = create_base_app("t", max_request_bytes=10, probes=Probes(), metrics=Metrics())
+    c = app.test_client()
+    for path, text in (("/health/readiness", "loading"), ("/health/liveness", "load failed")):
+        r = c.get(path)
+        assert (r.status_code, r.get_data(as_text=True), r.mimetype) == (500, text, "text/plain")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -60,6 +61,18 @@ class Receiver:
         with self.cond:
             return [{"headers": r["headers"], "data": json.loads(r["body"] or b"null")}
                     for r in self.requests]
+
+    def event_data(self, request_id: str, deadline_s: float = 60.0) -> dict:
+        """The data of the event for ``request_id`` (events arrive asynchronously, in any
+        order); AssertionError when none came within ``deadline_s``."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            events = self.events()
+            for e in events:
+                if e["data"]["request_id"] == request_id:
+                    return e["data"]
+            self.wait_requests(len(events) + 1)
+        raise AssertionError(f"no event for {request_id}")
 
 
 @contextlib.contextmanager

@@ -4,16 +4,17 @@ One thread owns the writes. Each request thread hands in a validated event docum
 the thread takes every document waiting (up to ``INGEST_MAX_BATCH``) and writes them in two
 steps under one commit id ``B`` (rollup.new_batch_id):
 
-1. ``insert_many`` of the events, each marked ``kb: B`` (an existing ``_id`` is a redelivery);
+1. ``insert_many`` of the events, each marked ``kb: B`` (``store.BATCH_FIELD``; an existing
+   ``_id`` is a redelivery);
 2. one *part* ``{_id: B, cells}``: the KPI cells of the events step 1 inserted.
 
 A commit that stopped between the two steps (a crash, the database going away) leaves events
 with no part. The broker redelivers them (no 2xx was sent), step 1 reports them as existing,
 and :meth:`Committer.verify` decides: the part ``B`` exists, or the ledger of compacted parts
-names ``B`` -> counted; ``B`` younger than ``KPI_LEASE_S`` -> still in flight, answer 503;
-otherwise rebuild part ``B`` from the events marked ``kb: B`` (the same content the original
-would have written, so whichever write lands first is right). The original writes step 2 only
-while ``B`` is younger than half the lease, so it never races a recovery.
+(ledger.py) names ``B`` -> counted; ``B`` younger than ``KPI_LEASE_S`` -> still in flight,
+answer 503; otherwise rebuild part ``B`` from the events marked ``kb: B`` (the same content the
+original would have written, so whichever write lands first is right). The original writes
+step 2 only while ``B`` is younger than half the lease, so it never races a recovery.
 """
 from __future__ import annotations
 
@@ -25,17 +26,12 @@ from concurrent.futures import Future
 from typing import Callable
 
 from . import rollup
-from .store import AuditStore, StoreUnavailable
+from .ledger import Ledger
+from .store import BATCH_FIELD, AuditStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 RECORDED, DUPLICATE, UNAVAILABLE = "recorded", "duplicate", "unavailable"
-REBUILT_ID = "rebuilt"  # ledger document {at: epoch s}: events before it are in the rollups
-
-
-def ledger_id(batch_id: str) -> str:
-    """The ledger document that lists ``batch_id`` once its minute is compacted."""
-    return f"m|{rollup.batch_minute(batch_id)}"
 
 
 class Committer:
@@ -47,6 +43,7 @@ class Committer:
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
+        self.ledger = Ledger(store)
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,7 +103,7 @@ class Committer:
             if doc["_id"] in first:  # the same event twice in one batch
                 repeats.add(fut)
             else:
-                doc["kb"] = batch_id
+                doc[BATCH_FIELD] = batch_id
                 first[doc["_id"]] = doc
         results: dict[str, str] = {}
         try:
@@ -145,19 +142,18 @@ class Committer:
         needed), UNAVAILABLE while that cannot be known yet."""
         try:
             stored = self.store.get(self.store.events, event_id)
-            batch_id = (stored or {}).get("kb")
+            batch_id = (stored or {}).get(BATCH_FIELD)
             if stored is None or not batch_id:
                 return DUPLICATE  # expired since, or loaded without a commit (then rebuilt)
             if self.store.get(self.store.kpi("parts"), batch_id) is not None:
                 return DUPLICATE
-            ledger = self.store.get(self.store.kpi("ledger"), ledger_id(batch_id))
-            if ledger and any(batch_id in g["ids"] for g in ledger.get("gens", [])):
+            if self.ledger.names(batch_id):
                 return DUPLICATE
             age_s = self.clock().timestamp() - rollup.batch_time_s(batch_id)
             if age_s < self.settings.commit_lease_s:
                 return UNAVAILABLE  # the original commit may still write its part
-            rebuilt = self.store.get(self.store.kpi("ledger"), REBUILT_ID)
-            if rebuilt and rollup.batch_time_s(batch_id) < rebuilt["at"]:
+            rebuilt_at = self.ledger.rebuilt_at()
+            if rebuilt_at is not None and rollup.batch_time_s(batch_id) < rebuilt_at:
                 return DUPLICATE  # counted by `function.rebuild` from the stored events
             if age_s > self.settings.ledger_hours * 3600:
                 self.metrics.unverified.inc()

@@ -6,10 +6,9 @@ Collections (prefix ``KPI_COLLECTION_PREFIX``):
 - ``parts``: one document per commit ``{_id: B, cells}`` (commit.py); short-lived.
 - ``rollups``: ``m|<minute>|<k>`` (minute cells, generation ``k`` of that commit minute),
   ``h|<first child id>`` (hour cells) and ``d|<first child id>`` (hour cells of a day), each
-  ``{lvl, t, w, cells, absorbed: [child ids]}``.
-- ``ledger``: ``m|<minute>`` ``{t, gens: [{ids: [part ids of generation k]}, ...]}`` (FerretDB v1
-  refuses nested arrays): which commits a
-  minute rollup holds, read by ``_id`` only (commit.Committer.verify).
+  ``{lvl, t, w, cells, absorbed: [child ids]}`` (:func:`rollup_document`: level ``m``/``h``/``d``,
+  start and width of the span in epoch s, the cells as rollup.encode text, the ids it replaced).
+- ``ledger``: which commits each minute rollup holds (ledger.py).
 - ``locks``: one lease document so a single pod compacts at a time.
 
 Every step writes the new document before deleting what it replaces, and a reader ignores any
@@ -25,10 +24,10 @@ import logging
 import os
 import socket
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
-from . import rollup
-from .commit import REBUILT_ID, ledger_id
+from . import ledger, rollup
+from .ledger import Ledger
 from .store import AuditStore
 
 log = logging.getLogger(__name__)
@@ -48,12 +47,13 @@ class Rollups:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.ledger = Ledger(store)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.lock_lease_s = max(60.0, 4 * settings.compact_interval_s)
         self._last_ledger_prune = 0.0
 
     # -- read ------------------------------------------------------------------------------
-    def cells(self) -> dict:
+    def cells(self) -> rollup.Cells:
         """Every KPI cell currently stored, each event counted once."""
         parts = self.store.all(self.store.kpi("parts"))
         rolls = self.store.all(self.store.kpi("rollups"))
@@ -64,16 +64,14 @@ class Rollups:
         ledgers: dict[str, dict | None] = {}
         for p in parts:
             if rollup.batch_time_s(p["_id"]) < due:  # compaction may have taken it already
-                lid = ledger_id(p["_id"])
+                lid = ledger.ledger_id(p["_id"])
                 if lid not in ledgers:
-                    ledgers[lid] = self.store.get(self.store.kpi("ledger"), lid)
-                if _in_present_generation(p["_id"], ledgers[lid], present):
-                    continue
+                    ledgers[lid] = self.ledger.get(lid)
+                k = ledger.generation_of(ledgers[lid], p["_id"])
+                if k is not None and ledger.generation_rollup_id(lid, k) in present:
+                    continue  # its minute rollup exists (or was absorbed): counted there
             docs.append(p)
-        out: dict = {}
-        for d in docs:
-            rollup.merge(out, rollup.decode(d["cells"]))
-        return out
+        return _merged(docs)
 
     def _part_due_before(self) -> float:
         """Parts of commits before this time (epoch s) belong to a closed, compactable minute."""
@@ -124,26 +122,15 @@ class Rollups:
         for p in self.store.all(self.store.kpi("parts")):
             if rollup.batch_time_s(p["_id"]) < due:
                 by_minute.setdefault(rollup.batch_minute(p["_id"]), []).append(p)
-        ledgers, rollups_col = self.store.kpi("ledger"), self.store.kpi("rollups")
+        rollups_col = self.store.kpi("rollups")
         written = 0
         for minute, parts in sorted(by_minute.items()):
             self._check_time(started)
-            lid, ids = ledger_id(parts[0]["_id"]), sorted(p["_id"] for p in parts)
-            ledger = self.store.get(ledgers, lid)
-            gens = [g["ids"] for g in ledger["gens"]] if ledger else []
-            k = next((i for i, g in enumerate(gens) if set(ids) & set(g)), None)
-            if k is None:  # a new generation: record it in the ledger first
-                k = len(gens)
-                if ledger is None:
-                    self.store.insert(ledgers, {"_id": lid, "t": minute,
-                                                "gens": [{"ids": ids}]})
-                else:
-                    self.store.push_ledger(lid, ids)
-                gens = gens + [ids]
-            gen = set(gens[k])
+            # the ledger first: a reader then skips these parts once the rollup exists
+            lid, k, gen = self.ledger.record(minute, sorted(p["_id"] for p in parts))
             members = [p for p in parts if p["_id"] in gen]
-            doc = {"_id": f"{lid}|{k}", "lvl": "m", "t": minute, "w": 60,
-                   "cells": rollup.encode(_merged(members)), "absorbed": []}
+            doc = rollup_document(ledger.generation_rollup_id(lid, k), "m", minute,
+                                  rollup.MINUTE_S, _merged(members))
             if self.store.get(rollups_col, doc["_id"]) is None:
                 self.store.insert(rollups_col, doc)
                 written += 1
@@ -171,8 +158,8 @@ class Rollups:
         for start, children in sorted(groups.items()):
             self._check_time(started)
             ids = sorted(c["_id"] for c in children)
-            doc = {"_id": f"{parent}|{ids[0]}", "lvl": parent, "t": start, "w": span,
-                   "cells": rollup.encode(_merged(children, rollup.HOUR_S)), "absorbed": ids}
+            doc = rollup_document(f"{parent}|{ids[0]}", parent, start, span,
+                                  _merged(children, rollup.HOUR_S), absorbed=ids)
             if self.store.get(col, doc["_id"]) is None:
                 self.store.insert(col, doc)
                 written += 1
@@ -188,44 +175,41 @@ class Rollups:
             self.store.delete_where(self.store.kpi("rollups"),
                                     {"lvl": "d", "t": {"$lt": horizon - rollup.DAY_S}})
         if t - self._last_ledger_prune > 600:
-            self.store.delete_where(self.store.kpi("ledger"),
-                                    {"t": {"$lt": t - self.settings.ledger_hours * 3600}})
+            self.ledger.prune(t - self.settings.ledger_hours * 3600)
             self._last_ledger_prune = t
 
     # -- rebuild ---------------------------------------------------------------------------
     def rebuild(self) -> int:
         """Recompute every rollup from the stored events (ingest must be stopped): one hour
         rollup per event hour. Returns the number of events read."""
-        for name in ("parts", "rollups", "ledger", "locks"):
+        for name in ("parts", "rollups", ledger.COLLECTION, "locks"):
             self.store.delete_where(self.store.kpi(name), {})
         # Redeliveries of events stored before now are counted by this rebuild.
-        self.store.insert(self.store.kpi("ledger"), {"_id": REBUILT_ID,
-                                                     "at": self.clock().timestamp()})
-        cells: dict = {}
+        self.ledger.mark_rebuilt(self.clock().timestamp())
+        cells: rollup.Cells = {}
         n = 0
         for doc in self.store.all(self.store.events):
             rollup.add_event(cells, doc, rollup.HOUR_S)
             n += 1
-        by_hour: dict[int, dict] = {}
+        by_hour: dict[int, rollup.Cells] = {}
         for key, cell in cells.items():
-            by_hour.setdefault(key[3], {})[key] = cell
+            by_hour.setdefault(key.start_s, {})[key] = cell
         for hour, hour_cells in sorted(by_hour.items()):
-            self.store.insert(self.store.kpi("rollups"), {
-                "_id": f"h|rebuild|{hour}", "lvl": "h", "t": hour, "w": rollup.HOUR_S,
-                "cells": rollup.encode(hour_cells), "absorbed": []})
+            self.store.insert(self.store.kpi("rollups"), rollup_document(
+                f"h|rebuild|{hour}", "h", hour, rollup.HOUR_S, hour_cells))
         return n
 
 
-def _merged(docs: list[dict], resolution_s: int | None = None) -> dict:
-    out: dict = {}
+def rollup_document(_id: str, level: str, start_s: int, width_s: int, cells: rollup.Cells,
+                    absorbed: Sequence[str] = ()) -> dict:
+    """A document of the ``rollups`` collection (stored names: see the module docstring)."""
+    return {"_id": _id, "lvl": level, "t": start_s, "w": width_s,
+            "cells": rollup.encode(cells), "absorbed": list(absorbed)}
+
+
+def _merged(docs: list[dict], resolution_s: int | None = None) -> rollup.Cells:
+    """The cells of part or rollup documents, merged (coarsened to ``resolution_s``)."""
+    out: rollup.Cells = {}
     for d in docs:
         rollup.merge(out, rollup.decode(d["cells"]), resolution_s)
     return out
-
-
-def _in_present_generation(part_id: str, ledger: dict | None, present: set[str]) -> bool:
-    """True when the ledger puts ``part_id`` in a minute rollup that exists (or was absorbed)."""
-    for k, gen in enumerate((ledger or {}).get("gens", [])):
-        if part_id in gen["ids"]:
-            return f"{ledger['_id']}|{k}" in present
-    return False

@@ -1,93 +1,64 @@
-"""The Knative Function (func-python `invoke: cloudevent` contract): `new()` returns it.
+"""The audit Knative Function: stores inference CloudEvents exactly once and answers KPI queries.
 
-func-python's cloudevent middleware answers /health/* itself (calling `alive()`/`ready()`),
-decodes every other request into ``scope["event"]`` and calls :meth:`AuditFunction.handle`.
-A request it cannot decode as a CloudEvent (for example a plain `GET /kpis` without `ce-*`
-headers: its empty body is not a structured event) is answered 400 by the middleware before
-`handle` runs; KPI queries through this path must carry `ce-*` headers (docs/audit.md) and are
-routed here by method and path, ignoring the event.
+``invoke: http`` (func.yaml): the shared adapter (``llmfn.function.LLMFunction``) hands every
+request to the app, so a plain ``GET /kpis`` works under func-python as under gunicorn; the app
+decodes CloudEvents itself (``llmfn.ce_http``).
 """
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Mapping
-from urllib.parse import parse_qsl
 
-from .ingest import binary_id_problems
-from .service import AuditService, Response
-from .settings import AuditSettings
+from llmfn.function import LLMFunction
+from llmfn.runtime import BaseRuntime
+from llmfn.settings import ServerSettings, build
 
-log = logging.getLogger(__name__)
-
-
-def new() -> "AuditFunction":
-    """Called once by the func runtime (scaffolding `serve(new)`) to build the instance."""
-    return AuditFunction()
+from . import api
+from .service import AuditMetrics, AuditService
+from .settings import DEFAULTS, FUNCTION, AuditSettings
 
 
-class AuditFunction:
-    """Adapts :class:`AuditService` to the ASGI scope/receive/send of func-python."""
+class AuditRuntime(BaseRuntime):
+    """The audit process: the base app with audit's routes over one AuditService."""
 
-    def __init__(self):
-        self.service: AuditService | None = None
+    def __init__(self, settings: AuditSettings, server: ServerSettings, *,
+                 service: AuditService | None = None):
+        metrics = service.metrics if service is not None else AuditMetrics()
+        super().__init__(server.function or FUNCTION, server, metrics)
+        self.settings = settings
+        self.service = service or AuditService(settings, retry_after_s=server.retry_after_s,
+                                               metrics=metrics)
+        api.register(self.app, self.service)
 
-    def start(self, cfg: Mapping[str, str]) -> None:
-        """Called at ASGI lifespan startup with the environment as ``cfg``; returns at once."""
-        self.service = AuditService(AuditSettings.from_mapping(cfg))
+    @property
+    def capacity(self) -> int:
+        """Deliveries wait for their commit, which groups up to INGEST_MAX_BATCH events."""
+        return self.settings.max_batch
+
+    def start(self) -> None:
+        """Connect to the database and create indexes in the background."""
         self.service.start()
 
-    def stop(self) -> None:
-        """Called at ASGI lifespan shutdown (SIGTERM)."""
-        if self.service is not None:
-            self.service.stop()
-
-    def alive(self):
-        """Called by the liveness probe (`/health/liveness`)."""
-        return True, "OK"
-
-    def ready(self):
-        """Called by the readiness probe (`/health/readiness`)."""
-        if self.service is None:
-            return False, "not started"
+    def _ready(self) -> tuple[bool, str]:
         return self.service.ready()
 
-    async def handle(self, scope, receive, send) -> None:
-        """Called per request with the decoded CloudEvent in ``scope["event"]``."""
-        resp = await asyncio.to_thread(self._route, scope)
-        headers = [(b"content-type", resp.content_type.encode()),
-                   (b"content-length", str(len(resp.body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in resp.headers.items()]
-        raw = getattr(send, "http", send)  # CloudEventSender.http sends raw ASGI messages
-        await raw({"type": "http.response.start", "status": resp.status, "headers": headers})
-        await raw({"type": "http.response.body", "body": resp.body})
+    def alive(self) -> tuple[bool, str]:
+        return self.service.alive()
 
-    def _route(self, scope) -> Response:
-        if self.service is None:
-            return Response.json(503, {"error": {"message": "not started", "type":
-                                                 "service_unavailable", "param": None,
-                                                 "code": "not_ready"}})
-        method, path = scope.get("method", "GET"), scope.get("path", "/")
-        if method in ("GET", "HEAD"):
-            query = scope.get("query_string", b"").decode("latin-1")
-            return self.service.get(path, dict(parse_qsl(query)))
-        if method != "POST":
-            return Response.json(405, {"error": {"message": "Method not allowed on this route.",
-                                                 "type": "invalid_request_error", "param": None,
-                                                 "code": "method_not_allowed"}})
-        problems = binary_id_problems(_headers(scope))
-        if problems:
-            return self.service.invalid(problems)
-        return self.service.post(path, scope["event"], _content_length(scope))
+    def _stop(self, grace_s: float) -> None:
+        """Finish queued commits (within the grace), then close the database client."""
+        self.service.stop(grace_s)
 
 
-def _headers(scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1")
-            for k, v in scope.get("headers", [])}
+def create_runtime(cfg: Mapping[str, str]) -> AuditRuntime:
+    """Build the process's runtime from a config mapping (func's ``cfg`` or the environment)."""
+    merged = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    return AuditRuntime(AuditSettings.from_mapping(merged), build(ServerSettings, merged))
 
 
-def _content_length(scope) -> int | None:
-    try:
-        return int(_headers(scope)["content-length"])
-    except (KeyError, ValueError):
-        return None
+def new() -> LLMFunction:
+    """Called by func-python once per process to create the function instance.
+
+    Its ``start(cfg)`` (before the server listens) connects to the database in the background;
+    ``ready()`` turns True once the database answered.
+    """
+    return LLMFunction(create_runtime)

@@ -1,9 +1,9 @@
 """Turn a CloudEvent into a stored document: known types, validation, identity, dead letters.
 
-Framework-free: takes a decoded ``cloudevents.core`` event (from func-python's middleware or
-from :func:`decode_http`) and returns an :class:`Outcome`; HTTP adapters only copy it out.
-Status codes follow the Knative Eventing data-plane contract: 2xx recorded (or already
-recorded), 400 invalid (not retried), 413 too large, 503 database unavailable (retried).
+Framework-free: takes a decoded ``cloudevents.core`` event (``llmfn.ce_http.decode_http``) and
+returns the answer's body, or raises an ``APIError`` the app maps to HTTP once. Status codes
+follow the Knative Eventing data-plane contract: 2xx recorded (or already recorded), 400
+invalid (not retried), 413 too large, 503 database unavailable (retried after `Retry-After`).
 """
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ import base64
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import bson
 from bson.errors import InvalidDocument
-from cloudevents.core.bindings.http import HTTPMessage, from_http_event
-from cloudevents.core.exceptions import BaseCloudEventException
+from llmfn.ce_http import InvalidEvent
+from llmfn.errors import APIError
 from llmfn.events import INFERENCE_COMPLETED, validate_inference_data
 
 from .commit import DUPLICATE, RECORDED, Committer
-from .store import AuditStore, DocumentRejected, StoreUnavailable, event_key
+from .store import BATCH_FIELD, AuditStore, DocumentRejected, StoreUnavailable, event_key
 
 log = logging.getLogger(__name__)
 
@@ -33,56 +32,18 @@ JSON_TYPES = ("application/json", "text/json")
 # Extensions Knative adds to a dead-lettered event (eventing "Dead Letter Sink" docs).
 KNATIVE_ERROR_EXTENSIONS = ("knativeerrorcode", "knativeerrordest", "knativeerrordata")
 # Top-level fields of a stored event that data fields cannot overwrite.
-RESERVED = ("_id", "ce", "time", "error", "received_at", "expire_at", "kb")
+RESERVED = ("_id", "ce", "time", "error", "received_at", "expire_at", BATCH_FIELD)
 _MAX_DEPTH = 32
 
 
-class InvalidEvent(Exception):
-    """The request is not an acceptable CloudEvent; ``problems`` say why (answered 400)."""
+class DatabaseUnavailable(APIError):
+    """The event store cannot be reached: 503 with Retry-After, so the Broker retries."""
+    status = 503
+    type = "service_unavailable"
+    code = "database_unavailable"
 
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-@dataclass
-class Outcome:
-    """What to answer: status, a small JSON body and extra headers."""
-    status: int
-    body: dict
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def binary_id_problems(headers: Mapping[str, str]) -> list[str]:
-    """The SDK invents a uuid4 when `id` is missing, which would defeat deduplication:
-    a binary-mode request (any `ce-*` header) must carry a non-empty `ce-id` itself."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    if any(k.startswith("ce-") for k in lower) and not lower.get("ce-id", "").strip():
-        return ["ce-id is missing (CloudEvents `id` is required)"]
-    return []
-
-
-def decode_http(headers: Mapping[str, str], body: bytes):
-    """Decode binary or structured mode (CloudEvents HTTP binding) or raise InvalidEvent."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    problems = binary_id_problems(lower)
-    if problems:
-        raise InvalidEvent(problems)
-    if not any(k.startswith("ce-") for k in lower):
-        try:
-            raw = json.loads(body)
-        except ValueError:
-            raw = None
-        if isinstance(raw, dict) and not raw.get("id"):
-            raise InvalidEvent(["id is missing (CloudEvents `id` is required)"])
-    try:
-        return from_http_event(HTTPMessage(headers=lower, body=body))
-    except BaseCloudEventException as err:
-        raise InvalidEvent([f"not a valid CloudEvent: {err}"]) from None
-    except (ValueError, TypeError, AttributeError, KeyError, UnicodeDecodeError):
-        # Structured mode with a body that is not a JSON object, a bad `time`, ...
-        raise InvalidEvent(["not a CloudEvent: expected binary mode (ce-* headers) or "
-                            "structured mode (application/cloudevents+json)"]) from None
+    def __init__(self, retry_after_s: int):
+        super().__init__("The event store is unavailable; retry.", retry_after_s=retry_after_s)
 
 
 def _media_type(value: str | None) -> str:
@@ -188,48 +149,45 @@ class Ingestor:
         etype = event.get_type()
         return etype if etype in self.validators else "other"
 
-    def invalid(self, problems: list[str], *, event=None, reason: str = "data") -> Outcome:
-        """Count, log (with the event identity) and answer 400."""
+    def invalid(self, err: InvalidEvent, *, event=None, reason: str = "data") -> InvalidEvent:
+        """Count and log (with the event identity) an invalid event; returns it to raise."""
         self.metrics.invalid.labels(reason).inc()
         ident = (f"id={event.get_id()!r} source={event.get_source()!r} "
                  f"type={event.get_type()!r}" if event is not None else "undecodable")
-        log.warning("invalid event %s: %s", ident, "; ".join(problems))
-        return Outcome(400, {"error": {"message": "; ".join(problems)[:2000],
-                                       "type": "invalid_request_error", "param": None,
-                                       "code": "invalid_event"}})
+        log.warning("invalid event %s: %s", ident, err.message)
+        return err
 
-    def unavailable(self, op: str, err: Exception) -> Outcome:
+    def unavailable(self, op: str, err: Exception) -> DatabaseUnavailable:
+        """Count and log a database failure; returns the 503 to raise."""
         self.metrics.db_errors.labels(op).inc()
         log.warning("database unavailable during %s: %s", op, err)
-        return Outcome(503, {"error": {"message": "The event store is unavailable; retry.",
-                                       "type": "service_unavailable", "param": None,
-                                       "code": "database_unavailable"}},
-                       {"Retry-After": str(self.retry_after_s)})
+        return DatabaseUnavailable(self.retry_after_s)
 
-    def record(self, event) -> Outcome:
-        """Validate and store one inference event."""
+    def record(self, event) -> dict:
+        """Validate and store one inference event; the answer's body, or raise APIError."""
         self.metrics.received.labels(self._label(event)).inc()
         try:
             data = validate(event, self.validators)
             doc = self.store.with_expiry(event_document(event, data, self.clock()))
             bson.encode(doc)  # an integer beyond int64 would fail the whole batch later
         except InvalidEvent as err:
-            return self.invalid(err.problems, event=event)
+            raise self.invalid(err, event=event) from None
         except (InvalidDocument, OverflowError) as err:
-            return self.invalid([f"data cannot be stored: {type(err).__name__}"], event=event)
+            raise self.invalid(InvalidEvent([f"data cannot be stored: {type(err).__name__}"]),
+                               event=event) from None
         try:
             result = self.committer.submit(doc).result(timeout=self.wait_s)
         except TimeoutError:
             result = None
         if result == RECORDED:
             self.metrics.recorded.inc()
-            return Outcome(200, {"status": "recorded", "id": event.get_id()})
+            return {"status": "recorded", "id": event.get_id()}
         if result == DUPLICATE:
             self.metrics.duplicates.inc()
-            return Outcome(200, {"status": "duplicate", "id": event.get_id()})
-        return self.unavailable("commit", StoreUnavailable(result or "commit timed out"))
+            return {"status": "duplicate", "id": event.get_id()}
+        raise self.unavailable("commit", StoreUnavailable(result or "commit timed out"))
 
-    def dead_letter(self, event) -> Outcome:
+    def dead_letter(self, event) -> dict:
         """Store any CloudEvent a Knative delivery gave up on; never rejects its content."""
         doc = dead_letter_document(event, self.clock(), self.validators)
         try:
@@ -240,13 +198,12 @@ class Ingestor:
                 doc["data_json"] = json.dumps(event.get_data(), default=str)
                 new = self.store.insert_dead_letter(doc)
         except DocumentRejected as err:
-            return self.invalid([f"dead letter cannot be stored: {err}"], event=event,
-                                reason="dead_letter")
+            raise self.invalid(InvalidEvent([f"dead letter cannot be stored: {err}"]),
+                               event=event, reason="dead_letter") from None
         except StoreUnavailable as err:
-            return self.unavailable("dead_letter", err)
+            raise self.unavailable("dead_letter", err) from None
         self.metrics.dead_letters.labels("stored" if new else "duplicate").inc()
         log.warning("dead letter id=%r source=%r type=%r code=%r dest=%r", event.get_id(),
                     event.get_source(), event.get_type(), doc.get("knativeerrorcode"),
                     doc.get("knativeerrordest"))
-        return Outcome(200, {"status": "dead_letter" if new else "duplicate",
-                             "id": event.get_id()})
+        return {"status": "dead_letter" if new else "duplicate", "id": event.get_id()}

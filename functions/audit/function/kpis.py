@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from dataclasses import dataclass
 from typing import Mapping
 
 from . import rollup
@@ -21,6 +22,7 @@ UTC = dt.timezone.utc
 DEFAULT_WINDOW = dt.timedelta(hours=24)
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+FILTERS = ("function", "model", "service")  # query parameters a cell's key must equal
 
 
 class QueryError(ValueError):
@@ -51,19 +53,39 @@ def parse_bucket(raw: str) -> int:
     return int(m.group(1)) * _UNIT_S[m.group(2)]
 
 
-def parse_query(args: Mapping[str, str], now: dt.datetime) -> tuple[dict, dict]:
-    """(the `$match` filter, the echo of the window and filters) from query parameters."""
+@dataclass(frozen=True)
+class Query:
+    """What a KPI query asks for: the window ``[since, until)`` and the filters (``None`` when
+    not given)."""
+    since: dt.datetime
+    until: dt.datetime
+    function: str | None = None
+    model: str | None = None
+    service: str | None = None
+
+    def filters(self) -> dict[str, str]:
+        """The filters given, by name."""
+        return {k: getattr(self, k) for k in FILTERS if getattr(self, k) is not None}
+
+    def echo(self) -> dict:
+        """The window and filters as the answer repeats them."""
+        return {"since": _iso(self.since), "until": _iso(self.until), **self.filters()}
+
+    def counts(self, key: rollup.CellKey) -> bool:
+        """Whether the cell of ``key`` counts: it overlaps the window and equals the filters."""
+        return (key.start_s < self.until.timestamp()
+                and key.start_s + key.resolution_s > self.since.timestamp()
+                and all(getattr(key, k) == v for k, v in self.filters().items()))
+
+
+def parse_query(args: Mapping[str, str], now: dt.datetime) -> Query:
+    """The :class:`Query` of the query parameters (default window: the last 24 h to ``now``;
+    an empty filter is no filter)."""
     until = parse_time("until", args["until"]) if args.get("until") else now
     since = parse_time("since", args["since"]) if args.get("since") else until - DEFAULT_WINDOW
     if since >= until:
         raise QueryError("since must be before until")
-    match: dict = {"time": {"$gte": since, "$lt": until}}
-    echo = {"since": _iso(since), "until": _iso(until)}
-    for key in ("function", "model", "service"):
-        if args.get(key):
-            match[key] = args[key]
-            echo[key] = args[key]
-    return match, echo
+    return Query(since, until, **{k: args[k] for k in FILTERS if args.get(k)})
 
 
 def _iso(t: dt.datetime | float) -> str:
@@ -72,38 +94,38 @@ def _iso(t: dt.datetime | float) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def select(cells: Mapping, match: Mapping) -> tuple[list[tuple], dict]:
-    """The cells a query counts: overlapping its window and equal on its filters; and the
-    window those cells cover (``None`` bounds when there are none)."""
-    since, until = match["time"]["$gte"].timestamp(), match["time"]["$lt"].timestamp()
-    want = [(i, match[k]) for i, k in enumerate(("function", "model", "service")) if k in match]
-    chosen = [(key, cell) for key, cell in cells.items()
-              if key[3] < until and key[3] + key[4] > since
-              and all(key[i] == v for i, v in want)]
-    window = {"since": _iso(min(k[3] for k, _ in chosen)) if chosen else None,
-              "until": _iso(max(k[3] + k[4] for k, _ in chosen)) if chosen else None,
-              "coarsest_cell_s": max((k[4] for k, _ in chosen), default=None)}
+Chosen = list[tuple[rollup.CellKey, rollup.Cell]]
+
+
+def select(cells: rollup.Cells, query: Query) -> tuple[Chosen, dict]:
+    """The cells a query counts (:meth:`Query.counts`), and the window those cells cover
+    (``None`` bounds when there are none)."""
+    chosen = [(key, cell) for key, cell in cells.items() if query.counts(key)]
+    keys = [key for key, _ in chosen]
+    window = {"since": _iso(min(k.start_s for k in keys)) if keys else None,
+              "until": _iso(max(k.start_s + k.resolution_s for k in keys)) if keys else None,
+              "coarsest_cell_s": max((k.resolution_s for k in keys), default=None)}
     return chosen, window
 
 
-def summarize(chosen: list[tuple]) -> dict:
+def summarize(chosen: Chosen) -> dict:
     """KPIs per (function, model) plus a total."""
-    groups: dict[tuple[str, str], list] = {}
+    groups: dict[tuple[str, str], list[rollup.Cell]] = {}
     for key, cell in chosen:
-        groups.setdefault((key[0], key[1]), []).append(cell)
+        groups.setdefault((key.function, key.model), []).append(cell)
     return {"groups": [{"function": f, "model": m, **rollup.summary(cs)}
                        for (f, m), cs in sorted(groups.items())],
             "total": rollup.summary(c for _, c in chosen)}
 
 
-def timeseries(chosen: list[tuple], since: dt.datetime, until: dt.datetime,
+def timeseries(chosen: Chosen, since: dt.datetime, until: dt.datetime,
                bucket_s: int) -> dict:
     """Count, errors, p50 latency and tokens per bucket aligned to epoch multiples of
     ``bucket_s``; a cell goes to the bucket holding its start."""
     first = math.floor(since.timestamp() / bucket_s) * bucket_s
     buckets: dict[int, list] = {}
     for key, cell in chosen:
-        buckets.setdefault(max(first, key[3] // bucket_s * bucket_s), []).append(cell)
+        buckets.setdefault(max(first, key.start_s // bucket_s * bucket_s), []).append(cell)
     series = []
     start = first
     while start < until.timestamp():
@@ -117,5 +139,6 @@ def timeseries(chosen: list[tuple], since: dt.datetime, until: dt.datetime,
 
 
 def bucket_count(since: dt.datetime, until: dt.datetime, bucket_s: int) -> int:
+    """How many buckets :func:`timeseries` answers for the window."""
     first = math.floor(since.timestamp() / bucket_s) * bucket_s
     return max(0, math.ceil((until.timestamp() - first) / bucket_s))

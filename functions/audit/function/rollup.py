@@ -1,22 +1,33 @@
 """KPI rollup cells: what one group of events contributes to `/kpis`, mergeable and small.
 
-A *cell* holds the KPIs of the events of one (function, model, service) whose event time falls
-in one aligned interval ``[t, t + r)``: counts, token sums and log-bucket histograms of latency,
-time to first token and cold-start latency. Cells add up exactly (counts, sums) and their
-histograms merge exactly, so a rollup over a day is the same as the rollup of its minutes.
+A :class:`Cell` holds the KPIs of the events of one (function, model, service) whose event time
+falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its
+:class:`CellKey`: counts, token sums and log-bucket histograms of latency, time to first token
+and cold-start latency. Cells add up exactly (counts, sums) and their histograms merge exactly,
+so a rollup over a day is the same as the rollup of its minutes.
 
 Percentiles come from the histograms: bucket ``i`` holds values in ``[G**i, G**(i+1))`` with
 ``G = 2**(1/8)``, and a percentile is reported as the bucket's geometric middle, so it is within
-``G**0.5 - 1`` (4.4 %) of the nearest-rank value. Stored as JSON text in one field: FerretDB v1
-spends its time per field it decodes, and one string is one field.
+``G**0.5 - 1`` (4.4 %) of the nearest-rank value.
+
+Stored format (:func:`encode`, :func:`decode`; the one place that knows it): the cells of a
+document are JSON text in one field (FerretDB v1 spends its time per field it decodes, and one
+string is one field), a list of rows ``[function, model, service, start_s, resolution_s,
+{stored name: value}]``. The stored names stay the short ones the first version wrote (``n``,
+``e``, ``c``, ``pt``, ``ct``, ``tn``, ``ts``, ``hl``, ``ht``, ``hc``; each :class:`Cell` field
+declares its own, gathered in :data:`STORED_NAMES`): the text is read whole on every KPI query,
+short keys keep it compact, and documents written before the fields got words decode unchanged,
+so nothing persisted needs a migration. Python code uses only the field names; nothing outside
+this module sees a stored name.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
 import secrets
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 GAMMA = 2 ** (1 / 8)
 RELATIVE_ERROR = math.sqrt(GAMMA) - 1  # 0.044
@@ -24,9 +35,9 @@ _LOG_GAMMA = math.log(GAMMA)
 _MIN_INDEX, _MAX_INDEX = -200, 200  # 2**-25 s .. 2**25 s
 ZERO = "z"  # values <= 0 (or below the smallest bucket)
 MINUTE_S, HOUR_S, DAY_S = 60, 3600, 86400
-Key = tuple  # (function, model, service, start_s, resolution_s)
 
 
+# -- histograms ------------------------------------------------------------------------------
 def bucket_index(value: float) -> str:
     """The histogram bucket of a positive value (``"z"`` for zero and tiny values)."""
     if value <= 0:
@@ -54,93 +65,137 @@ def hist_percentile(hist: Mapping[str, int], p: float) -> float | None:
     return None  # unreachable: seen reaches total
 
 
+def _inc(hist: dict, value: float) -> None:
+    k = bucket_index(value)
+    hist[k] = hist.get(k, 0) + 1
+
+
+# -- cells -----------------------------------------------------------------------------------
+class CellKey(NamedTuple):
+    """Which events a cell counts: one (function, model, service) over one interval."""
+    function: str
+    model: str
+    service: str
+    start_s: int  # epoch seconds, a multiple of resolution_s
+    resolution_s: int  # the interval's length: MINUTE_S or HOUR_S
+
+    def coarsened(self, resolution_s: int) -> "CellKey":
+        """The key of the coarser cell (a multiple of this resolution) holding this one."""
+        return self._replace(start_s=self.start_s // resolution_s * resolution_s,
+                             resolution_s=resolution_s)
+
+
+def _stored(name: str, kind: type = int):
+    """A cell field, stored under the short key ``name`` (see the module docstring)."""
+    return dataclasses.field(default_factory=kind, metadata={"stored": name})
+
+
+@dataclasses.dataclass(slots=True)
+class Cell:
+    """The KPIs of the events of one :class:`CellKey`; histograms map bucket -> events."""
+    count: int = _stored("n")  # events
+    errors: int = _stored("e")  # events with `error` set
+    cold_starts: int = _stored("c")  # events with `cold_start: true`
+    prompt_tokens: int = _stored("pt")  # sum of `prompt_tokens`
+    completion_tokens: int = _stored("ct")  # sum of `completion_tokens`
+    tokens_per_s_count: int = _stored("tn")  # events that reported `tokens_per_s`
+    tokens_per_s_sum: float = _stored("ts", float)  # sum of their `tokens_per_s`
+    latency_hist: dict = _stored("hl", dict)  # `duration_s` of every event
+    ttft_hist: dict = _stored("ht", dict)  # `ttft_s` of the events that have one
+    cold_start_latency_hist: dict = _stored("hc", dict)  # `duration_s` of cold starts
+
+    def add_event(self, doc: Mapping) -> None:
+        """Count one stored event document (ingest.event_document's shape)."""
+        self.count += 1
+        self.errors += 1 if doc.get("error") else 0
+        self.prompt_tokens += int(_num(doc.get("prompt_tokens")) or 0)
+        self.completion_tokens += int(_num(doc.get("completion_tokens")) or 0)
+        duration = _num(doc.get("duration_s"))
+        if duration is not None:
+            _inc(self.latency_hist, duration)
+        ttft = _num(doc.get("ttft_s"))
+        if ttft is not None:
+            _inc(self.ttft_hist, ttft)
+        tps = _num(doc.get("tokens_per_s"))
+        if tps is not None:
+            self.tokens_per_s_count += 1
+            self.tokens_per_s_sum += tps
+        if doc.get("cold_start") is True:
+            self.cold_starts += 1
+            if duration is not None:
+                _inc(self.cold_start_latency_hist, duration)
+
+    def merge(self, other: "Cell") -> None:
+        """Add ``other`` to this cell (counts, sums and histograms)."""
+        for name in _SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in _HISTOGRAMS:
+            target = getattr(self, name)
+            for index, n in getattr(other, name).items():
+                target[index] = target.get(index, 0) + n
+
+
+_FIELDS = dataclasses.fields(Cell)
+STORED_NAMES = {f.name: f.metadata["stored"] for f in _FIELDS}  # field -> stored key
+_HISTOGRAMS = tuple(f.name for f in _FIELDS if f.default_factory is dict)
+_SUMS = tuple(f.name for f in _FIELDS if f.name not in _HISTOGRAMS)
+
+Cells = dict[CellKey, Cell]  # a set of cells, by key
+
+
 def _num(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
 
 
-def _new_cell() -> dict:
-    return {"n": 0, "e": 0, "c": 0, "pt": 0, "ct": 0, "tn": 0, "ts": 0.0,
-            "hl": {}, "ht": {}, "hc": {}}
-
-
-def _inc(hist: dict, value: float) -> None:
-    k = bucket_index(value)
-    hist[k] = hist.get(k, 0) + 1
-
-
 def _epoch(t) -> float:
     return t.timestamp() if isinstance(t, dt.datetime) else float(t)
 
 
-def cell_key(doc: Mapping, resolution_s: int) -> Key:
+def cell_key(doc: Mapping, resolution_s: int) -> CellKey:
     """The cell an event document belongs to at ``resolution_s``."""
     start = int(_epoch(doc["time"]) // resolution_s * resolution_s)
-    return (str(doc.get("function", "")), str(doc.get("model", "")),
-            str(doc.get("service", "")), start, resolution_s)
+    return CellKey(str(doc.get("function", "")), str(doc.get("model", "")),
+                   str(doc.get("service", "")), start, resolution_s)
 
 
-def add_event(cells: dict, doc: Mapping, resolution_s: int = MINUTE_S) -> None:
-    """Add one stored event document (ingest.event_document's shape) to ``cells``."""
-    c = cells.setdefault(cell_key(doc, resolution_s), _new_cell())
-    c["n"] += 1
-    c["e"] += 1 if doc.get("error") else 0
-    c["pt"] += int(_num(doc.get("prompt_tokens")) or 0)
-    c["ct"] += int(_num(doc.get("completion_tokens")) or 0)
-    d = _num(doc.get("duration_s"))
-    if d is not None:
-        _inc(c["hl"], d)
-    ttft = _num(doc.get("ttft_s"))
-    if ttft is not None:
-        _inc(c["ht"], ttft)
-    tps = _num(doc.get("tokens_per_s"))
-    if tps is not None:
-        c["tn"] += 1
-        c["ts"] += tps
-    if doc.get("cold_start") is True:
-        c["c"] += 1
-        if d is not None:
-            _inc(c["hc"], d)
+def add_event(cells: Cells, doc: Mapping, resolution_s: int = MINUTE_S) -> None:
+    """Add one stored event document to the cell of ``cells`` it belongs to."""
+    cells.setdefault(cell_key(doc, resolution_s), Cell()).add_event(doc)
 
 
-def merge_cell(into: dict, cell: Mapping) -> None:
-    """Add ``cell`` to ``into`` (counts, sums and histograms)."""
-    for k in ("n", "e", "c", "pt", "ct", "tn", "ts"):
-        into[k] += cell[k]
-    for h in ("hl", "ht", "hc"):
-        target = into[h]
-        for index, count in cell[h].items():
-            target[index] = target.get(index, 0) + count
-
-
-def merge(into: dict, cells: Mapping[Key, Mapping], resolution_s: int | None = None) -> dict:
+def merge(into: Cells, cells: Mapping[CellKey, Cell], resolution_s: int | None = None) -> Cells:
     """Add ``cells`` to ``into``, coarsened to ``resolution_s`` when given (it must be a
     multiple of each cell's resolution). Returns ``into``."""
-    for (f, m, s, start, res), cell in cells.items():
-        if resolution_s is not None and resolution_s != res:
-            start, res = start // resolution_s * resolution_s, resolution_s
-        merge_cell(into.setdefault((f, m, s, start, res), _new_cell()), cell)
+    for key, cell in cells.items():
+        if resolution_s is not None and resolution_s != key.resolution_s:
+            key = key.coarsened(resolution_s)
+        into.setdefault(key, Cell()).merge(cell)
     return into
 
 
-def encode(cells: Mapping[Key, Mapping]) -> str:
-    """Cells as compact JSON text (one BSON string field)."""
-    rows = [[f, m, s, start, res, c] for (f, m, s, start, res), c in sorted(cells.items())]
-    return json.dumps(rows, separators=(",", ":"))
-
-
-def decode(text: str) -> dict:
-    """The inverse of :func:`encode`."""
-    return {(f, m, s, start, res): c for f, m, s, start, res, c in json.loads(text)}
-
-
-def build(docs: Iterable[Mapping], resolution_s: int = MINUTE_S) -> dict:
+def build(docs: Iterable[Mapping], resolution_s: int = MINUTE_S) -> Cells:
     """Cells of many event documents."""
-    cells: dict = {}
+    cells: Cells = {}
     for doc in docs:
         add_event(cells, doc, resolution_s)
     return cells
+
+
+# -- stored format ---------------------------------------------------------------------------
+def encode(cells: Mapping[CellKey, Cell]) -> str:
+    """Cells as compact JSON text (one BSON string field), with the stored names."""
+    rows = [[*key, {stored: getattr(cell, name) for name, stored in STORED_NAMES.items()}]
+            for key, cell in sorted(cells.items())]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def decode(text: str) -> Cells:
+    """The inverse of :func:`encode`."""
+    return {CellKey(f, m, s, start, res):
+            Cell(**{name: values[stored] for name, stored in STORED_NAMES.items()})
+            for f, m, s, start, res, values in json.loads(text)}
 
 
 # -- batch ids -------------------------------------------------------------------------------
@@ -159,20 +214,23 @@ def batch_minute(batch_id: str) -> int:
     return int(batch_time_s(batch_id)) // MINUTE_S * MINUTE_S
 
 
-def summary(cells: Iterable[Mapping]) -> dict:
+# -- the `/kpis` numbers ---------------------------------------------------------------------
+def summary(cells: Iterable[Cell]) -> dict:
     """The `/kpis` numbers of merged cells."""
-    acc = _new_cell()
+    acc = Cell()
     for c in cells:
-        merge_cell(acc, c)
-    n = acc["n"]
+        acc.merge(c)
+    n = acc.count
     return {
-        "count": n, "errors": acc["e"], "error_rate": acc["e"] / n if n else 0.0,
-        "latency_s": {"p50": hist_percentile(acc["hl"], 0.5),
-                      "p95": hist_percentile(acc["hl"], 0.95),
-                      "p99": hist_percentile(acc["hl"], 0.99)},
-        "ttft_s": {"p50": hist_percentile(acc["ht"], 0.5),
-                   "p95": hist_percentile(acc["ht"], 0.95)},
-        "tokens_per_s_mean": acc["ts"] / acc["tn"] if acc["tn"] else None,
-        "completion_tokens": acc["ct"], "prompt_tokens": acc["pt"],
-        "cold_starts": {"count": acc["c"], "duration_p50_s": hist_percentile(acc["hc"], 0.5)},
+        "count": n, "errors": acc.errors, "error_rate": acc.errors / n if n else 0.0,
+        "latency_s": {"p50": hist_percentile(acc.latency_hist, 0.5),
+                      "p95": hist_percentile(acc.latency_hist, 0.95),
+                      "p99": hist_percentile(acc.latency_hist, 0.99)},
+        "ttft_s": {"p50": hist_percentile(acc.ttft_hist, 0.5),
+                   "p95": hist_percentile(acc.ttft_hist, 0.95)},
+        "tokens_per_s_mean": (acc.tokens_per_s_sum / acc.tokens_per_s_count
+                              if acc.tokens_per_s_count else None),
+        "completion_tokens": acc.completion_tokens, "prompt_tokens": acc.prompt_tokens,
+        "cold_starts": {"count": acc.cold_starts,
+                        "duration_p50_s": hist_percentile(acc.cold_start_latency_hist, 0.5)},
     }

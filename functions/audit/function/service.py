@@ -1,63 +1,43 @@
-"""The audit service: lifecycle, routes and metrics, free of any web framework.
+"""The audit service: lifecycle, recording, dead letters and KPI queries, free of HTTP.
 
-Both adapters (func-python's ASGI middleware in func.py, Flask in app.py) call
-:meth:`AuditService.post` with a decoded CloudEvent and :meth:`AuditService.get` with a path
-and query parameters, and copy the returned :class:`Response` out.
+``function.api`` maps HTTP onto it; errors are raised as ``APIError`` subclasses and mapped to
+HTTP in one place (``llmfn.errors``).
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
-                               generate_latest)
+from llmfn.errors import InvalidRequest
+from llmfn.metrics import HTTPMetrics
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from . import kpis
 from .commit import Committer
 from .compaction import CompactionAborted, Rollups
-from .ingest import Ingestor, Outcome
+from .ingest import Ingestor
 from .settings import AuditSettings
 from .store import AuditStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-EVENT_PATHS = ("/", "/events")
-DEAD_LETTER_PATH = "/dead-letter"
 _CONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def json(cls, status: int, body: dict, headers: Mapping[str, str] | None = None):
-        return cls(status, json.dumps(body).encode(), headers=dict(headers or {}))
-
-    @classmethod
-    def of(cls, outcome: Outcome) -> "Response":
-        return cls.json(outcome.status, outcome.body, outcome.headers)
+class InvalidQuery(InvalidRequest):
+    """A KPI query with a bad parameter (400)."""
+    code = "invalid_query"
 
 
-def _error(status: int, code: str, message: str, **headers: str) -> Response:
-    return Response.json(status, {"error": {"message": message, "type": "invalid_request_error"
-                                            if status < 500 else "service_unavailable",
-                                            "param": None, "code": code}}, headers)
-
-
-class AuditMetrics:
-    """Counters of the audit function on the app's own registry."""
+class AuditMetrics(HTTPMetrics):
+    """The audit function's counters, beside the requests every function counts."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = r = registry or CollectorRegistry()
+        super().__init__(registry)
+        r = self.registry
         self.received = Counter("audit_events_received_total", "events received by type",
                                 ["type"], registry=r)
         self.recorded = Counter("audit_events_recorded_total", "events stored for the first time",
@@ -66,8 +46,6 @@ class AuditMetrics:
                                   "redelivered events already stored", registry=r)
         self.invalid = Counter("audit_events_invalid_total", "events answered 400, by reason",
                                ["reason"], registry=r)
-        self.too_large = Counter("audit_requests_too_large_total", "bodies answered 413",
-                                 registry=r)
         self.db_errors = Counter("audit_db_errors_total", "database failures by operation",
                                  ["op"], registry=r)
         self.dead_letters = Counter("audit_dead_letters_total", "dead letters by result",
@@ -87,17 +65,17 @@ class AuditMetrics:
 class AuditService:
     """Records inference events, keeps dead letters and answers KPI queries."""
 
-    def __init__(self, settings: AuditSettings, *, store: AuditStore | None = None,
-                 registry: CollectorRegistry | None = None,
+    def __init__(self, settings: AuditSettings, *, retry_after_s: int = 2,
+                 store: AuditStore | None = None, metrics: AuditMetrics | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
         self.settings = settings
         self.store = store or AuditStore(settings)
-        self.metrics = AuditMetrics(registry)
+        self.metrics = metrics or AuditMetrics()
         self.clock = clock
         self.committer = Committer(self.store, settings, self.metrics, clock=clock)
         self.rollups = Rollups(self.store, settings, clock=clock)
         self.ingestor = Ingestor(self.store, self.metrics, self.committer,
-                                 retry_after_s=settings.retry_after_s,
+                                 retry_after_s=retry_after_s,
                                  wait_s=settings.kpi_timeout_s + 4 * settings.timeout_ms / 1000,
                                  clock=clock)
         self._stop = threading.Event()
@@ -173,56 +151,34 @@ class AuditService:
             self.metrics.db_errors.labels("prune").inc()
             log.warning("retention sweep failed (%s)", err)
 
-    # -- routes ----------------------------------------------------------------------------
-    def post(self, path: str, event, body_bytes: int | None) -> Response:
-        """POST of a decoded CloudEvent to `/` (record) or `/dead-letter` (keep)."""
-        if path not in EVENT_PATHS and path != DEAD_LETTER_PATH:
-            return _error(404, "not_found", "Unknown URL: no such route.")
-        if body_bytes is not None and body_bytes > self.settings.max_request_bytes:
-            return self.too_large()
-        if path == DEAD_LETTER_PATH:
-            return Response.of(self.ingestor.dead_letter(event))
-        return Response.of(self.ingestor.record(event))
+    # -- work ------------------------------------------------------------------------------
+    def record(self, event) -> dict:
+        """Record one inference event exactly once (by source and id)."""
+        return self.ingestor.record(event)
 
-    def too_large(self) -> Response:
-        self.metrics.too_large.inc()
-        return _error(413, "request_too_large",
-                      f"Request body is larger than {self.settings.max_request_bytes} bytes.")
+    def dead_letter(self, event) -> dict:
+        """Keep any event a Knative delivery gave up on."""
+        return self.ingestor.dead_letter(event)
 
-    def invalid(self, problems: list[str]) -> Response:
-        """An undecodable request (no CloudEvent): count and answer 400."""
-        return Response.of(self.ingestor.invalid(problems, reason="decode"))
+    def kpis(self, path: str, args: Mapping[str, str]) -> dict:
+        """``/kpis`` (totals and groups) or ``/kpis/timeseries`` (buckets) over a window."""
+        try:
+            return self._kpis(path, args)
+        except kpis.QueryError as err:
+            raise InvalidQuery(str(err)) from None
+        except StoreUnavailable as err:
+            raise self.ingestor.unavailable("query", err) from None
 
-    def get(self, path: str, args: Mapping[str, str]) -> Response:
-        """GET routes: health, metrics and KPI queries."""
-        if path == "/health/liveness":
-            ok, msg = self.alive()
-            return Response(200 if ok else 500, msg.encode(), "text/plain")
-        if path == "/health/readiness":
-            ok, msg = self.ready()
-            return Response(200 if ok else 503, msg.encode(), "text/plain")
-        if path == "/metrics":
-            return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
-        if path in ("/kpis", "/kpis/timeseries"):
-            try:
-                return self._kpis(path, args)
-            except kpis.QueryError as err:
-                return _error(400, "invalid_query", str(err))
-            except StoreUnavailable as err:
-                return Response.of(self.ingestor.unavailable("query", err))
-        return _error(404, "not_found", "Unknown URL: no such route.")
-
-    def _kpis(self, path: str, args: Mapping[str, str]) -> Response:
-        match, echo = kpis.parse_query(args, self.clock())
-        since, until = match["time"]["$gte"], match["time"]["$lt"]
+    def _kpis(self, path: str, args: Mapping[str, str]) -> dict:
+        query = kpis.parse_query(args, self.clock())
         if path == "/kpis/timeseries":
             bucket_s = kpis.parse_bucket(args.get("bucket") or "1m")
-            n = kpis.bucket_count(since, until, bucket_s)
+            n = kpis.bucket_count(query.since, query.until, bucket_s)
             if n > self.settings.kpi_max_buckets:
                 raise kpis.QueryError(f"{n} buckets exceed KPI_MAX_BUCKETS="
                                       f"{self.settings.kpi_max_buckets}; use a larger bucket")
         self.store.ping()  # a down database answers 503 at once, not after the read deadline
-        chosen, window = kpis.select(self.rollups.cells(), match)
+        chosen, window = kpis.select(self.rollups.cells(), query)
         out = (kpis.summarize(chosen) if path == "/kpis"
-               else kpis.timeseries(chosen, since, until, bucket_s))
-        return Response.json(200, {**echo, "window": window, **out})
+               else kpis.timeseries(chosen, query.since, query.until, bucket_s))
+        return {**query.echo(), "window": window, **out}

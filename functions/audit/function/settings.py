@@ -1,10 +1,25 @@
-"""Settings of the audit function, one frozen object built once from a mapping (cfg or environ)."""
+"""Settings of the audit function, one frozen object built once from a mapping (cfg or environ).
+
+HTTP limits (``MAX_REQUEST_BYTES``, ``RETRY_AFTER_S``, ``API_KEYS``, ``SHUTDOWN_GRACE_S``) are
+llmfn's ``ServerSettings``, shared with generate and embed; audit gives them its own defaults in
+:data:`DEFAULTS`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
 
 from llmfn.settings import build, setting
+
+FUNCTION = "audit"
+
+# Defaults of shared server settings for audit; the cfg mapping (or the environment) overrides.
+DEFAULTS = {
+    "FUNCTION_NAME": FUNCTION,
+    # Event deliveries wait for their database commit: many run at once (one commit's worth,
+    # INGEST_MAX_BATCH, with the default), none queue.
+    "QUEUE_SIZE": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -40,10 +55,6 @@ class AuditSettings:
     retention_sweep_s: float = setting("RETENTION_SWEEP_S", 3600.0,
                                        "interval of the retention sweep when the server has no "
                                        "TTL indexes, s", lo=1)
-    max_request_bytes: int = setting("MAX_REQUEST_BYTES", 1024 * 1024,
-                                     "largest accepted event body, bytes (larger: 413)", lo=1)
-    retry_after_s: int = setting("RETRY_AFTER_S", 2,
-                                 "Retry-After sent with 503 when the database is down, s", lo=0)
     kpi_max_buckets: int = setting("KPI_MAX_BUCKETS", 10_000,
                                    "buckets one timeseries query may return", lo=1)
 

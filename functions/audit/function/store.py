@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 KEY_SEP = "\x1f"  # ASCII unit separator: cannot appear in a URI-reference source
 NOT_IMPLEMENTED = 238  # MongoDB/FerretDB error code "NotImplemented"
 DUPLICATE_KEY = 11000
+BATCH_FIELD = "kb"  # on each event: the id of the commit that inserted it (commit.py)
 T = TypeVar("T")
 
 
@@ -72,7 +73,8 @@ class AuditStore:
         return self.client()[self.settings.database][self.settings.deadletter_collection]
 
     def kpi(self, name: str):
-        """A rollup collection: ``parts``, ``rollups``, ``ledger`` or ``locks`` (rollup.py)."""
+        """A rollup collection: ``parts``, ``rollups``, ``ledger`` or ``locks`` (compaction.py,
+        ledger.py)."""
         return self.client()[self.settings.database][self.settings.kpi_prefix + name]
 
     def close(self) -> None:
@@ -92,7 +94,7 @@ class AuditStore:
             ev.create_index([("time", pymongo.ASCENDING)], name="time")
             ev.create_index([("function", pymongo.ASCENDING), ("model", pymongo.ASCENDING),
                              ("time", pymongo.ASCENDING)], name="function_model_time")
-            ev.create_index([("kb", pymongo.ASCENDING)], name="batch", sparse=True)
+            ev.create_index([(BATCH_FIELD, pymongo.ASCENDING)], name="batch", sparse=True)
             self.dead_letters.create_index([("received_at", pymongo.ASCENDING)],
                                            name="received_at")
             if self.settings.retention_days > 0:
@@ -177,13 +179,12 @@ class AuditStore:
     def events_of_batch(self, batch_id: str) -> list[dict]:
         """The events one commit inserted (a scan on FerretDB v1: used only to recover a
         commit that stopped between its two writes)."""
-        return self._call(lambda: list(self.events.find({"kb": batch_id})),
+        return self._call(lambda: list(self.events.find({BATCH_FIELD: batch_id})),
                           self.settings.kpi_timeout_s)
 
-    def push_ledger(self, _id: str, ids: list[str]) -> None:
-        """Append a generation of part ids to a ledger document (rare: late parts)."""
-        self._call(lambda: self.kpi("ledger").update_one({"_id": _id},
-                                                        {"$push": {"gens": {"ids": ids}}}))
+    def update(self, collection, _id: str, update: dict) -> None:
+        """Apply ``update`` to one document by ``_id`` (a scan on FerretDB v1: rare use)."""
+        self._call(lambda: collection.update_one({"_id": _id}, update))
 
     def insert_dead_letter(self, doc: dict) -> bool:
         return self.insert(self.dead_letters, doc)

@@ -1,11 +1,12 @@
-"""WSGI entry point for gunicorn: `gunicorn -c llmfn/gunicorn_conf.py function.wsgi:app`.
+"""The gunicorn entry point: ``gunicorn -c llmfn/gunicorn_conf.py function.wsgi:app``.
 
-Imported in the worker (gunicorn_conf has preload_app = False); the MongoClient is created
-on the first request, after fork.
+Imported in the worker (no preload), so the MongoClient is created after fork; connecting runs
+in the background and /health/readiness reports it.
 """
 from llmfn.settings import environ_copy
 
-from .app import create_app
-from .settings import AuditSettings
+from .func import create_runtime
 
-app = create_app(AuditSettings.from_mapping(environ_copy()))
+runtime = create_runtime(environ_copy())
+runtime.start()
+app = runtime.app

@@ -20,10 +20,12 @@ def test_parse_time_rfc3339_and_epoch():
 
 
 def test_parse_query_defaults_to_last_24h_and_filters():
-    match, echo = kpis.parse_query({"model": "m", "function": "", "service": "s"}, NOW)
-    assert match["time"] == {"$gte": NOW - dt.timedelta(hours=24), "$lt": NOW}
-    assert match["model"] == "m" and match["service"] == "s" and "function" not in match
-    assert echo["until"] == "2026-01-02T12:00:00Z"
+    query = kpis.parse_query({"model": "m", "function": "", "service": "s"}, NOW)
+    assert (query.since, query.until) == (NOW - dt.timedelta(hours=24), NOW)
+    assert query.model == "m" and query.service == "s" and query.function is None
+    assert query.filters() == {"model": "m", "service": "s"}
+    assert query.echo() == {"since": "2026-01-01T12:00:00Z", "until": "2026-01-02T12:00:00Z",
+                            "model": "m", "service": "s"}
     with pytest.raises(kpis.QueryError, match="before"):
         kpis.parse_query({"since": "2026-01-03T00:00:00Z"}, NOW)
 
@@ -49,7 +51,7 @@ def _row(i, **kw):
 
 
 def _query(**args):
-    return kpis.parse_query(args, NOW)[0]
+    return kpis.parse_query(args, NOW)
 
 
 def test_summarize_groups_and_total():
@@ -77,12 +79,12 @@ def test_summarize_groups_and_total():
 def test_select_filters_and_window_overlap():
     cells = rollup.build([_row(30), _row(90, model="x"), _row(3000, service="other")])
     chosen, _ = kpis.select(cells, _query(model="m"))
-    assert sum(c["n"] for _, c in chosen) == 2
+    assert sum(c.count for _, c in chosen) == 2
     chosen, _ = kpis.select(cells, _query(service="other"))
-    assert sum(c["n"] for _, c in chosen) == 1
+    assert sum(c.count for _, c in chosen) == 1
     # a cell overlapping the window's start counts whole: the window says so
     chosen, window = kpis.select(cells, _query(since="2026-01-02T11:59:30Z"))
-    assert sum(c["n"] for _, c in chosen) == 1 and window["since"] == "2026-01-02T11:59:00Z"
+    assert sum(c.count for _, c in chosen) == 1 and window["since"] == "2026-01-02T11:59:00Z"
     assert kpis.select(cells, _query(since="2026-01-02T12:00:00Z",
                                      until="2026-01-02T12:05:00Z"))[1]["since"] is None
 

@@ -1,18 +1,26 @@
-"""Service and adapters without a database: a closed port stands for a database that is down."""
-import asyncio
+"""audit without a database: a closed port stands for a database that is down.
+
+The app is driven through Flask's test client and through func-python's own ASGI application
+(`func_python.http`, as `func deploy` serves `invoke: http`) on Hypercorn.
+"""
+import datetime as dt
 import json
 import socket
 import threading
 
-from cloudevents.core.v1.event import CloudEvent
+import httpx
+import pytest
+from func_python.http import ASGIApplication
 from llmfn.events import INFERENCE_COMPLETED
 
 from audit_function import new
-from audit_function.app import create_app
+from audit_function.func import create_runtime
 from audit_function.service import AuditService
 from audit_function.settings import AuditSettings
+from tests.support.audit import encode, inference_data, make_event
+from tests.support.hypercorn_thread import hypercorn_server
 
-from test_audit_ingest import data  # noqa: E402
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
 
 def closed_port() -> int:
@@ -21,11 +29,11 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def settings(**kw):
-    env = {"MONGODB_URI": f"mongodb://127.0.0.1:{closed_port()}/", "MONGODB_TIMEOUT_MS": "100",
+def env(**kw) -> dict[str, str]:
+    cfg = {"MONGODB_URI": f"mongodb://127.0.0.1:{closed_port()}/", "MONGODB_TIMEOUT_MS": "100",
            "MAX_REQUEST_BYTES": "4096", "RETRY_AFTER_S": "3"}
-    env.update(kw)
-    return AuditSettings.from_mapping(env)
+    cfg.update(kw)
+    return cfg
 
 
 def headers(**kw):
@@ -35,19 +43,29 @@ def headers(**kw):
     return h
 
 
-def test_flask_database_down_is_503_with_retry_after():
-    client = create_app(settings()).test_client()
-    r = client.post("/", headers=headers(), data=json.dumps(data()))
+@pytest.fixture
+def client():
+    rt = create_runtime(env())
+    rt.start()
+    yield rt.app.test_client()
+    rt.stop()
+
+
+def test_database_down_is_503_with_retry_after(client):
+    r = client.post("/", headers=headers(), data=json.dumps(inference_data(1, NOW)))
     assert r.status_code == 503 and r.headers["Retry-After"] == "3"
-    assert r.json["error"]["code"] == "database_unavailable"
+    assert r.json["error"] == {"message": "The event store is unavailable; retry.",
+                               "type": "service_unavailable", "param": None,
+                               "code": "database_unavailable"}
     assert client.get("/health/liveness").status_code == 200
-    assert client.get("/health/readiness").status_code == 503
-    assert client.get("/kpis").status_code == 503
-    assert b"audit_db_errors_total" in client.get("/metrics").data
+    r = client.get("/health/readiness")
+    assert r.status_code == 500 and r.text == "waiting for the database"
+    r = client.get("/kpis")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "3"
+    assert 'audit_db_errors_total{op="commit"} 1.0' in client.get("/metrics").text
 
 
-def test_flask_rejections_do_not_need_the_database():
-    client = create_app(settings()).test_client()
+def test_rejections_do_not_need_the_database(client):
     assert client.post("/", headers=headers(), data="x" * 5000).status_code == 413
     r = client.post("/", headers={"content-type": "text/plain"}, data="hi")
     assert r.status_code == 400 and r.json["error"]["code"] == "invalid_event"
@@ -55,46 +73,63 @@ def test_flask_rejections_do_not_need_the_database():
     assert r.status_code == 400 and "duration_s is missing" in r.json["error"]["message"]
     r = client.post("/", headers=headers(**{"content-type": "text/plain"}), data="hello")
     assert r.status_code == 400 and "datacontenttype" in r.json["error"]["message"]
-    assert client.get("/kpis?since=garbage").status_code == 400
+    r = client.post("/", headers={"content-type": "application/cloudevents-batch+json"},
+                    data="[]")
+    assert r.status_code == 400 and "batch mode" in r.json["error"]["message"]
+    r = client.get("/kpis?since=garbage")
+    assert r.status_code == 400 and r.json["error"]["code"] == "invalid_query"
     assert client.get("/kpis/timeseries?bucket=1s&since=0").status_code == 400
-    assert client.get("/nope").status_code == 404
-    metrics = client.get("/metrics").data.decode()
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json["error"]["code"] == "not_found"
+    assert client.put("/").status_code == 405
+    metrics = client.get("/metrics").text
     assert 'audit_events_invalid_total{reason="data"} 2.0' in metrics
-    assert "audit_requests_too_large_total 1.0" in metrics
+    assert 'audit_events_invalid_total{reason="decode"} 2.0' in metrics
+    assert 'llmfn_requests_total{route="/",status="413"} 1.0' in metrics
 
 
-def _asgi(fn, method, path, event=None, query=b"", body_len=None):
-    scope = {"type": "http", "method": method, "path": path, "query_string": query,
-             "headers": [] if body_len is None else [(b"content-length", str(body_len).encode())]}
-    if event is not None:
-        scope["event"] = event
-    sent = []
-
-    async def send(msg):
-        sent.append(msg)
-
-    asyncio.run(fn.handle(scope, None, send))
-    return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
-
-
-def test_func_contract_routes_by_method_and_path():
-    fn = new()
-    assert fn.ready() == (False, "not started")
-    fn.start({"MONGODB_URI": f"mongodb://127.0.0.1:{closed_port()}/",
-              "MONGODB_TIMEOUT_MS": "100", "MAX_REQUEST_BYTES": "100"})
+def test_api_keys_guard_kpis_but_not_events():
+    """The Broker sends no bearer key: event routes stay open when API_KEYS is set."""
+    rt = create_runtime(env(API_KEYS="k1"))
+    client = rt.app.test_client()
     try:
-        assert fn.alive() == (True, "OK") and fn.ready()[0] is False
-        ev = CloudEvent({"type": INFERENCE_COMPLETED, "source": "/s", "id": "1",
-                         "datacontenttype": "application/json"}, data())
-        status, hdrs, _ = _asgi(fn, "POST", "/", ev)
-        assert status == 503 and hdrs[b"retry-after"] == b"2"
-        assert _asgi(fn, "POST", "/", ev, body_len=101)[0] == 413
-        assert _asgi(fn, "GET", "/kpis", ev, query=b"since=bad")[0] == 400
-        assert _asgi(fn, "GET", "/metrics", ev)[0] == 200
-        assert _asgi(fn, "PUT", "/", ev)[0] == 405
-        assert _asgi(fn, "POST", "/elsewhere", ev)[0] == 404
+        assert client.get("/kpis").status_code == 401
+        assert client.get("/kpis?since=bad", headers={"Authorization": "Bearer k1"}
+                          ).status_code == 400
+        assert client.post("/", headers={"content-type": "text/plain"}, data="x"
+                           ).status_code == 400
+        assert client.post("/dead-letter", headers={"content-type": "text/plain"}, data="x"
+                           ).status_code == 400
+        assert client.get("/health/liveness").status_code == 200
+        assert client.get("/metrics").status_code == 200
     finally:
-        fn.stop()
+        rt.stop()
+
+
+def test_func_python_serves_plain_gets_and_events():
+    """As `func deploy` serves `invoke: http`: func-python's ASGI app around `new()`."""
+    app = ASGIApplication(new())
+    with hypercorn_server(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        assert c.get("/health/liveness").text == "OK"
+        r = c.get("/health/readiness")
+        assert r.status_code == 500 and r.text == "waiting for the database"
+        r = c.get("/kpis")  # no ce-* headers: reaches the function
+        assert r.status_code == 503 and r.headers["retry-after"] == "2"
+        assert r.json()["error"]["code"] == "database_unavailable"
+        assert c.get("/kpis?since=bad").json()["error"]["code"] == "invalid_query"
+        for mode in ("binary", "structured"):
+            h, body = encode(make_event(1, NOW), mode)
+            r = c.post("/", headers=h, content=body)
+            assert r.status_code == 503 and r.headers["retry-after"] == "2", mode
+        h, body = encode(make_event(1, NOW), "binary")
+        r = c.post("/", headers={**h, "ce-type": "com.example.other"}, content=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_event"
+        r = c.post("/", headers=h, content=b"x" * (2 << 20))
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert c.put("/").status_code == 405
+        metrics = c.get("/metrics").text
+        assert 'llmfn_requests_total{route="bridge",status="413"} 1.0' in metrics
+        assert 'audit_db_errors_total{op="query"} 1.0' in metrics
 
 
 def test_service_start_and_stop_are_idempotent():
@@ -103,7 +138,7 @@ def test_service_start_and_stop_are_idempotent():
         return [t for t in threading.enumerate() if t.name == "audit-store" and t.is_alive()]
 
     before = len(store_threads())
-    svc = AuditService(settings())
+    svc = AuditService(AuditSettings.from_mapping(env()))
     svc.start()
     svc.start()
     assert len(store_threads()) - before <= 1  # it may have connected and ended already

@@ -9,19 +9,20 @@ from __future__ import annotations
 import base64
 import logging
 import time
-import uuid
 
 import numpy as np
 from flask import Flask, jsonify
 
+from llmfn import event_requests
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, NotReady, internal_error
-from llmfn.runtime import Runtime
+from llmfn.origin import Origin, current_origin
+from llmfn.model_runtime import Runtime
 from llmfn.webapp import json_body
 
 from . import schema
 from .batcher import Batcher
 from .engine import Embedder
-from .settings import EmbedSettings
+from .settings import FUNCTION, EmbedSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def register(app: Flask, runtime: Runtime, *, embed: EmbedSettings) -> Batcher:
                       registry=runtime.metrics.registry)
     api = EmbeddingsAPI(runtime, batcher, embed)
     app.add_url_rule(ENDPOINT, "embeddings", api.embeddings, methods=["POST"])
+    event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
     return batcher
 
 
@@ -56,7 +58,7 @@ class EmbeddingsAPI:
 
     def embeddings(self):
         t0 = time.perf_counter()
-        rid = uuid.uuid4().hex
+        origin = current_origin()
         req, seqs, cold = None, None, False
         try:
             engine = self._engine()
@@ -72,7 +74,7 @@ class EmbeddingsAPI:
             except Exception:  # the model call failed: logged by the batcher
                 raise internal_error() from None
         except APIError as err:
-            self._event(rid, t0, req, seqs, status=err.status, error_code=err.code, cold=cold)
+            self._event(origin, t0, req, seqs, status=err.status, error_code=err.code, cold=cold)
             raise
         body = {"object": "list",
                 "data": [{"object": "embedding", "index": i,
@@ -81,8 +83,8 @@ class EmbeddingsAPI:
                 "model": self.rt.host.model_id,
                 "usage": {"prompt_tokens": _count(seqs), "total_tokens": _count(seqs)}}
         resp = jsonify(body)
-        resp.headers["X-Request-Id"] = rid
-        self._event(rid, t0, req, seqs, status=200, error_code=None, cold=cold)
+        resp.headers["X-Request-Id"] = origin.rid
+        self._event(origin, t0, req, seqs, status=200, error_code=None, cold=cold)
         return resp
 
     def _sequences(self, engine: Embedder, req: schema.Request) -> list[list[int]]:
@@ -106,13 +108,13 @@ class EmbeddingsAPI:
                 seqs[i] = engine.truncate(seq)
         return seqs
 
-    def _event(self, rid: str, t0: float, req, seqs, *, status: int, error_code: str | None,
+    def _event(self, origin: Origin, t0: float, req, seqs, *, status: int, error_code: str | None,
                cold: bool) -> None:
         count = len(req.inputs) if req is not None else 0
         texts = (req.inputs if req is not None and not req.tokens_given else None)
         if status == 200:
             self.rt.metrics.prompt_tokens.labels(model=self.rt.host.model_id).inc(_count(seqs))
-        self.rt.emit_inference(rid, endpoint=ENDPOINT, status=status, error_code=error_code,
+        self.rt.emit_inference(origin, endpoint=ENDPOINT, status=status, error_code=error_code,
                                prompt_tokens=_count(seqs) if seqs else 0, input_count=count,
                                duration_s=time.perf_counter() - t0, cold_start=cold,
                                finish_reason=None if status == 200 else "error",

@@ -4,12 +4,12 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
-
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 from tests.support.eventsink import running_receiver  # noqa: E402
 

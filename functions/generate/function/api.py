@@ -10,19 +10,20 @@ import json
 import logging
 import queue
 import time
-import uuid
 from typing import Iterator
 
 from flask import Flask, Response, jsonify, request
 
+from llmfn import event_requests
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, NotReady, internal_error
-from llmfn.runtime import Runtime
+from llmfn.origin import Origin, current_origin
+from llmfn.model_runtime import Runtime
 from llmfn.webapp import check_model, json_body
 
 from . import schema
 from .engine import Engine
 from .scheduler import Generation, Outcome, Scheduler
-from .settings import GenerateSettings
+from .settings import FUNCTION, GenerateSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def register(app: Flask, runtime: Runtime, *, gen: GenerateSettings) -> Schedule
     api = GenerateAPI(runtime, scheduler)
     app.add_url_rule("/v1/completions", "completions", api.completions, methods=["POST"])
     app.add_url_rule("/v1/chat/completions", "chat_completions", api.chat, methods=["POST"])
+    event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
     return scheduler
 
 
@@ -63,7 +65,7 @@ class GenerateAPI:
 
     def _serve(self, *, chat: bool):
         t0 = time.perf_counter()
-        rid = uuid.uuid4().hex
+        origin = current_origin()
         stream = False
         try:
             engine = self._engine()
@@ -86,10 +88,10 @@ class GenerateAPI:
             job = self.scheduler.submit(Generation(
                 tokens, req.params, t0=t0, disconnected=request.environ.get("llmfn.disconnected")))
         except APIError as err:
-            self._event(rid, t0, status=err.status, error_code=err.code, stream=stream)
+            self._event(origin, t0, status=err.status, error_code=err.code, stream=stream)
             raise
         cold = self.rt.host.take_cold_start()
-        call = _Call(rid=rid, t0=t0, chat=chat, req=req, prompt_tokens=len(tokens), job=job,
+        call = _Call(origin=origin, t0=t0, chat=chat, req=req, prompt_tokens=len(tokens), job=job,
                      cold=cold, model=self.rt.host.model_id)
         if self.rt.settings.events.include_text:
             call.prompt_text = _prompt_text(engine, req, tokens)
@@ -99,7 +101,7 @@ class GenerateAPI:
             resp.headers["X-Accel-Buffering"] = "no"
         else:
             resp = self._json(call)
-        resp.headers["X-Request-Id"] = rid
+        resp.headers["X-Request-Id"] = origin.rid
         return resp
 
     @staticmethod
@@ -205,7 +207,7 @@ class GenerateAPI:
         if call.req.stream:
             m.request_duration.labels(route=request_route(call)).observe(duration)
         self.rt.emit_inference(
-            call.rid, endpoint=request_route(call), status=status, error_code=error_code,
+            call.origin, endpoint=request_route(call), status=status, error_code=error_code,
             prompt_tokens=call.prompt_tokens,
             completion_tokens=outcome.completion_tokens if outcome else 0,
             ttft_s=outcome.ttft_s if outcome else None, duration_s=duration,
@@ -214,9 +216,9 @@ class GenerateAPI:
             cold_start=call.cold, stream=call.req.stream,
             prompt=call.prompt_text, output=outcome.text if outcome else None)
 
-    def _event(self, rid: str, t0: float, *, status: int, error_code: str | None,
+    def _event(self, origin: Origin, t0: float, *, status: int, error_code: str | None,
                stream: bool) -> None:
-        self.rt.emit_inference(rid, endpoint=request.path, status=status, error_code=error_code,
+        self.rt.emit_inference(origin, endpoint=request.path, status=status, error_code=error_code,
                                duration_s=time.perf_counter() - t0, finish_reason="error",
                                stream=stream)
 
@@ -237,11 +239,12 @@ def _sse_error(err: APIError) -> bytes:
 class _Call:
     """The state of one admitted request while it is answered."""
 
-    def __init__(self, *, rid, t0, chat, req, prompt_tokens, job: Generation, cold, model):
-        self.rid, self.t0, self.chat, self.req = rid, t0, chat, req
+    def __init__(self, *, origin: Origin, t0, chat, req, prompt_tokens, job: Generation, cold,
+                 model):
+        self.origin, self.t0, self.chat, self.req = origin, t0, chat, req
+        self.rid, self.created = origin.rid, origin.created
         self.prompt_tokens, self.job = prompt_tokens, job
         self.cold, self.model = cold, model
-        self.created = int(time.time())
         self.prompt_text: str | None = None  # only with EVENTS_INCLUDE_TEXT
 
     def _head(self, *, stream: bool) -> dict:

@@ -5,7 +5,7 @@ import functools
 from typing import Mapping
 
 from llmfn.function import LLMFunction
-from llmfn.runtime import Runtime
+from llmfn.model_runtime import Runtime
 from llmfn.settings import Settings
 
 from . import api

@@ -52,13 +52,18 @@ def client(runtime):
     return runtime.app.test_client()
 
 
-def hold_first_step(scheduler, release) -> None:
-    """Hold ``scheduler`` before its first step until ``release`` is set: its engine getter is
-    an injected collaborator, called once when the first request arrives."""
-    get = scheduler._get_engine
+@pytest.fixture
+def hold_first_step():
+    """``hold_first_step(scheduler, release)``: hold ``scheduler`` before its first step until
+    ``release`` is set (its engine getter is an injected collaborator, called once when the
+    first request arrives)."""
+    def hold(scheduler, release) -> None:
+        get = scheduler._get_engine
 
-    def held():
-        assert release.wait(60), "the test never released the scheduler"
-        return get()
+        def held():
+            assert release.wait(60), "the test never released the scheduler"
+            return get()
 
-    scheduler._get_engine = held
+        scheduler._get_engine = held
+
+    return hold

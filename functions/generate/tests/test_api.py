@@ -5,7 +5,6 @@ import json
 import threading
 
 import pytest
-from conftest import hold_first_step
 from function.engine import Params
 from function.scheduler import Generation
 
@@ -190,7 +189,7 @@ def test_not_ready_is_503_with_retry_after(make_runtime, tmp_path):
     assert c.get("/health/liveness").status_code == 500  # failed for good: restart the pod
 
 
-def test_queue_full_is_429_with_retry_after(make_runtime):
+def test_queue_full_is_429_with_retry_after(make_runtime, hold_first_step):
     """SLOTS=1, QUEUE_SIZE=1: with the scheduler held before its first step, one request takes
     the slot, one waits; the next gets 429."""
     rt = make_runtime(SLOTS=1, QUEUE_SIZE=1, RETRY_AFTER_S=3)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hold_first_step  # functions/generate/tests/conftest.py
-
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 from tests.support.eventsink import running_receiver  # noqa: E402
 
@@ -74,7 +73,7 @@ def test_stream_chunk_structure(client):
     assert len(content) == 4  # one chunk per token for this byte-level model
 
 
-def test_heartbeat_comment_while_waiting(make_runtime):
+def test_heartbeat_comment_while_waiting(make_runtime, hold_first_step):
     rt = make_runtime(SSE_HEARTBEAT_S=0.05)
     release = threading.Event()
     hold_first_step(rt.service, release)

@@ -210,9 +210,10 @@ class WSGIBridge:
     """ASGI 3 app serving a WSGI app on a bounded thread pool, streaming, disconnect-aware."""
 
     def __init__(self, app: Callable, *, max_workers: int = 16, max_body_bytes: int | None = None,
-                 retry_after_s: int = 2):
+                 retry_after_s: int = 2, on_reject: Callable[[int], None] | None = None):
         """``max_workers``: requests run at once; ``max_body_bytes``: 413 beyond (None: no cap);
-        ``retry_after_s``: the Retry-After of the 503 answered once shutting down."""
+        ``retry_after_s``: the Retry-After of the 503 answered once shutting down;
+        ``on_reject(status)``: called for each answer the bridge gives without the app."""
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
         if max_body_bytes is not None and max_body_bytes < 0:
@@ -221,6 +222,7 @@ class WSGIBridge:
         self.max_workers = max_workers
         self.max_body_bytes = max_body_bytes
         self.retry_after_s = retry_after_s
+        self._on_reject = on_reject
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="wsgi")
         self._active: set[_Request] = set()
         self._lock = threading.Lock()
@@ -246,14 +248,14 @@ class WSGIBridge:
                 fut = self._pool.submit(self._run, environ, req)
         if fut is None:
             body.close()
-            await _send_error(send, ShuttingDown(self.retry_after_s))
+            await self._reject(send, ShuttingDown(self.retry_after_s))
             return
         watcher = asyncio.create_task(self._watch(receive, req))
         try:
             await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
             if fut.cancelled() and not asyncio.current_task().cancelling():
-                await _send_error(send, ShuttingDown(self.retry_after_s))  # still queued at shutdown()
+                await self._reject(send, ShuttingDown(self.retry_after_s))  # queued at shutdown()
                 return
             req.disconnect()  # the server cancelled us: the worker stops within one chunk
             raise
@@ -277,6 +279,12 @@ class WSGIBridge:
             req.disconnect()
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
+    async def _reject(self, send: Callable, err: APIError, *, close: bool = False) -> None:
+        """Answer ``err`` without running the app, and count it."""
+        if self._on_reject is not None:
+            self._on_reject(err.status)
+        await _send_error(send, err, close=close)
+
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         """Acknowledge startup/shutdown when served directly (func-python handles its own)."""
         for _ in range(2):
@@ -294,8 +302,8 @@ class WSGIBridge:
             for name, value in scope.get("headers", []):
                 if name.lower() == b"content-length" and value.strip().isdigit() \
                         and int(value) > limit:
-                    await _send_error(send, RequestTooLarge("Request body is too large."),
-                                      close=True)
+                    await self._reject(send, RequestTooLarge("Request body is too large."),
+                                       close=True)
                     return None
         body = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         size = 0
@@ -310,7 +318,8 @@ class WSGIBridge:
             size += len(chunk)
             if limit is not None and size > limit:
                 body.close()
-                await _send_error(send, RequestTooLarge("Request body is too large."), close=True)
+                await self._reject(send, RequestTooLarge("Request body is too large."),
+                                   close=True)
                 return None
             body.write(chunk)
             if not message.get("more_body", False):

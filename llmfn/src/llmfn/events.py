@@ -205,6 +205,8 @@ class _Pending:
     id: str
     subject: str | None
     time: datetime
+    source: str | None = None  # None: the emitter's own
+    extensions: tuple[tuple[str, str], ...] = ()
 
 
 _STOP = object()
@@ -249,10 +251,16 @@ class EventEmitter:
             self._thread.start()
 
     def emit(self, event_type: str, data: dict[str, Any], *, id: str | None = None,
-             subject: str | None = None) -> bool:
-        """Queue an event; False if disabled, closed or the queue is full (never blocks)."""
+             subject: str | None = None, source: str | None = None,
+             extensions: dict[str, str] | None = None) -> bool:
+        """Queue an event; False if disabled, closed or the queue is full (never blocks).
+
+        ``source`` replaces this process's own; ``extensions`` (e.g. ``traceparent``) are added
+        to those of ``K_CE_OVERRIDES``.
+        """
         item = _Pending(event_type, dict(data), id or uuid.uuid4().hex, subject or None,
-                        datetime.now(timezone.utc))
+                        datetime.now(timezone.utc), source,
+                        tuple(sorted((extensions or {}).items())))
         with self._cond:
             if not self.enabled or self._closed:
                 return False
@@ -266,10 +274,14 @@ class EventEmitter:
             self._pending += 1
         return True
 
-    def emit_inference(self, record: InferenceRecord) -> bool:
-        """Emit ``record`` as INFERENCE_COMPLETED: id = request id, subject = model."""
+    def emit_inference(self, record: InferenceRecord, *, id: str | None = None,
+                       source: str | None = None,
+                       extensions: dict[str, str] | None = None) -> bool:
+        """Emit ``record`` as INFERENCE_COMPLETED: id = ``id`` or the request id, subject =
+        model; ``source`` and ``extensions`` as in :meth:`emit`."""
         return self.emit(INFERENCE_COMPLETED, record.to_data(self.settings.include_text),
-                         id=record.request_id, subject=record.model)
+                         id=id or record.request_id, subject=record.model, source=source,
+                         extensions=extensions)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued event is delivered or given up; False at the deadline."""
@@ -335,9 +347,10 @@ class EventEmitter:
                 self._done()
 
     def _message(self, item: _Pending) -> HTTPMessage:
-        attributes: dict[str, Any] = {**self.extensions, "type": item.event_type,
-                                      "source": self.source, "id": item.id, "time": item.time,
-                                      "datacontenttype": "application/json"}
+        attributes: dict[str, Any] = {**self.extensions, **dict(item.extensions),
+                                      "type": item.event_type,
+                                      "source": item.source or self.source, "id": item.id,
+                                      "time": item.time, "datacontenttype": "application/json"}
         if item.subject:
             attributes["subject"] = item.subject
         return to_binary_event(CloudEvent(attributes, item.data))

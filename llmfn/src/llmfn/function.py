@@ -1,7 +1,9 @@
 """The Knative Functions (func-python) contract: the object ``function.new()`` returns.
 
-func-python calls ``start(cfg)`` before it listens, ``handle`` for every request but
-``/health/*``, ``ready()``/``alive()`` for the probes and ``stop()`` on shutdown.
+All three functions use it with ``invoke: http``: func-python serves ``/health/*`` itself
+(calling ``alive()``/``ready()``) and hands every other request, GETs included, to ``handle``,
+which runs the runtime's Flask app on a WSGI->ASGI bridge. CloudEvents are decoded by the app
+(``llmfn.ce_http``), not by func-python's cloudevent middleware.
 """
 from __future__ import annotations
 
@@ -9,30 +11,29 @@ import logging
 from typing import Callable, Mapping
 
 from .asgi import WSGIBridge
-from .runtime import Runtime
+from .runtime import BaseRuntime
 
 log = logging.getLogger(__name__)
 
 
 class LLMFunction:
-    """A func-python function instance backed by a Runtime and a WSGI->ASGI bridge."""
+    """A func-python function instance backed by a runtime and a WSGI->ASGI bridge."""
 
-    def __init__(self, create_runtime: Callable[[Mapping[str, str]], Runtime]):
+    def __init__(self, create_runtime: Callable[[Mapping[str, str]], BaseRuntime]):
         self._create_runtime = create_runtime
-        self.runtime: Runtime | None = None
+        self.runtime: BaseRuntime | None = None
         self._bridge: WSGIBridge | None = None
 
     def start(self, cfg: Mapping[str, str]) -> None:
-        """Called once before the server listens: read config, start loading, return at once."""
-        self.runtime = self._create_runtime(cfg)
-        # one thread per running and waiting request, plus probes and metrics
-        running = getattr(self.runtime.service, "capacity", 1)
-        self._bridge = WSGIBridge(self.runtime.app,
-                                  max_workers=self.runtime.settings.server.queue_size + running
-                                  + 16,
-                                  max_body_bytes=self.runtime.settings.server.max_request_bytes,
-                                  retry_after_s=self.runtime.settings.server.retry_after_s)
-        self.runtime.start()
+        """Called once at ASGI lifespan startup, before the server listens, with the
+        environment as ``cfg``: read config, start background work, return at once."""
+        self.runtime = rt = self._create_runtime(cfg)
+        count = rt.metrics.requests
+        self._bridge = WSGIBridge(
+            rt.app, max_workers=rt.bridge_threads, max_body_bytes=rt.server.max_request_bytes,
+            retry_after_s=rt.server.retry_after_s,
+            on_reject=lambda status: count.labels(route="bridge", status=str(status)).inc())
+        rt.start()
 
     async def handle(self, scope, receive, send) -> None:
         """Called for every HTTP request (except the health paths func-python serves)."""
@@ -41,19 +42,21 @@ class LLMFunction:
         await self._bridge(scope, receive, send)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness probe: False with a reason until the model is loaded."""
+        """Called by the readiness probe: False with a reason until the function can serve."""
         if self.runtime is None:
             return False, "not started"
         return self.runtime.ready()
 
     def alive(self) -> tuple[bool, str]:
-        """Liveness probe: False only when loading failed for good (the pod restarts)."""
+        """Called by the liveness probe: False only when the process cannot recover (the pod
+        restarts), e.g. the model failed to load for good."""
         if self.runtime is None:
             return True, "starting"
         return self.runtime.alive()
 
     def stop(self) -> None:
-        """Called on shutdown: finish in-flight streams within the grace period, flush events."""
+        """Called at ASGI lifespan shutdown (SIGTERM): finish in-flight work within the grace
+        period, flush events, then refuse what is left."""
         if self.runtime is not None:
             self.runtime.stop()
         if self._bridge is not None:

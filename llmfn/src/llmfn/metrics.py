@@ -12,14 +12,29 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 COLD_START_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
-class Metrics:
-    """Request, token, latency, queue and cold-start metrics for one app."""
+class HTTPMetrics:
+    """Requests by route and status, and their durations: what every function counts."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("llmfn_requests_total", "HTTP requests by route and status",
+        self.registry = r = registry or CollectorRegistry()
+        self.requests = Counter("llmfn_requests_total", "HTTP requests by route and status "
+                                "(route `bridge`: answered before the app, e.g. 413, shutdown)",
                                 ["route", "status"], registry=r)
+        self.request_duration = Histogram("llmfn_request_duration_seconds",
+                                          "request start to last byte", ["route"],
+                                          buckets=LATENCY_BUCKETS_S, registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class Metrics(HTTPMetrics):
+    """Token, latency, queue and cold-start metrics of a model function, besides the requests."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        super().__init__(registry)
+        r = self.registry
         self.prompt_tokens = Counter("llmfn_prompt_tokens_total", "prompt tokens processed",
                                      ["model"], registry=r)
         self.completion_tokens = Counter("llmfn_completion_tokens_total",
@@ -31,9 +46,6 @@ class Metrics:
         self.generation = Histogram("llmfn_generation_seconds",
                                     "time spent running the model for one request", ["model"],
                                     buckets=LATENCY_BUCKETS_S, registry=r)
-        self.request_duration = Histogram("llmfn_request_duration_seconds",
-                                          "request start to last byte", ["route"],
-                                          buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge("llmfn_queue_depth", "requests waiting for the model",
                                  registry=r)
         self.in_flight = Gauge("llmfn_in_flight", "requests being run by the model", registry=r)
@@ -41,7 +53,3 @@ class Metrics:
                                 "cold-start time by phase (download, verify, load)", ["phase"],
                                 registry=r)
         self.model_ready = Gauge("llmfn_model_ready", "1 once the model is loaded", registry=r)
-
-    def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST

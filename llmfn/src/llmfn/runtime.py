@@ -1,88 +1,67 @@
-"""Runtime: the parts of one function process wired together (host, app, events, metrics).
+"""BaseRuntime: the parts of one function process wired together behind one Flask app.
 
-Both serving paths build exactly one Runtime: func-python's (``function.new()``) and gunicorn's
-(``function.wsgi``). Nothing here is global.
+What every function has: server settings, request metrics, the base app (health, /metrics,
+auth, errors) and the lifecycle the platform drives (start, ready, alive, stop).
+``llmfn.model_runtime.Runtime`` adds a model (host, /v1/models, inference events) for generate
+and embed; audit subclasses BaseRuntime with its event store (and imports no model code).
+
+Both serving paths build exactly one runtime per process: func-python's (``function.new()``)
+and gunicorn's (``function.wsgi``). Nothing here is global.
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable
-
-from flask import Flask
-
 from .auth import BearerAuth, load_keys
-from .events import EventEmitter, InferenceRecord
-from .host import Loader, ModelHost
-from .metrics import Metrics
-from .settings import Settings
+from .metrics import HTTPMetrics
+from .settings import ServerSettings
 from .webapp import create_base_app
 
-log = logging.getLogger(__name__)
-
-# register(app, runtime) adds the function's own API to the base app and returns an object
-# with an optional ``drain(grace_s) -> bool`` (the function's worker or batcher).
-Register = Callable[[Flask, "Runtime"], Any]
+BRIDGE_SPARE_THREADS = 16
+"""Threads of func-python's bridge beyond running and queued requests: probes, metrics, 429s."""
 
 
-class Runtime:
-    """One function process: model host, Flask app, event emitter, metrics."""
+class BaseRuntime:
+    """One function process: its settings, metrics and app, and the lifecycle hooks."""
 
-    def __init__(self, function: str, settings: Settings, *, loader: Loader,
-                 register: Register, fetch=None):
+    def __init__(self, function: str, server: ServerSettings, metrics: HTTPMetrics):
         self.function = function
-        self.settings = settings
-        self.metrics = Metrics()
-        self.host = ModelHost(settings, loader, metrics=self.metrics,
-                              **({"fetch": fetch} if fetch else {}))
-        self.events = EventEmitter(settings.events, function=function,
-                                   registry=self.metrics.registry)
-        self.auth = BearerAuth(load_keys(settings.server))
-        self.app = create_base_app(f"llmfn.{function}", settings, host=self.host,
-                                   metrics=self.metrics, auth=self.auth)
-        self.app.extensions["llmfn.runtime"] = self
-        self.service = register(self.app, self)
+        self.server = server
+        self.metrics = metrics
+        self.auth = BearerAuth(load_keys(server))
+        self.app = create_base_app(f"llmfn.{function}", max_request_bytes=server.max_request_bytes,
+                                   probes=self, metrics=metrics, auth=self.auth)
+        self.app.extensions["llmfn.runtime"] = self  # gunicorn_conf's worker_exit calls stop()
         self._stopping = False
 
+    @property
+    def capacity(self) -> int:
+        """Requests that run at once (the rest wait in the queue of ``QUEUE_SIZE``)."""
+        return 1
+
+    @property
+    def bridge_threads(self) -> int:
+        """Threads func-python's WSGI bridge needs: running + queued requests + spare."""
+        return self.capacity + self.server.queue_size + BRIDGE_SPARE_THREADS
+
     def start(self) -> None:
-        """Begin the weight pull and model load in the background."""
-        self.host.start()
+        """Begin background work (pull weights, connect to a database); returns at once."""
 
     def ready(self) -> tuple[bool, str]:
         if self._stopping:
             return False, "stopping"
-        return self.host.ready()
+        return self._ready()
+
+    def _ready(self) -> tuple[bool, str]:
+        return True, "ready"
 
     def alive(self) -> tuple[bool, str]:
-        return self.host.alive()
-
-    def emit_inference(self, request_id: str, *, endpoint: str, status: int,
-                       generation_s: float | None = None, **fields) -> bool:
-        """Emit `dev.llmfn.inference.completed.v1` for one request (never blocks).
-
-        ``fields`` are InferenceRecord fields; tokens/s is derived from ``generation_s``.
-        """
-        fields.setdefault("prompt_tokens", 0)
-        fields.setdefault("completion_tokens", 0)
-        fields.setdefault("input_count", 1)
-        fields.setdefault("duration_s", 0.0)
-        fields.setdefault("cold_start", False)
-        fields.setdefault("stream", False)
-        done = fields["completion_tokens"]
-        record = InferenceRecord(
-            request_id=request_id, function=self.function, model=self.host.model_id,
-            model_sha256=self.host.sha256, service=self.settings.events.service,
-            revision=self.settings.events.revision, endpoint=endpoint, status=status,
-            tokens_per_s=(done / generation_s) if generation_s and done else None, **fields)
-        return self.events.emit_inference(record)
+        return True, "alive"
 
     def stop(self) -> None:
-        """Stop taking work, let in-flight requests finish within the grace, flush events."""
+        """Stop taking work and let in-flight work finish within ``SHUTDOWN_GRACE_S`` (once)."""
         if self._stopping:
             return
         self._stopping = True
-        grace = self.settings.server.grace_s
-        drain = getattr(self.service, "drain", None)
-        if drain is not None:
-            drained = drain(grace)
-            log.info("in-flight work %s", "finished" if drained else "cancelled after the grace")
-        self.events.close(self.settings.events.flush_s)
+        self._stop(self.server.grace_s)
+
+    def _stop(self, grace_s: float) -> None:
+        """What a function does on stop; called once."""

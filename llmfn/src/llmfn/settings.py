@@ -146,6 +146,12 @@ class EventSettings:
     flush_s: float = setting("EVENTS_FLUSH_S", 5.0, "deadline to flush events on stop, s", lo=0)
     include_text: bool = setting("EVENTS_INCLUDE_TEXT", False,
                                  "put prompt and output text in events (opt-in)")
+    correlation_attribute: str = setting("REPLY_CORRELATION_ATTRIBUTE", "correlationid",
+                                         "request-event attribute whose value a reply carries "
+                                         "back (RequestReply's spec.correlationAttribute)")
+    reply_attribute: str = setting("REPLY_ID_ATTRIBUTE", "replyid",
+                                   "reply-event attribute that carries it "
+                                   "(RequestReply's spec.replyAttribute)")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
-"""The base Flask app every function shares: health, /metrics, /v1/models, auth, limits, errors.
+"""The base Flask app every function shares: health, /metrics, auth, limits, errors, counting.
 
 A function adds its own routes (its API) on top: its ``register(app, runtime)`` calls
-``app.add_url_rule`` (see ``llmfn.runtime.Register``).
+``app.add_url_rule`` or uses ``@app.post`` (see ``llmfn.model_runtime.Register``). Routes that must
+answer without a bearer key (probes, metrics, CloudEvents deliveries: the Broker sends no key)
+are marked with :func:`public`. Model functions also get ``/v1/models`` (:func:`add_model_routes`).
 """
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -14,26 +16,43 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from . import errors
 from .auth import BearerAuth
 from .errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
-from .host import ModelHost
-from .metrics import Metrics
-from .settings import Settings
+from .metrics import HTTPMetrics
 
-OPEN_PATHS = ("/health/", "/metrics")
+if TYPE_CHECKING:  # audit imports this module and no model code
+    from .host import ModelHost
+
+_PUBLIC = "llmfn.public_endpoints"
+INTERNAL_KEY = "llmfn.internal"
+"""WSGI environ key marking a request the app made to itself (a request event served through
+its API route): it was already let in by a public route, so it needs no bearer key."""
 
 
-def create_base_app(name: str, settings: Settings, *, host: ModelHost, metrics: Metrics,
-                    auth: BearerAuth) -> Flask:
-    """A Flask app with the routes and checks shared by generate and embed."""
+class Probes(Protocol):
+    """What the health routes ask: the runtime's own answers."""
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def alive(self) -> tuple[bool, str]: ...
+
+
+def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
+                    metrics: HTTPMetrics, auth: BearerAuth | None = None) -> Flask:
+    """A Flask app with the routes and checks shared by every function.
+
+    Health answers as func-python's own probes do (200, or 500 with the reason as text), so the
+    two serving paths agree.
+    """
     app = Flask(name)
-    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_request_bytes
+    app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     app.json.sort_keys = False
+    app.extensions[_PUBLIC] = set()
     errors.register_flask(app)
-    created = int(time.time())
 
     @app.before_request
     def _before():
         g.t0 = time.perf_counter()
-        if not request.path.startswith(OPEN_PATHS):
+        if (auth is not None and request.endpoint not in app.extensions[_PUBLIC]
+                and not request.environ.get(INTERNAL_KEY)):
             auth.check(request.headers.get("Authorization"))
 
     @app.after_request
@@ -44,20 +63,31 @@ def create_base_app(name: str, settings: Settings, *, host: ModelHost, metrics: 
             metrics.request_duration.labels(route=rule).observe(time.perf_counter() - g.t0)
         return resp
 
-    @app.get("/health/liveness")
-    def liveness():
-        ok, msg = host.alive()
+    def probe(check: Callable[[], tuple[bool, str]]) -> Response:
+        ok, msg = check()
         return Response(msg, status=200 if ok else 500, mimetype="text/plain")
 
-    @app.get("/health/readiness")
-    def readiness():
-        ok, msg = host.ready()
-        return Response(msg, status=200 if ok else 500, mimetype="text/plain")
+    public(app, "/health/liveness", "liveness", lambda: probe(probes.alive))
+    public(app, "/health/readiness", "readiness", lambda: probe(probes.ready))
 
-    @app.get("/metrics")
     def prometheus():
         body, ctype = metrics.render()
         return Response(body, content_type=ctype)
+
+    public(app, "/metrics", "metrics", prometheus)
+    return app
+
+
+def public(app: Flask, rule: str, endpoint: str, view: Callable, *,
+           methods: tuple[str, ...] = ("GET",)) -> None:
+    """Add a route that answers without a bearer key."""
+    app.add_url_rule(rule, endpoint, view, methods=list(methods))
+    app.extensions[_PUBLIC].add(endpoint)
+
+
+def add_model_routes(app: Flask, host: "ModelHost") -> None:
+    """``/v1/models`` and ``/v1/models/<id>``: the one model this process serves."""
+    created = int(time.time())
 
     @app.get("/v1/models")
     def models():
@@ -69,10 +99,8 @@ def create_base_app(name: str, settings: Settings, *, host: ModelHost, metrics: 
             raise errors.ModelNotFound(f"The model '{model}' does not exist.", param="model")
         return jsonify(model_card(host, created))
 
-    return app
 
-
-def model_card(host: ModelHost, created: int) -> dict:
+def model_card(host: "ModelHost", created: int) -> dict:
     """One entry of /v1/models in OpenAI's shape."""
     return {"id": host.model_id, "object": "model", "created": created, "owned_by": "llmfn"}
 

@@ -1,0 +1,40 @@
+"""Who asked for an inference: a plain HTTP request, or a request CloudEvent.
+
+An HTTP request gets a fresh id and the current time. A request event (``llmfn.event_requests``)
+gets ids derived from its ``source`` and ``id``, so a redelivery is recognisable as the same
+request on any pod and any revision: the response's ``id`` and ``created``, and the id and
+source of the inference event audit counts.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Mapping
+
+ORIGIN_KEY = "llmfn.origin"
+"""WSGI environ key of the request's :class:`Origin` (set by the event route, else made here)."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    rid: str
+    """Request id: the response's ``id`` suffix, ``X-Request-Id``, the inference record's."""
+    created: int
+    """The response's ``created`` (Unix seconds)."""
+    event_id: str | None = None
+    """id of the inference event; None: ``rid``."""
+    event_source: str | None = None
+    """source of the inference event; None: the emitter's own (with the revision)."""
+    extensions: Mapping[str, str] = field(default_factory=dict)
+    """Extensions carried into the inference event (``traceparent``, ``tracestate``)."""
+
+    @classmethod
+    def fresh(cls) -> "Origin":
+        return cls(uuid.uuid4().hex, int(time.time()))
+
+
+def current_origin() -> Origin:
+    """The Origin of the Flask request being served (one per request)."""
+    from flask import request
+    return request.environ.setdefault(ORIGIN_KEY, Origin.fresh())

@@ -1,0 +1,70 @@
+"""What must never ship and how images are built: no credential values in any shipped YAML or
+Containerfile (credential envs come from Secrets: secretKeyRef in deploy/, {{ secret:... }} in
+func.yaml), and Containerfile hygiene (pinned slim base, non-root, portable llama.cpp built in a
+builder stage, dependency layer first). Each rule rejects a deliberately broken copy."""
+from __future__ import annotations
+
+import pytest
+
+from tests.support.manifest_rules import (
+    containerfile_errors,
+    func_secret_errors,
+    ksvc_secret_errors,
+    text_secret_errors,
+)
+from tests.support.manifests import (
+    FUNCTIONS,
+    MODEL_FUNCTIONS,
+    ROOT,
+    containerfile,
+    ksvc_copy,
+    load_func,
+    shipped_yaml,
+)
+
+pytest_plugins = ("tests.support.manifest_fixtures",)
+
+
+def test_no_secret_values_in_shipped_files():
+    for path in shipped_yaml() + sorted({containerfile(f) for f in FUNCTIONS}):
+        assert text_secret_errors(path.read_text(), str(path.relative_to(ROOT)),
+                                  is_yaml=path.suffix == ".yaml") == []
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_containerfile(name):
+    assert containerfile_errors(containerfile(name).read_text(), name) == []
+    if name in MODEL_FUNCTIONS:  # no per-folder copy of the shared file
+        assert not (ROOT / "functions" / name / "Containerfile").exists()
+
+
+def test_secret_rules_reject_literal_values(deploy_objs):
+    svc = ksvc_copy(deploy_objs)
+    env = svc["spec"]["template"]["spec"]["containers"][0]["env"]
+    for e in env:
+        if e["name"] == "AWS_SECRET_ACCESS_KEY":
+            e.pop("valueFrom")
+            e["value"] = "not-a-ref"
+    assert any("AWS_SECRET_ACCESS_KEY" in e for e in ksvc_secret_errors(svc))
+    doc = load_func("audit")
+    for e in doc["run"]["envs"]:
+        if e["name"] == "MONGODB_URI":
+            e["value"] = "mongodb://127.0.0.1:27017"
+    assert any("MONGODB_URI" in e for e in func_secret_errors(doc))
+    fake_key = "AKIA" + "ABCDEFGHIJKLMNOP"
+    assert text_secret_errors(f"env:\n  - value: {fake_key}\n", "t")
+    assert text_secret_errors("kind: Secret\nmetadata: {name: s}\n", "t")
+    assert text_secret_errors("uri: mongodb://admin:hunter2@db:27017\n", "t")
+
+
+@pytest.mark.parametrize("breakage, expect", [
+    (lambda t: t.replace("python:3.11.14-slim-bookworm", "python:3.11-slim"), "base image"),
+    (lambda t: t.replace("USER 10001:10001", "USER root"), "non-root"),
+    (lambda t: t.replace("-DGGML_NATIVE=OFF", "-march=native"), "native"),
+    (lambda t: t.replace("COPY pyproject.toml ./\n", "") + "COPY pyproject.toml ./\n",
+     "dependency layer"),
+])
+def test_containerfile_rule_rejects_broken_copy(breakage, expect):
+    text = containerfile("generate").read_text()
+    errors = containerfile_errors(breakage(text), "generate")
+    assert any(expect in e for e in errors), errors
