@@ -1,5 +1,6 @@
 # Deploy to a Knative cluster (included by the top-level Makefile; docs/deploy.md explains it).
-#   make deploy REGISTRY=ghcr.io/you [NAMESPACE=llmfn]   func deploy x3, eventing/, timeout patches
+#   make deploy REGISTRY=ghcr.io/you [NAMESPACE=llmfn] [RETRY_AFTER=on|feature|off]
+#                                                        func deploy x3, eventing/, timeout patches
 #   make undeploy [NAMESPACE=llmfn]                      remove all of it
 #   make schemas                                         fetch/cache the schemas tests validate with
 REGISTRY ?=
@@ -10,6 +11,11 @@ KUBECTL ?= kubectl
 DEPLOY_FUNCTIONS ?= audit generate embed
 # eventing/ applied through an overlay that only sets the namespace (eventing/ stays untouched).
 DEPLOY_OVERLAY := .state/deploy/eventing
+# The request Triggers' retryAfterMax needs Eventing's delivery-retryafter feature flag:
+#   on      the flag is already enabled (a cluster admin applied eventing/features/)
+#   feature apply eventing/features/delivery-retryafter.yaml first (needs cluster-admin rights)
+#   off     drop retryAfterMax (eventing/components/no-retry-after): Retry-After is ignored
+RETRY_AFTER ?= on
 
 .PHONY: deploy undeploy schemas deploy-overlay
 
@@ -21,6 +27,10 @@ deploy-overlay:
 	printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
 	  'namespace: $(NAMESPACE)' 'resources:' '  - ../../../eventing' \
 	  >$(DEPLOY_OVERLAY)/kustomization.yaml
+	if [ "$(RETRY_AFTER)" = off ]; then \
+	  printf '%s\n' 'components:' '  - ../../../eventing/components/no-retry-after' \
+	    >>$(DEPLOY_OVERLAY)/kustomization.yaml; \
+	fi
 
 deploy: vendor deploy-overlay
 	@test -n "$(REGISTRY)" || { echo "make deploy needs REGISTRY=<registry>/<user>" >&2; exit 2; }
@@ -28,6 +38,10 @@ deploy: vendor deploy-overlay
 	for fn in $(DEPLOY_FUNCTIONS); do \
 	  $(FUNC) deploy --path functions/$$fn --registry $(REGISTRY) --namespace $(NAMESPACE); \
 	done
+	if [ "$(RETRY_AFTER)" = feature ]; then \
+	  $(KUBECTL) apply --server-side --field-manager=llmfn --force-conflicts \
+	    -f eventing/features/delivery-retryafter.yaml; \
+	fi
 	$(KUBECTL) apply -k $(DEPLOY_OVERLAY)
 	# Revision timeouts func.yaml cannot express (a merge patch; creates a new revision).
 	for fn in $(DEPLOY_FUNCTIONS); do \

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Fetch the schemas tests/test_manifests.py validates our YAML against, into .state/schemas/.
+# Fetch the schemas tests/test_manifests_*.py validate our YAML against, into .state/schemas/.
 #
-# - Knative Serving and Eventing CRDs (their openAPIV3Schema) and the Serving annotation key
-#   constants, from the Go modules at the pinned versions (`go mod download`, the Go module proxy).
+# - Knative Serving and Eventing CRDs (their openAPIV3Schema; Eventing's include the alpha
+#   RequestReply of eventing/examples/), the Serving annotation key constants and Eventing's
+#   config-features ConfigMap (the feature flag names eventing/features/ sets), from the Go
+#   modules at the pinned versions (`go mod download`, the Go module proxy).
 # - The func.yaml JSON schema that knative/func ships (schema/func_yaml-schema.json): the
 #   unchanged copy in ../shared/schemas/ beside the project (knative/func commit c18d6045,
 #   2026-08-22, Apache-2.0; never copied into this tree), or a copy named by FUNC_SCHEMA_JSON.
@@ -43,11 +45,13 @@ module_dir() {
 }
 
 # Copy files (SRC relative to the module dir, or SRC=NAME to rename) of module $1@$3 into
-# $OUT/$2 unless already there.
+# $OUT/$2 unless already there. .complete records the module and the file list, so adding a file
+# here extracts again (the module itself stays in Go's module cache).
 extract() {
     local mod=$1 dest=$2 ver=$3 name=$4; shift 4
-    local target="$OUT/$dest" f dir
-    if [ -f "$target/.complete" ]; then
+    local target="$OUT/$dest" f dir stamp
+    stamp="$mod@$ver $*"
+    if [ -f "$target/.complete" ] && [ "$(cat "$target/.complete")" = "$stamp" ]; then
         return 0
     fi
     # A failure of this very version is cached too (set SCHEMAS_RETRY=1 to try again).
@@ -63,7 +67,7 @@ extract() {
         esac
     done
     chmod -R u+w "$target.tmp"
-    echo "$mod@$ver" >"$target.tmp/.complete"
+    printf '%s\n' "$stamp" >"$target.tmp/.complete"
     rm -rf "$target" && mv "$target.tmp" "$target"
     rm -f "$OUT/$name.error"
 }
@@ -78,7 +82,9 @@ extract knative.dev/serving "serving-$SERVING_VERSION" "$SERVING_VERSION" servin
 extract knative.dev/eventing "eventing-$EVENTING_VERSION" "$EVENTING_VERSION" eventing \
     config/core/resources/broker.yaml \
     config/core/resources/trigger.yaml \
-    config/core/resources/sinkbindings.yaml || status=1
+    config/core/resources/sinkbindings.yaml \
+    config/core/resources/requestreply.yaml \
+    config/core/configmaps/features.yaml=config-features.yaml || status=1
 
 func_src=""
 rm -rf "$OUT/func-local"

@@ -199,7 +199,7 @@ def request_delivery_errors(trigger: dict, services: dict | None,
     sub = trigger["spec"]["subscriber"]["ref"]["name"]
     errors = []
     if "timeout" not in delivery:
-        errors.append(f"{name}: delivery.timeout missing (the default 10 s or so cuts answers)")
+        errors.append(f"{name}: delivery.timeout missing (one attempt must fit a whole answer)")
     if retry_after and "retryAfterMax" not in delivery:
         errors.append(f"{name}: delivery.retryAfterMax missing: Retry-After would be ignored")
     if not retry_after and "retryAfterMax" in delivery:

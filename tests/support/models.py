@@ -15,3 +15,11 @@ def model_file(name: str, script: str, timeout_s: float = 600) -> Path:
         subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(path)],
                        check=True, timeout=timeout_s)
     return path
+
+
+def upload_function_models(minio) -> None:
+    """Put generate's and embed's weights into MinIO where `make run` puts them."""
+    import run  # scripts/run.py (on the root tree's pythonpath)
+    run.upload_models(minio.client(), {
+        run.FUNCTIONS["generate"][2]: run.smollm2_path(),
+        run.FUNCTIONS["embed"][2]: model_file(run.FUNCTIONS["embed"][2], "convert_minilm.py")})
