@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import services  # noqa: E402  (scripts/services.py)
+from tests.support.eventsink import running_receiver  # noqa: E402
 from tests.support.stack import started  # noqa: E402
 
 
@@ -36,3 +37,10 @@ def ferretdb(tmp_path_factory):
     """A FerretDB (SQLite handler) on a free port; connect with ``pymongo.MongoClient(.uri)``."""
     yield from started(services.FerretDBServer(tmp_path_factory.mktemp("ferretdb"),
                                                port=services.free_port()))
+
+
+@pytest.fixture(scope="module")
+def sink():
+    """A CloudEvents receiver (``K_SINK`` of the functions a test module starts)."""
+    with running_receiver() as rec:
+        yield rec

@@ -2,14 +2,19 @@
 """`make run`: the whole stack on this machine, stopped cleanly by Ctrl-C.
 
 Starts MinIO and FerretDB, uploads the models to ``s3://models/`` with their sha256 metadata,
-then runs each function that exists (``functions/<name>/function/wsgi.py``) with gunicorn the
-way its container does, waits for ``/health/readiness`` and prints how to call it.
+then the local broker (scripts/broker.py: the Triggers of ``eventing/`` on this machine, in this
+process) and each function that exists (``functions/<name>/function/wsgi.py``) with gunicorn the
+way its container does, waits for ``/health/readiness`` and prints how to call it. generate and
+embed get the broker as K_SINK, as their SinkBindings give it in the cluster; reply events are
+appended to ``.state/logs/replies.jsonl``.
 State and logs: ``.state/`` (logs in ``.state/logs/``). Ports: MINIO_PORT, FERRETDB_PORT,
-GENERATE_PORT, EMBED_PORT, AUDIT_PORT. GUNICORN_CONF overrides the gunicorn config file.
+BROKER_PORT, GENERATE_PORT, EMBED_PORT, AUDIT_PORT. GUNICORN_CONF overrides the gunicorn config
+file.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import broker  # noqa: E402
+import procs  # noqa: E402
 import services  # noqa: E402
 import upload_model  # noqa: E402
 from model_files import smollm2_path  # noqa: E402
@@ -32,6 +39,9 @@ MODELS = STATE / "models"
 BUCKET = "models"
 HOST = "127.0.0.1"
 READY_DEADLINE_S = 300.0
+BROKER_PORT = ("BROKER_PORT", broker.DEFAULT_PORT)
+BROKER_STOP_GRACE_S = 60.0  # deliver what the broker holds (audit still up) before stopping
+REPLIES = LOGS / "replies.jsonl"
 
 # name -> (port env, default port, S3 key of its model or None)
 FUNCTIONS = {
@@ -50,37 +60,12 @@ def log(msg: str) -> None:
     print(f"run: {msg}", file=sys.stderr, flush=True)
 
 
-class FunctionServer(services._Server):
-    """One function under gunicorn (gthread, 1 worker) from its own folder."""
-
-    def __init__(self, name: str, port: int, env: dict[str, str]):
-        super().__init__(STATE / "run" / name, HOST, port, log_path=LOGS / f"{name}.log")
-        self.name = name
-        self.extra_env = env
-
-    @property
-    def binary(self) -> Path:
-        return ROOT / ".venv" / "bin" / "gunicorn"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def _command(self) -> list[str]:
-        conf = os.environ.get("GUNICORN_CONF") or str(ROOT / "llmfn/src/llmfn/gunicorn_conf.py")
-        return [str(self.binary), "-c", conf,
-                "--chdir", str(ROOT / "functions" / self.name), "function.wsgi:app",
-                "--bind", f"{self.host}:{self.port}"]
-
-    def _env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
-
-    def _check_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health/readiness", timeout=2.0) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+def function_server(name: str, port: int, env: dict[str, str]) -> procs.ServerProcess:
+    """One function under gunicorn (gthread, 1 worker) from its own folder, as its container
+    runs it; it dies with this runner."""
+    return procs.gunicorn_server(name, port, host=HOST, conf=os.environ.get("GUNICORN_CONF"),
+                                 env={"PYTHONUNBUFFERED": "1", **env}, name=name,
+                                 log_path=LOGS / f"{name}.log", die_with_parent=True)
 
 
 def local_models() -> dict[str, Path]:
@@ -112,8 +97,10 @@ def upload_models(client, models: dict[str, Path]) -> None:
         upload_model.upload(client, str(path), BUCKET, key, progress=True, sha256=digest)
 
 
-def function_env(name: str, key: str | None, minio, ferretdb, have_audit: bool,
-                 audit_url: str) -> dict[str, str]:
+def function_env(name: str, key: str | None, minio, ferretdb, have_sink: bool,
+                 sink_url: str) -> dict[str, str]:
+    """A function's environment; generate and embed send their events to ``sink_url`` (K_SINK:
+    the local broker in `make run`) when ``have_sink``."""
     env = {"FUNCTION_NAME": name, "MODEL_CACHE_DIR": str(STATE / "cache"),
            "S3_ENDPOINT_URL": minio.endpoint_url, "AWS_ACCESS_KEY_ID": minio.access_key,
            "AWS_SECRET_ACCESS_KEY": minio.secret_key, "AWS_REGION": "us-east-1"}
@@ -123,8 +110,8 @@ def function_env(name: str, key: str | None, minio, ferretdb, have_audit: bool,
         env["OMP_WAIT_POLICY"] = "passive"  # docs/deploy.md "Threads and CPU"
     if name == "audit":
         env["MONGODB_URI"] = ferretdb.uri
-    elif have_audit:
-        env["K_SINK"] = audit_url
+    elif have_sink:
+        env["K_SINK"] = sink_url
     return env
 
 
@@ -136,8 +123,33 @@ def served_model(url: str) -> str:
         return "<model>"
 
 
-def print_usage(running: dict[str, FunctionServer]) -> None:
+def start_broker(ports: dict[str, int], present: list[str]) -> broker.Broker:
+    """The local broker on BROKER_PORT (a thread of this process): the Triggers of eventing/
+    whose subscribers run here, plus one that appends reply events to REPLIES."""
+    handler = logging.FileHandler(LOGS / "broker.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    broker.log.addHandler(handler)
+    broker.log.setLevel(logging.INFO)
+    broker.log.propagate = False
+    local = {name: f"http://{HOST}:{ports[name]}" for name in present}
+    triggers = broker.load_triggers(local) + [broker.replies_trigger(REPLIES)]
+    port = int(os.environ.get(*BROKER_PORT))
+    try:
+        return broker.Broker(triggers, host=HOST, port=port).start()
+    except OSError as err:
+        raise procs.ServerError(f"broker: cannot listen on {HOST}:{port} ({err}); "
+                                f"set BROKER_PORT") from None
+
+
+REQUEST_EVENT = "dev.llmfn.chat.completion.requested.v1"
+
+
+def print_usage(running: dict[str, procs.ServerProcess], bus: broker.Broker | None = None
+                ) -> None:
     lines = ["", "llmfn is running (Ctrl-C stops everything):"]
+    if bus is not None:
+        lines += [f"  {'broker':9s} {bus.url}   (log .state/logs/broker.log)",
+                  f"  {'':9s} Triggers: {', '.join(q.trigger.name for q in bus.queues)}"]
     for name, fn in running.items():
         lines.append(f"  {name:9s} {fn.url}   (log {fn.log_path.relative_to(ROOT)})")
     if "generate" in running:
@@ -159,6 +171,17 @@ def print_usage(running: dict[str, FunctionServer]) -> None:
         url = running["embed"].url
         lines += ["", f"  curl -s {url}/v1/embeddings -H 'Content-Type: application/json' "
                       f"-d '{{\"input\": \"hello\"}}'"]
+    if bus is not None and bus.matching(REQUEST_EVENT):
+        lines += ["", "A request event through the broker, as in the cluster (202 = queued):",
+                  f"  curl -si {bus.url} -H 'ce-specversion: 1.0' \\",
+                  "    -H \"ce-id: curl-$(date +%s%N)\" -H 'ce-source: /local/curl' \\",
+                  f"    -H 'ce-type: {REQUEST_EVENT}' -H 'Content-Type: application/json' \\",
+                  "    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
+                  "\"max_tokens\": 16}'",
+                  f"  Replies: tail -f {REPLIES.relative_to(ROOT)}   (deliveries: "
+                  f"tail -f .state/logs/broker.log)"]
+        if "audit" in running:
+            lines.append(f"  Counted by audit: curl -s {running['audit'].url}/kpis")
     print("\n".join(lines) + "\n", flush=True)
 
 
@@ -180,7 +203,8 @@ def main() -> int:
     ferretdb = services.FerretDBServer(STATE / "ferretdb", HOST,
                                        int(os.environ.get("FERRETDB_PORT", 27017)),
                                        log_path=LOGS / "ferretdb.log")
-    running: dict[str, FunctionServer] = {}
+    running: dict[str, procs.ServerProcess] = {}
+    bus: broker.Broker | None = None
     try:
         for server in (minio, ferretdb):
             server.start()
@@ -191,37 +215,46 @@ def main() -> int:
 
         present = [n for n in FUNCTIONS if (ROOT / "functions" / n / "function/wsgi.py").exists()]
         ports = {n: int(os.environ.get(FUNCTIONS[n][0], FUNCTIONS[n][1])) for n in FUNCTIONS}
-        audit_url = f"http://{HOST}:{ports['audit']}/"
+        bus = start_broker(ports, present)  # before the functions: their K_SINK
+        log(f"broker on {bus.url} (log {LOGS.relative_to(ROOT)}/broker.log)")
         # audit first, so the sink is up before the first inference event
         for name in sorted(present, key=lambda n: n != "audit"):
-            env = function_env(name, FUNCTIONS[name][2], minio, ferretdb, "audit" in present,
-                               audit_url)
-            running[name] = FunctionServer(name, ports[name], env).start()
+            env = function_env(name, FUNCTIONS[name][2], minio, ferretdb, True, bus.url)
+            running[name] = function_server(name, ports[name], env).start()
             log(f"started {name} on {running[name].url}")
         for name, fn in running.items():
             fn.wait_ready(deadline_s=READY_DEADLINE_S)
             log(f"{name} ready")
-        print_usage(running)
+        print_usage(running, bus)
         while True:  # until Ctrl-C / SIGTERM, or a process dies
             for server in (minio, ferretdb, *running.values()):
-                if server.proc is None or server.proc.poll() is not None:
+                if not server.running:
                     log(f"{server.name} exited; log {server.log_path}:\n{server.log_tail()}")
                     return 1
+            if not bus.running:
+                log("the broker's ingress thread exited; see .state/logs/broker.log")
+                return 1
             time.sleep(1.0)
     except Stop as sig:
         log(f"{sig}: stopping")
         return 0
-    except services.ServiceError as err:
+    except procs.ServerError as err:  # services.ServiceError included
         log(str(err))
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        # inference functions first (they flush events to audit), then audit, then storage
-        order = [n for n in running if n != "audit"] + [n for n in running if n == "audit"]
-        for name in order:
+        # inference functions first (they flush events to the broker), then the broker (it
+        # delivers what it holds to audit), then audit, then storage
+        for name in [n for n in running if n != "audit"]:
             running[name].stop(grace_s=40)
             log(f"stopped {name}")
+        if bus is not None:
+            lost = bus.stop(grace_s=BROKER_STOP_GRACE_S)
+            log("stopped the broker" + (f" ({lost} event(s) undelivered)" if lost else ""))
+        if "audit" in running:
+            running["audit"].stop(grace_s=40)
+            log("stopped audit")
         for server in (ferretdb, minio):
             server.stop()
         log("stopped MinIO and FerretDB")

@@ -19,7 +19,6 @@ from openai import OpenAI
 import procs  # scripts/procs.py
 from procs import REPO_ROOT as ROOT
 from tests.support.calls import WAIT_S, embed
-from tests.support.eventsink import running_receiver
 from upload_model import upload
 
 BUCKET, KEY = "models", "all-minilm-l6-v2-f16.gguf"
@@ -42,12 +41,6 @@ def minilm_path() -> Path:
     path = ROOT / ".state" / "models" / KEY
     assert path.is_file(), "run `make models` (scripts/convert_minilm.py)"
     return path
-
-
-@pytest.fixture(scope="module")
-def sink():
-    with running_receiver() as rec:
-        yield rec
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import run  # scripts/run.py: the models and S3 keys of `make run`
 from tests.support.audit import start_gunicorn as start_audit
 from tests.support.audit import audit_env, unique_db
 from tests.support.calls import ANSWER, embed
-from tests.support.models import model_file
+from tests.support.models import upload_function_models
 
 READY_S = 180
 EVENTS_S = 30
@@ -35,9 +35,7 @@ OPAQUE = "6b1c2f0e-77aa-4f3b-9d3e-0c2a1f9e8d7c:bXlzZWNyZXQvK2VuY3J5cHRlZD0=:0"
 @pytest.fixture(scope="module")
 def stack(minio, ferretdb, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("event-requests")
-    run.upload_models(minio.client(), {
-        run.FUNCTIONS["generate"][2]: run.smollm2_path(),
-        run.FUNCTIONS["embed"][2]: model_file(run.FUNCTIONS["embed"][2], "convert_minilm.py")})
+    upload_function_models(minio)
     db = unique_db()
     audit = start_audit(tmp, audit_env(ferretdb.uri, db))
     servers = {}

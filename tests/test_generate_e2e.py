@@ -22,7 +22,6 @@ from openai import OpenAI
 import procs  # scripts/procs.py
 from model_files import smollm2_path
 from tests.support.calls import ANSWER, CLEAR, QUESTION, WAIT_S, chat
-from tests.support.eventsink import running_receiver
 from upload_model import upload
 
 from llmfn.weights import cache_path
@@ -39,12 +38,6 @@ def uploaded(minio):
     client = minio.client()
     sha = upload(client, str(smollm2_path()), BUCKET, KEY)
     return sha
-
-
-@pytest.fixture(scope="module")
-def sink():
-    with running_receiver() as rec:
-        yield rec
 
 
 @pytest.fixture(scope="module")

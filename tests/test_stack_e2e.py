@@ -20,7 +20,7 @@ import run  # scripts/run.py: the models, S3 keys and function environments of `
 from procs import ServerProcess
 from tests.support.audit import count, unique_db
 from tests.support.calls import ANSWER, chat, embed
-from tests.support.models import model_file
+from tests.support.models import upload_function_models
 
 GENERATE_MODEL = "smollm2-135m-instruct-q4_1"
 EMBED_MODEL = "all-minilm-l6-v2-f16"
@@ -72,9 +72,7 @@ def start(name: str, env: dict[str, str], tmp) -> ServerProcess:
 @pytest.fixture(scope="module")
 def stack(minio, ferretdb, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
-    run.upload_models(minio.client(), {
-        run.FUNCTIONS["generate"][2]: run.smollm2_path(),
-        run.FUNCTIONS["embed"][2]: model_file(run.FUNCTIONS["embed"][2], "convert_minilm.py")})
+    upload_function_models(minio)
     database = unique_db()
     servers: dict[str, ServerProcess] = {}
     try:

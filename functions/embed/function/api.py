@@ -14,7 +14,7 @@ import numpy as np
 from flask import Flask, jsonify
 
 from llmfn import event_requests
-from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, NotReady, internal_error
+from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
 from llmfn.origin import Origin, current_origin
 from llmfn.model_runtime import Runtime
 from llmfn.webapp import json_body
@@ -49,19 +49,12 @@ class EmbeddingsAPI:
         self.batcher = batcher
         self.cfg = embed
 
-    def _engine(self) -> Embedder:
-        ok, reason = self.rt.ready()
-        if not ok:
-            raise NotReady(f"The model is not ready yet ({reason}). Retry shortly.",
-                           retry_after_s=self.rt.settings.server.retry_after_s)
-        return self.rt.host.model
-
     def embeddings(self):
         t0 = time.perf_counter()
         origin = current_origin()
         req, seqs, cold = None, None, False
         try:
-            engine = self._engine()
+            engine: Embedder = self.rt.model()
             req = schema.parse(json_body(), model_id=self.rt.host.model_id, n_embd=engine.n_embd,
                                max_inputs=self.cfg.max_inputs)
             seqs = self._sequences(engine, req)

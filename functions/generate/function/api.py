@@ -1,12 +1,15 @@
-"""The OpenAI-compatible generation API: /v1/completions and /v1/chat/completions.
+"""The OpenAI-compatible generation API: /v1/completions, /v1/chat/completions, and
+llama-server's /tokenize and /detokenize.
 
 Up to SLOTS generations run together on the scheduler's thread (continuous batching, see
-scheduler.py); the request thread formats the answer, as JSON or as SSE (OpenAI's chunk format, ``data: [DONE]`` at the end, and a comment
-heartbeat while the prompt is processed so idle timeouts do not cut the stream).
+scheduler.py); a request with ``n`` choices (or ``best_of`` candidates) holds that many slots.
+The request thread formats the answer (answer.py), as JSON or as SSE (OpenAI's chunk format,
+``data: [DONE]`` at the end, and a comment heartbeat while the prompt is processed so idle
+timeouts do not cut the stream).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import queue
 import time
@@ -15,14 +18,15 @@ from typing import Iterator
 from flask import Flask, Response, jsonify, request
 
 from llmfn import event_requests
-from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, NotReady, internal_error
-from llmfn.origin import Origin, current_origin
+from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
 from llmfn.model_runtime import Runtime
-from llmfn.webapp import check_model, json_body
+from llmfn.origin import Origin, current_origin
+from llmfn.webapp import check_model, json_body, param
 
-from . import schema
-from .engine import Engine
-from .scheduler import Generation, Outcome, Scheduler
+from . import schema, structured
+from .answer import Call, sse_data
+from .engine import Engine, GrammarError
+from .scheduler import Generation, Scheduler
 from .settings import FUNCTION, GenerateSettings
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,8 @@ def register(app: Flask, runtime: Runtime, *, gen: GenerateSettings) -> Schedule
     api = GenerateAPI(runtime, scheduler)
     app.add_url_rule("/v1/completions", "completions", api.completions, methods=["POST"])
     app.add_url_rule("/v1/chat/completions", "chat_completions", api.chat, methods=["POST"])
+    app.add_url_rule("/tokenize", "tokenize", api.tokenize, methods=["POST"])
+    app.add_url_rule("/detokenize", "detokenize", api.detokenize, methods=["POST"])
     event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
     return scheduler
 
@@ -55,44 +61,54 @@ class GenerateAPI:
     def chat(self):
         return self._serve(chat=True)
 
-    # -- request flow -------------------------------------------------------------------------
-    def _engine(self) -> Engine:
-        ok, reason = self.rt.ready()
-        if not ok:
-            raise NotReady(f"The model is not ready yet ({reason}). Retry shortly.",
-                           retry_after_s=self.rt.settings.server.retry_after_s)
-        return self.rt.host.model
+    # -- llama-server's tokenizer routes --------------------------------------------------------
+    def tokenize(self):
+        """``{"content": str, "add_special": bool, "with_pieces": bool}`` -> ``{"tokens"}``."""
+        engine: Engine = self.rt.model()
+        body = json_body()
+        content = param(body, "content", (str,))
+        special = param(body, "add_special", (bool,), False)
+        tokens = engine.llm.tokenize(content.encode("utf-8"), add_bos=special, special=True)
+        if param(body, "with_pieces", (bool,), False):
+            return jsonify({"tokens": [{"id": t, "piece": engine.piece(t).decode(
+                "utf-8", errors="replace")} for t in tokens]})
+        return jsonify({"tokens": tokens})
 
+    def detokenize(self):
+        """``{"tokens": [int]}`` -> ``{"content": str}``."""
+        engine: Engine = self.rt.model()
+        tokens = param(json_body(), "tokens", (list,))
+        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < engine.n_vocab
+                   for t in tokens):
+            raise InvalidRequest(f"'tokens' must be token ids below {engine.n_vocab}.",
+                                 param="tokens")
+        text = b"".join(engine.piece(t) for t in tokens)
+        return jsonify({"content": text.decode("utf-8", errors="replace")})
+
+    # -- request flow -------------------------------------------------------------------------
     def _serve(self, *, chat: bool):
         t0 = time.perf_counter()
         origin = current_origin()
-        stream = False
+        stream, req = False, None
         try:
-            engine = self._engine()
+            engine: Engine = self.rt.model()
             body = json_body()
             stream = body.get("stream") is True
             check_model(body, self.rt.host.model_id)
-            default_max = self.rt.settings.model.default_max_tokens
-            if chat:
-                req = schema.chat(body, default_max)
-                if not engine.has_chat_template:
-                    raise InvalidRequest("This model has no chat template; use /v1/completions.",
-                                         param="messages")
-                tokens, stops = engine.tokenize_chat(req.messages)
-                req.params.stop = req.params.stop + [s for s in stops
-                                                     if s not in req.params.stop]
-            else:
-                req = schema.completion(body, default_max)
-                tokens = self._prompt_tokens(engine, req.prompt)
+            args = (body, self.rt.settings.model.default_max_tokens, self.scheduler.capacity)
+            req = schema.chat(*args) if chat else schema.completion(*args)
+            tokens = self._tokens(engine, req)
             self._fit_context(engine, tokens, req, "messages" if chat else "prompt")
-            job = self.scheduler.submit(Generation(
-                tokens, req.params, t0=t0, disconnected=request.environ.get("llmfn.disconnected")))
+            self._check_request(engine, req)
+            jobs = self._submit(tokens, req, t0)
         except APIError as err:
-            self._event(origin, t0, status=err.status, error_code=err.code, stream=stream)
+            self._event(origin, t0, status=err.status, error_code=err.code, stream=stream,
+                        req=req)
             raise
         cold = self.rt.host.take_cold_start()
-        call = _Call(origin=origin, t0=t0, chat=chat, req=req, prompt_tokens=len(tokens), job=job,
-                     cold=cold, model=self.rt.host.model_id)
+        echo = self._echo_text(engine, req, tokens) if req.echo else ""
+        call = Call(origin=origin, t0=t0, chat=chat, req=req, prompt_tokens=len(tokens),
+                    jobs=jobs, cold=cold, model=self.rt.host.model_id, echo_text=echo)
         if self.rt.settings.events.include_text:
             call.prompt_text = _prompt_text(engine, req, tokens)
         if req.stream:
@@ -105,7 +121,16 @@ class GenerateAPI:
         return resp
 
     @staticmethod
-    def _prompt_tokens(engine: Engine, prompt) -> list[int]:
+    def _tokens(engine: Engine, req: schema.Request) -> list[int]:
+        if req.messages is not None:
+            if not engine.has_chat_template:
+                raise InvalidRequest("This model has no chat template; use /v1/completions.",
+                                     param="messages")
+            tokens, stops = engine.tokenize_chat(
+                structured.render_messages(req.messages, req.output))
+            req.params.stop = req.params.stop + [s for s in stops if s not in req.params.stop]
+            return tokens
+        prompt = req.prompt
         if isinstance(prompt, str):
             tokens = engine.tokenize_prompt(prompt)
             if not tokens:  # "" (the vocab adds no BOS): generate from BOS, as OpenAI does
@@ -118,6 +143,20 @@ class GenerateAPI:
         if any(t >= n_vocab for t in prompt):
             raise InvalidRequest(f"'prompt' token ids must be < {n_vocab}.", param="prompt")
         return list(prompt)
+
+    @staticmethod
+    def _check_request(engine: Engine, req: schema.Request) -> None:
+        """What only the model can tell: token ids in logit_bias, a grammar llama.cpp takes."""
+        if any(t >= engine.n_vocab for t in req.params.logit_bias):
+            raise InvalidRequest(f"'logit_bias' token ids must be < {engine.n_vocab}.",
+                                 param="logit_bias")
+        if req.params.grammar is not None:
+            try:
+                engine.free_sampler(engine.grammar_sampler(req.params.grammar))
+            except GrammarError as err:
+                where = "tools" if req.output.kind == "tool_call" else "response_format"
+                raise InvalidRequest(f"'{where}' cannot be enforced: {err}.",
+                                     param=where) from None
 
     @staticmethod
     def _fit_context(engine: Engine, tokens: list[int], req: schema.Request, where: str) -> None:
@@ -137,154 +176,135 @@ class GenerateAPI:
                 f"{wanted} in the completion). Please reduce the length of the {where} or "
                 "completion.", param=where)
 
+    def _submit(self, tokens: list[int], req: schema.Request, t0: float) -> list[Generation]:
+        """One generation per choice (``best_of`` candidates), all admitted or none (429)."""
+        events: queue.Queue = queue.Queue()
+        disconnected = request.environ.get("llmfn.disconnected")
+        jobs = []
+        for i in range(req.best_of):
+            params = req.params
+            if i or req.best_of > req.n:
+                params = dataclasses.replace(params, seed=None if params.seed is None else params.seed + i,
+                               logprobs=params.logprobs if params.logprobs is not None
+                               else (0 if req.best_of > req.n else None))
+            jobs.append(Generation(tokens, params, t0=t0, disconnected=disconnected,
+                                   index=i, events=events))
+        return self.scheduler.submit_all(jobs)
+
+    @staticmethod
+    def _echo_text(engine: Engine, req: schema.Request, tokens: list[int]) -> str:
+        if isinstance(req.prompt, str):
+            return req.prompt
+        return b"".join(engine.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
     # -- answers ------------------------------------------------------------------------------
-    def _json(self, call: "_Call"):
+    def _json(self, call: Call):
         try:
-            outcome = call.job.wait()
+            outcomes = [job.wait() for job in call.jobs]
         except APIError as err:  # shutting down before it got a slot
-            self._finish(call, None, status=err.status, error_code=err.code)
+            self._finish(call, status=err.status, error_code=err.code)
             raise
         except BaseException:
             log.exception("generation failed")
-            self._finish(call, None, status=500, error_code="internal_error")
+            self._finish(call, status=500, error_code="internal_error")
             raise internal_error() from None
-        body = call.response(outcome)
-        self._finish(call, outcome, status=200)
+        if call.req.best_of > call.req.n:  # the best by log-probability per token
+            outcomes = sorted(outcomes, key=lambda o: -o.logprob_sum / max(
+                1, o.completion_tokens))[:call.req.n]
+            if call.req.params.logprobs is None:
+                for o in outcomes:
+                    o.tokens = None
+        body = call.response(outcomes)
+        self._finish(call, status=200, body=body)
         return jsonify(body)
 
-    def _sse(self, call: "_Call") -> Iterator[bytes]:
-        """The SSE body; closing it (client gone) cancels the generation."""
-        outcome, status, code = None, 200, None
+    def _sse(self, call: Call) -> Iterator[bytes]:
+        """The SSE body; closing it (client gone) cancels the generations."""
+        status, code, open_choices = 200, None, len(call.jobs)
+        held: dict[int, list[str]] = {i: [] for i in range(open_choices)}
         heartbeat_s = self.rt.settings.server.heartbeat_s
         try:
             if call.chat:
-                yield call.chunk({"role": "assistant", "content": ""}, None)
-            while True:
+                for i in range(open_choices):
+                    yield call.chunk(i, {"role": "assistant", "content": ""})
+            pending_tokens: dict[int, list] = {}
+            while open_choices:
                 try:
-                    kind, value = call.job.events.get(timeout=heartbeat_s)
+                    kind, value, index = call.events.get(timeout=heartbeat_s)
                 except queue.Empty:
                     yield HEARTBEAT
                     continue
-                if kind == "text":
-                    yield call.chunk(value, None)
+                if kind == "tokens":
+                    pending_tokens.setdefault(index, []).extend(value)
+                elif kind == "text":
+                    if call.buffered:
+                        held[index].append(value)
+                    else:
+                        yield call.chunk(index, value, tokens=pending_tokens.pop(index, None))
                 elif kind == "done":
-                    outcome = value
-                    yield call.chunk({} if call.chat else "", client_finish(outcome))
-                    if call.req.include_usage:
-                        yield call.usage_chunk(outcome.completion_tokens)
-                    break
+                    open_choices -= 1
+                    for piece in call.last_chunks(index, value, "".join(held[index])):
+                        yield piece
                 elif isinstance(value, APIError):  # shutting down before it got a slot
                     status, code = value.status, value.code
-                    yield _sse_error(value)
+                    yield sse_data(value.body())
                     break
                 else:
                     log.error("generation failed", exc_info=value)
                     status, code = 500, "internal_error"
-                    yield _sse_error(internal_error())
+                    yield sse_data(internal_error().body())
                     break
+            if status == 200 and call.req.include_usage:
+                yield call.usage_chunk()
             yield DONE
         except GeneratorExit:
             status, code = 499, "client_disconnected"
             raise
         finally:
-            call.job.cancel()
-            if outcome is None and status == 499:
-                call.job.done.wait(30)  # the scheduler stops the slot within one token
-                outcome = call.job.outcome
-            self._finish(call, outcome, status=status, error_code=code)
+            for job in call.jobs:
+                job.cancel()
+            if status == 499:
+                for job in call.jobs:
+                    job.done.wait(30)  # the scheduler stops the slot within one token
+            self._finish(call, status=status, error_code=code)
 
     # -- accounting ---------------------------------------------------------------------------
-    def _finish(self, call: "_Call", outcome: Outcome | None, *, status: int,
-                error_code: str | None = None) -> None:
+    def _finish(self, call: Call, *, status: int, error_code: str | None = None,
+                body: dict | None = None) -> None:
         m, model = self.rt.metrics, call.model
         m.prompt_tokens.labels(model=model).inc(call.prompt_tokens)
-        if outcome is not None:
+        outcomes = [j.outcome for j in call.jobs if j.outcome is not None]
+        for outcome in outcomes:
             m.completion_tokens.labels(model=model).inc(outcome.completion_tokens)
             m.generation.labels(model=model).observe(outcome.generation_s)
             if outcome.ttft_s is not None:
                 m.ttft.labels(model=model).observe(outcome.ttft_s)
         duration = time.perf_counter() - call.t0
         if call.req.stream:
-            m.request_duration.labels(route=request_route(call)).observe(duration)
+            m.request_duration.labels(route=call.route).observe(duration)
+        first = outcomes[0] if outcomes else None
+        reason = "error" if first is None else first.finish_reason
+        if body is not None and body["choices"][0]["finish_reason"] == "tool_calls":
+            reason = "tool_calls"
+        elif first is not None and call.buffered and call.tool_calls(first, 0):
+            reason = "tool_calls"
         self.rt.emit_inference(
-            call.origin, endpoint=request_route(call), status=status, error_code=error_code,
+            call.origin, endpoint=call.route, status=status, error_code=error_code,
             prompt_tokens=call.prompt_tokens,
-            completion_tokens=outcome.completion_tokens if outcome else 0,
-            ttft_s=outcome.ttft_s if outcome else None, duration_s=duration,
-            generation_s=outcome.generation_s if outcome else None,
-            finish_reason=outcome.finish_reason if outcome else "error",
-            cold_start=call.cold, stream=call.req.stream,
-            prompt=call.prompt_text, output=outcome.text if outcome else None)
+            completion_tokens=sum(o.completion_tokens for o in outcomes),
+            ttft_s=min((o.ttft_s for o in outcomes if o.ttft_s is not None), default=None),
+            duration_s=duration,
+            generation_s=max((o.generation_s for o in outcomes), default=None),
+            finish_reason=reason, cold_start=call.cold, stream=call.req.stream,
+            output_format=call.req.output.kind, prompt=call.prompt_text,
+            output=first.text if first else None)
 
     def _event(self, origin: Origin, t0: float, *, status: int, error_code: str | None,
-               stream: bool) -> None:
+               stream: bool, req: schema.Request | None) -> None:
         self.rt.emit_inference(origin, endpoint=request.path, status=status, error_code=error_code,
                                duration_s=time.perf_counter() - t0, finish_reason="error",
-                               stream=stream)
-
-
-def request_route(call: "_Call") -> str:
-    return "/v1/chat/completions" if call.chat else "/v1/completions"
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def _sse_error(err: APIError) -> bytes:
-    return _sse_data(err.body())
-
-
-class _Call:
-    """The state of one admitted request while it is answered."""
-
-    def __init__(self, *, origin: Origin, t0, chat, req, prompt_tokens, job: Generation, cold,
-                 model):
-        self.origin, self.t0, self.chat, self.req = origin, t0, chat, req
-        self.rid, self.created = origin.rid, origin.created
-        self.prompt_tokens, self.job = prompt_tokens, job
-        self.cold, self.model = cold, model
-        self.prompt_text: str | None = None  # only with EVENTS_INCLUDE_TEXT
-
-    def _head(self, *, stream: bool) -> dict:
-        """id, object, created and model: what every body and chunk of this request carries."""
-        if self.chat:
-            head = {"id": f"chatcmpl-{self.rid}",
-                    "object": "chat.completion.chunk" if stream else "chat.completion"}
-        else:
-            head = {"id": f"cmpl-{self.rid}", "object": "text_completion"}
-        head.update({"created": self.created, "model": self.model})
-        return head
-
-    def _choice(self, content, finish: str | None, *, stream: bool) -> dict:
-        """One choice: chat has a message (a delta when streamed), completions have text."""
-        if not self.chat:
-            return {"text": content, "index": 0, "logprobs": None, "finish_reason": finish}
-        if stream:
-            delta = {"content": content} if isinstance(content, str) else content
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "message": {"role": "assistant", "content": content},
-                "logprobs": None, "finish_reason": finish}
-
-    def response(self, outcome: Outcome) -> dict:
-        """The whole answer of a non-streamed request (OpenAI's completion objects)."""
-        return {**self._head(stream=False),
-                "choices": [self._choice(outcome.text, client_finish(outcome), stream=False)],
-                "usage": _usage(self.prompt_tokens, outcome.completion_tokens)}
-
-    def chunk(self, delta, finish: str | None) -> bytes:
-        """One SSE chunk; ``delta`` is new text (or, for chat, a ready delta object)."""
-        body = {**self._head(stream=True),
-                "choices": [self._choice(delta, finish, stream=True)]}
-        if self.req.include_usage:
-            body["usage"] = None
-        return _sse_data(body)
-
-    def usage_chunk(self, completion_tokens: int) -> bytes:
-        """The last chunk with `stream_options.include_usage`: no choices, the usage."""
-        return _sse_data({**self._head(stream=True), "choices": [],
-                          "usage": _usage(self.prompt_tokens, completion_tokens)})
+                               stream=stream,
+                               output_format=req.output.kind if req is not None else "text")
 
 
 def _prompt_text(engine: Engine, req: schema.Request, tokens: list[int]) -> str:
@@ -296,12 +316,3 @@ def _prompt_text(engine: Engine, req: schema.Request, tokens: list[int]) -> str:
         return req.prompt
     return engine.llm.detokenize(tokens).decode("utf-8", errors="replace")
 
-
-def client_finish(outcome: Outcome) -> str:
-    """The finish_reason a client sees: a cancelled generation (its client left, or shutdown)
-    ended like a stop; the event keeps "cancelled"."""
-    return "stop" if outcome.finish_reason == "cancelled" else outcome.finish_reason
-
-
-def _sse_data(body: dict) -> bytes:
-    return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"

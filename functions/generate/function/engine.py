@@ -34,12 +34,21 @@ KV_BYTES_PER_VALUE = 2  # f16 K and V cache (llama.cpp's default type_k / type_v
 
 @dataclass
 class Params:
-    """Validated sampling parameters of one request."""
+    """Validated sampling parameters of one request (one choice)."""
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF the output must match (structured outputs, tools)
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's and the top k
+
+
+class GrammarError(ValueError):
+    """A grammar llama.cpp cannot parse."""
 
 
 def kv_bytes_per_cell(model) -> int:
@@ -152,11 +161,35 @@ class Engine:
     def is_eog(self, token: int) -> bool:
         return llama_cpp.llama_vocab_is_eog(self.vocab, token)
 
+    def grammar_sampler(self, grammar: str):
+        """A grammar sampler (start rule ``root``); GrammarError if llama.cpp cannot parse it.
+        Reads the vocabulary only: request threads may call it to check a grammar."""
+        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise GrammarError("llama.cpp could not parse the grammar")
+        return sampler
+
+    @staticmethod
+    def free_sampler(sampler) -> None:
+        llama_cpp.llama_sampler_free(sampler)
+
     def new_sampler(self, params: Params, seed: int):
-        """A sampler chain for one slot: greedy at temperature 0, else llama-server's order
-        top_k -> top_p -> min_p -> temperature -> dist(seed). Free with ``llama_sampler_free``."""
+        """A sampler chain for one slot, in llama-server's order: logit bias -> penalties ->
+        grammar, then greedy at temperature 0, else top_k -> top_p -> min_p -> temperature ->
+        dist(seed). Free with ``llama_sampler_free``."""
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
+        if params.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+                *(llama_cpp.llama_logit_bias(token, bias)
+                  for token, bias in params.logit_bias.items()))
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
+        if params.presence_penalty or params.frequency_penalty:
+            # over everything generated (OpenAI's definition), not a window of the last tokens
+            add(chain, llama_cpp.llama_sampler_init_penalties(
+                params.max_tokens, 1.0, params.frequency_penalty, params.presence_penalty))
+        if params.grammar is not None:
+            add(chain, self.grammar_sampler(params.grammar))
         if params.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain

@@ -13,6 +13,11 @@ within one token, and no other). When a request ends, the KV of its generated to
 removed and its prompt's KV stays, so a later request sharing a prefix (the next turn of a
 chat) is given that slot and only its new tokens are processed.
 
+With ``logprobs`` a slot also reads its logits row and records, per generated token, the
+model's raw log-softmax (before bias, penalties, grammar and temperature: the distribution
+OpenAI documents) of the chosen token and the top ``k``; they reach the request thread as
+``("tokens", [TokenLogprob], index)`` right before the ``("text", str, index)`` they make up.
+
 Admission, the wait queue and drain are llmfn's ModelLoop (shared with embed's batcher).
 """
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import llama_cpp
+import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from llmfn.errors import ShuttingDown
@@ -48,6 +54,24 @@ class Outcome:
     ttft_s: float | None = None  # request start (queueing included) to the first token
     generation_s: float = 0.0  # from getting a slot to the end
     text: str = ""
+    logprob_sum: float = 0.0  # of the generated tokens (with logprobs): best_of ranks by it
+    tokens: list["TokenLogprob"] | None = None  # with logprobs: one per token of ``text``
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token, its log-probability and the top alternatives (id, bytes, logprob)."""
+    token: int
+    piece: bytes
+    logprob: float
+    top: list[tuple[int, bytes, float]]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log p of every token from one logits row (float64, numerically stable)."""
+    x = logits.astype(np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
 
 
 class Generation:
@@ -55,16 +79,20 @@ class Generation:
     arrive on ``events``; ``cancel()`` (or the ``disconnected`` event) stops it."""
 
     def __init__(self, tokens: list[int], params: Params, *, t0: float | None = None,
-                 disconnected: threading.Event | None = None):
+                 disconnected: threading.Event | None = None, index: int = 0,
+                 events: queue.Queue | None = None):
+        """``index``: the choice this generation is (``n`` > 1); ``events``: a queue shared
+        by the choices of one request (each event carries its index)."""
         if not tokens:
             raise ValueError("a generation needs at least one prompt token")
         self.tokens = tokens
         self.params = params
         self.t0 = time.perf_counter() if t0 is None else t0
         self.disconnected = disconnected
+        self.index = index
         self.cancelled = threading.Event()
         self.done = threading.Event()
-        self.events: queue.Queue = queue.Queue()
+        self.events: queue.Queue = events if events is not None else queue.Queue()
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         self.capture_logits = False  # keep the prompt-end logits (tests compare kernel paths)
@@ -87,7 +115,8 @@ class Generation:
 
     def _end(self, outcome: Outcome | None, error: BaseException | None = None) -> None:
         self.outcome, self.error = outcome, error
-        self.events.put(("error", error) if error is not None else ("done", outcome))
+        self.events.put(("error", error, self.index) if error is not None
+                        else ("done", outcome, self.index))
         self.done.set()
 
 
@@ -112,6 +141,8 @@ class Slot:
         self.parts: list[str] = []
         self.outcome = Outcome()
         self.t_start = 0.0
+        self.row: np.ndarray | None = None  # log-softmax of the logits (with logprobs)
+        self.held: list[TokenLogprob] = []  # logprobs of text the stop scanner holds back
 
 
 class Scheduler(ModelLoop):
@@ -195,6 +226,8 @@ class Scheduler(ModelLoop):
             try:
                 if slot.gen.capture_logits and slot.outcome.ttft_s is None:
                     slot.gen.prompt_logits = engine.logits(slot.i_batch)
+                if slot.gen.params.logprobs is not None:
+                    slot.row = log_softmax(engine.logits(slot.i_batch))
                 token = llama_cpp.llama_sampler_sample(slot.sampler, engine.ctx, slot.i_batch)
                 slot.i_batch = -1
                 self._on_token(engine, slot, token)
@@ -233,6 +266,8 @@ class Scheduler(ModelLoop):
         slot.sampler = engine.new_sampler(gen.params, seed)
         slot.scanner = StopScanner(gen.params.stop)
         slot.t_start = time.perf_counter()
+        if gen.params.logprobs is not None:
+            slot.outcome.tokens = []
 
     def _fill(self) -> tuple[Batch, list[Slot]]:
         """The next batch and its slots: every generating slot's token, then prompt chunks,
@@ -271,17 +306,44 @@ class Scheduler(ModelLoop):
         if engine.is_eog(token):
             return self._finish(slot, "stop")
         out.completion_tokens += 1
-        slot.raw += engine.piece(token)
+        raw = engine.piece(token)
+        slot.raw += raw
+        if slot.row is not None:
+            self._record_logprob(engine, slot, token, raw)
         piece, slot.decoded = decode_complete(slot.raw, slot.decoded)
         emit, hit = slot.scanner.feed(piece)
         if emit:
-            slot.parts.append(emit)
-            gen.events.put(("text", emit))
+            self._emit(slot, emit)
         if hit:
             return self._finish(slot, "stop")
         if out.completion_tokens >= gen.params.max_tokens:
             return self._finish(slot, "length")
         slot.next_token = token
+
+    @staticmethod
+    def _record_logprob(engine: Engine, slot: Slot, token: int, raw: bytes) -> None:
+        row, k = slot.row, slot.gen.params.logprobs
+        top = []
+        if k:
+            best = np.argpartition(row, -k)[-k:]
+            best = best[np.argsort(row[best])[::-1]]
+            top = [(int(t), engine.piece(int(t)), float(row[t])) for t in best]
+        entry = TokenLogprob(token, raw, float(row[token]), top)
+        slot.outcome.logprob_sum += entry.logprob
+        slot.held.append(entry)
+        slot.row = None
+
+    @staticmethod
+    def _emit(slot: Slot, text: str) -> None:
+        """Send ``text`` (after the logprobs of the tokens that made it, if any)."""
+        gen = slot.gen
+        if slot.held:
+            slot.outcome.tokens.extend(slot.held)
+            gen.events.put(("tokens", slot.held, gen.index))
+            slot.held = []
+        if text:
+            slot.parts.append(text)
+            gen.events.put(("text", text, gen.index))
 
     def _finish(self, slot: Slot, reason: str) -> None:
         """End the slot's request: flush held-back text, drop the generated tokens' KV."""
@@ -289,9 +351,8 @@ class Scheduler(ModelLoop):
         out.finish_reason = reason
         if reason == "length" or (reason == "stop" and not slot.scanner.hit):
             tail = slot.scanner.flush()
-            if tail:
-                slot.parts.append(tail)
-                gen.events.put(("text", tail))
+            if tail or slot.held:
+                self._emit(slot, tail)
         out.generation_s = time.perf_counter() - slot.t_start
         out.text = "".join(slot.parts)
         keep = min(len(slot.cache), len(gen.tokens))

@@ -13,6 +13,7 @@ sys.path.insert(0, str(FUNCTION_DIR))
 
 from function.func import create_runtime  # noqa: E402
 from tests.support.models import model_file  # noqa: E402
+from tests.support.runtimes import RuntimeFactory  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,22 +25,11 @@ def tiny_model() -> Path:
 @pytest.fixture
 def make_runtime(tiny_model, tmp_path):
     """Build (and stop at teardown) a started Runtime; keyword args are settings keys."""
-    made = []
-
-    def make(wait: bool = True, **env):
-        cfg = {"MODEL_URI": f"file://{tiny_model}", "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-               "N_CTX": "256", "N_THREADS": "1", "SHUTDOWN_GRACE_S": "5", "EVENTS_FLUSH_S": "2"}
-        cfg.update({k: str(v) for k, v in env.items()})
-        rt = create_runtime(cfg)
-        made.append(rt)
-        rt.start()
-        if wait:
-            assert rt.host.wait(60), rt.ready()
-        return rt
-
-    yield make
-    for rt in made:
-        rt.stop()
+    factory = RuntimeFactory(create_runtime, {
+        "MODEL_URI": f"file://{tiny_model}", "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "N_CTX": "256", "N_THREADS": "1", "SHUTDOWN_GRACE_S": "5", "EVENTS_FLUSH_S": "2"})
+    yield factory
+    factory.stop_all()
 
 
 @pytest.fixture

@@ -62,11 +62,13 @@ def test_stop_string_ends_generation(client):
     assert stop not in r["choices"][0]["text"]
 
 
-def test_token_id_prompt_and_unknown_fields_ignored(client):
-    r = client.post(COMPLETIONS, json={"prompt": [5, 6, 7], "max_tokens": 2,
-                                       "frobnicate": {"x": 1}, "user": "u1"})
+def test_token_id_prompt_and_unknown_fields_are_400_naming_them(client):
+    r = client.post(COMPLETIONS, json={"prompt": [5, 6, 7], "max_tokens": 2, "user": "u1"})
     assert r.status_code == 200
     assert r.get_json()["usage"]["prompt_tokens"] == 3
+    r = client.post(COMPLETIONS, json={"prompt": "x", "frobnicate": {"x": 1}})
+    assert r.status_code == 400 and error_of(r)["param"] == "frobnicate"
+    assert "Unrecognized request argument" in error_of(r)["message"]
 
 
 @pytest.mark.parametrize("body,param", [
@@ -80,7 +82,17 @@ def test_token_id_prompt_and_unknown_fields_ignored(client):
     ({"prompt": "x", "seed": 1.5}, "seed"),
     ({"prompt": "x", "stream": "yes"}, "stream"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
-    ({"prompt": "x", "n": 2}, "n"),
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "n": 99}, "n"),
+    ({"prompt": "x", "suffix": "end"}, "suffix"),
+    ({"prompt": "x", "best_of": 1, "n": 2}, "best_of"),
+    ({"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
+    ({"prompt": "x", "logprobs": 6}, "logprobs"),
+    ({"prompt": "x", "presence_penalty": 3}, "presence_penalty"),
+    ({"prompt": "x", "frequency_penalty": "x"}, "frequency_penalty"),
+    ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"999999": 1}}, "logit_bias"),
     ({"prompt": 12}, "prompt"),
     ({"prompt": ["a", "b"]}, "prompt"),
     ({}, "prompt"),

@@ -82,6 +82,7 @@ class InferenceRecord:
     finish_reason: str | None = None
     cold_start: bool
     stream: bool
+    output_format: str = "text"
     time: str = dataclasses.field(default_factory=utc_now_rfc3339)
     prompt: str | None = None
     output: str | None = None
@@ -112,7 +113,8 @@ def _schema_of(record: type) -> dict[str, tuple[tuple[type, ...], bool]]:
     return schema
 
 
-# All fields but the text ones are required.
+# All fields but these are required (output_format came later: older events lack it).
+_OPTIONAL = (*_TEXT_FIELDS, "output_format")
 _SCHEMA = _schema_of(InferenceRecord)
 _NAMES = {_INT: "int", _FLOAT: "number", _STR: "str", _BOOL: "bool"}
 
@@ -124,7 +126,7 @@ def validate_inference_data(data: Any) -> list[str]:
     problems = []
     for key, (kinds, nullable) in _SCHEMA.items():
         if key not in data:
-            if key not in _TEXT_FIELDS:
+            if key not in _OPTIONAL:
                 problems.append(f"{key} is missing")
             continue
         value = data[key]

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from flask import Flask
 
+from .errors import NotReady
 from .events import EventEmitter, InferenceRecord
 from .host import Loader, ModelHost
 from .metrics import Metrics
@@ -49,6 +50,14 @@ class Runtime(BaseRuntime):
 
     def _ready(self) -> tuple[bool, str]:
         return self.host.ready()
+
+    def model(self) -> Any:
+        """The loaded model, or NotReady (503 + Retry-After) naming why it is not."""
+        ok, reason = self.ready()
+        if not ok:
+            raise NotReady(f"The model is not ready yet ({reason}). Retry shortly.",
+                           retry_after_s=self.server.retry_after_s)
+        return self.host.model
 
     def alive(self) -> tuple[bool, str]:
         return self.host.alive()

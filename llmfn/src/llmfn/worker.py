@@ -57,17 +57,22 @@ class ModelLoop:
     # -- request threads ------------------------------------------------------------------------
     def submit(self, item: Any) -> Any:
         """Queue ``item``; QueueFull when no room and ``queue_size`` requests already wait."""
+        return self.submit_all([item])[0]
+
+    def submit_all(self, items: list[Any]) -> list[Any]:
+        """Queue the parts of one request together (generate's ``n`` choices), or none of them:
+        QueueFull when they would leave more than ``queue_size`` waiting."""
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown(self.retry_after_s)
             waiting = len(self._pending) - self._room()
-            if waiting >= self.queue_size:
+            if waiting + len(items) > self.queue_size:
                 raise QueueFull(f"Too many requests: {max(waiting, 0)} already waiting for the "
                                 "model. Retry later.", retry_after_s=self.retry_after_s)
-            self._pending.append(item)
+            self._pending.extend(items)
             self._gauge()
             self._cond.notify_all()
-        return item
+        return items
 
     def depth(self) -> int:
         """Requests waiting for the model."""
