@@ -187,7 +187,8 @@ class Engine:
         if params.presence_penalty or params.frequency_penalty:
             # over everything generated (OpenAI's definition), not a window of the last tokens
             add(chain, llama_cpp.llama_sampler_init_penalties(
-                params.max_tokens, 1.0, params.frequency_penalty, params.presence_penalty))
+                self.n_vocab, params.max_tokens, 1.0, params.frequency_penalty,
+                params.presence_penalty))
         if params.grammar is not None:
             add(chain, self.grammar_sampler(params.grammar))
         if params.temperature <= 0:

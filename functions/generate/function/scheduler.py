@@ -204,7 +204,11 @@ class Scheduler(ModelLoop):
         with self._cond:
             admitted = self._admit()
         for slot in admitted:
-            self._start_slot(engine, slot)
+            try:
+                self._start_slot(engine, slot)
+            except Exception as err:  # e.g. a sampler llama.cpp refused: this request fails
+                log.exception("starting a generation failed")
+                self._fail(slot, err)
         for slot in self.slots:
             if slot.gen is not None and slot.gen.stop_requested():
                 self._finish(slot, "cancelled")

@@ -112,7 +112,7 @@ def common(body: dict, default_max_tokens: int, max_choices: int) -> Request:
                                                   lo=-2, hi=2)),
                     logit_bias=_logit_bias(param(body, "logit_bias", (dict,), None)))
     return Request(params=params, max_tokens_given=max_tokens is not None, stream=stream,
-                   include_usage=include_usage, n=n)
+                   include_usage=include_usage, n=n, best_of=n)
 
 
 def _logit_bias(raw: dict | None) -> dict[int, float]:
