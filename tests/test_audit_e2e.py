@@ -8,6 +8,7 @@ import base64
 import concurrent.futures as cf
 import datetime as dt
 import json
+from collections import Counter
 
 import pymongo
 import pytest
@@ -22,13 +23,30 @@ from tests.support.audit import (audit_env, count, deliveries, encode, inference
 UTC = dt.timezone.utc
 
 
+def label_counts(data: list[dict]) -> dict:
+    """`finish_reasons` and `output_formats` as /kpis should count them: null finish reason
+    as "none", a missing output format (an older producer) as "text"."""
+    return {"finish_reasons": dict(Counter(d["finish_reason"] or "none" for d in data)),
+            "output_formats": dict(Counter(d.get("output_format", "text") for d in data))}
+
+
 def expected_total(n: int, now: dt.datetime) -> dict:
     data = [inference_data(i, now) for i in range(1, n + 1)]
     lat = sorted(d["duration_s"] for d in data)
     return {"count": n, "errors": sum(d["status"] >= 500 for d in data),
             "completion_tokens": sum(d["completion_tokens"] for d in data),
             "prompt_tokens": sum(d["prompt_tokens"] for d in data),
-            "p50": lat[(n + 1) // 2 - 1], "cold": sum(d["cold_start"] for d in data)}
+            "p50": lat[(n + 1) // 2 - 1], "cold": sum(d["cold_start"] for d in data),
+            **label_counts(data)}
+
+
+def expected_groups(n: int, now: dt.datetime) -> dict:
+    """(function, model) -> the label counts of its events."""
+    groups: dict = {}
+    for i in range(1, n + 1):
+        d = inference_data(i, now)
+        groups.setdefault((d["function"], d["model"]), []).append(d)
+    return {k: label_counts(v) for k, v in groups.items()}
 
 
 # -- in-process Flask app on the real FerretDB ---------------------------------------------
@@ -67,9 +85,16 @@ def test_twice_and_out_of_order_is_exactly_once(app_db, ferretdb):
     assert total["latency_s"]["p50"] == pytest.approx(exp["p50"], rel=0.045)  # log buckets
     assert total["cold_starts"]["count"] == exp["cold"]
     assert total["error_rate"] == pytest.approx(exp["errors"] / n)
+    assert total["finish_reasons"] == exp["finish_reasons"]
+    assert total["output_formats"] == exp["output_formats"]
+    # the inputs have every kind: the counts are not trivially "stop" and "text"
+    assert {"stop", "length", "tool_calls", "error", "none"} <= exp["finish_reasons"].keys()
+    assert {"text", "json_schema", "json_object", "tool_call"} <= exp["output_formats"].keys()
     assert {(g["function"], g["model"]) for g in kpis["groups"]} == {
         ("generate", "tiny"), ("generate", "mini"), ("embed", "tiny"), ("embed", "mini")}
     assert sum(g["count"] for g in kpis["groups"]) == n
+    assert {(g["function"], g["model"]): {k: g[k] for k in ("finish_reasons", "output_formats")}
+            for g in kpis["groups"]} == expected_groups(n, now)
     metrics = client.get("/metrics").data.decode()
     assert f"audit_events_recorded_total {float(n)}" in metrics
     assert f"audit_events_duplicate_total {float(n)}" in metrics
@@ -98,6 +123,11 @@ def test_kpi_filters_and_timeseries(app_db):
     assert ts["bucket_s"] == 60 and sum(b["count"] for b in ts["series"]) == 30
     assert sum(b["completion_tokens"] for b in ts["series"]) == sum(range(1, 31))
     assert sum(b["errors"] for b in ts["series"]) == 3
+    reasons: Counter = Counter()
+    for b in ts["series"]:
+        reasons.update(b["finish_reasons"])
+    assert reasons == Counter(label_counts([inference_data(i, now)
+                                            for i in range(1, 31)])["finish_reasons"])
     assert client.get("/kpis/timeseries?bucket=1s&since=0").status_code == 400
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections import Counter
 from concurrent.futures import Future
 
 import pymongo
@@ -75,7 +76,11 @@ def docs(n: int, start: dt.datetime, seed: int = 1) -> list[dict]:
                     "service": "svc", "error": int(rng.random() < 0.2),
                     "duration_s": rng.uniform(0.01, 9), "ttft_s": rng.uniform(0.01, 1),
                     "tokens_per_s": 20.0, "prompt_tokens": rng.randint(1, 50),
-                    "completion_tokens": rng.randint(0, 50), "cold_start": rng.random() < 0.1})
+                    "completion_tokens": rng.randint(0, 50), "cold_start": rng.random() < 0.1,
+                    "finish_reason": rng.choice(["stop", "length", "tool_calls", None]),
+                    "output_format": rng.choice(["text", "json_object", "tool_call", None])})
+        if out[-1]["output_format"] is None:
+            del out[-1]["output_format"]  # stored by an older producer
     return out
 
 
@@ -85,16 +90,20 @@ def commit(committer, batch: list[dict]) -> list[str]:
     return [f.result(0) for f in futures]
 
 
-def totals(audit, rollups) -> dict:
-    s = audit.rollup.summary(rollups.cells().values())
-    return {k: s[k] for k in ("count", "errors", "completion_tokens", "prompt_tokens")} | {
+def numbers(audit, cells) -> dict:
+    """The /kpis total of ``cells`` that compaction must keep."""
+    s = audit.rollup.summary(cells.values())
+    return {k: s[k] for k in ("count", "errors", "completion_tokens", "prompt_tokens",
+                              "finish_reasons", "output_formats")} | {
         "cold": s["cold_starts"]["count"], "p95": s["latency_s"]["p95"]}
+
+
+def totals(audit, rollups) -> dict:
+    return numbers(audit, rollups.cells())
 
 
 def expected(audit, batch: list[dict]) -> dict:
-    s = audit.rollup.summary(audit.rollup.build(batch).values())
-    return {k: s[k] for k in ("count", "errors", "completion_tokens", "prompt_tokens")} | {
-        "cold": s["cold_starts"]["count"], "p95": s["latency_s"]["p95"]}
+    return numbers(audit, audit.rollup.build(batch))
 
 
 def die_before_part(audit, store, clock, batch: list[dict]) -> str:
@@ -208,6 +217,10 @@ def test_rebuild_counts_every_stored_event_once(env):
     assert rollups.rebuild() == 50
     want = expected(audit, committed + lost + loaded)
     assert totals(audit, rollups) == want
+    # the label counts, straight from the inputs (null reason "none", no format "text")
+    every = committed + lost + loaded
+    assert want["finish_reasons"] == Counter(d["finish_reason"] or "none" for d in every)
+    assert want["output_formats"] == Counter(d.get("output_format", "text") for d in every)
     # a redelivery of the lost commit's events is counted already: no recovery
     clock.advance(minutes=5)
     assert commit(committer, lost + loaded[:3]) == ["duplicate"] * 8

@@ -42,15 +42,40 @@ def load_audit():
     return sys.modules[PACKAGE]
 
 
+def finish_reason(i: int) -> str | None:
+    """The i-th event's `finish_reason`: null for embed, `error` for a 500, every 7th
+    `tool_calls`, every 5th `length`, else `stop`."""
+    if i % 3 == 0:
+        return None
+    if i % 10 == 0:
+        return "error"
+    return "tool_calls" if i % 7 == 0 else "length" if i % 5 == 0 else "stop"
+
+
+def output_format(i: int) -> str | None:
+    """The i-th event's `output_format`: `tool_call` with tool calls, some `json_schema` and
+    `json_object` generations, else `text`; ``None``: absent, as from an older producer."""
+    if i % 4 == 3:
+        return None
+    if finish_reason(i) == "tool_calls":
+        return "tool_call"
+    if i % 3:
+        return {1: "json_schema", 2: "json_object"}.get(i % 8, "text")
+    return "text"
+
+
 def inference_data(i: int, now: dt.datetime, **kw) -> dict:
-    """The data of the i-th inference event of a varied stream (functions, models, errors)."""
+    """The data of the i-th inference event of a varied stream (functions, models, errors,
+    finish reasons, output formats)."""
     d = {"request_id": f"r{i}", "function": "generate" if i % 3 else "embed",
          "model": "tiny" if i % 2 else "mini", "model_sha256": "ab" * 32, "service": "svc",
          "revision": "svc-00001", "endpoint": "/v1/chat/completions",
          "status": 500 if i % 10 == 0 else 200, "error_code": None, "prompt_tokens": 10 + i,
          "completion_tokens": i, "input_count": 1, "ttft_s": 0.01 * i, "duration_s": 0.1 * i,
-         "tokens_per_s": 5.0, "finish_reason": "stop", "cold_start": i % 7 == 0,
+         "tokens_per_s": 5.0, "finish_reason": finish_reason(i), "cold_start": i % 7 == 0,
          "stream": False, "time": (now - dt.timedelta(seconds=i)).isoformat()}
+    if output_format(i) is not None:
+        d["output_format"] = output_format(i)
     d.update(kw)
     return d
 

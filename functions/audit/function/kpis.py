@@ -120,8 +120,8 @@ def summarize(chosen: Chosen) -> dict:
 
 def timeseries(chosen: Chosen, since: dt.datetime, until: dt.datetime,
                bucket_s: int) -> dict:
-    """Count, errors, p50 latency and tokens per bucket aligned to epoch multiples of
-    ``bucket_s``; a cell goes to the bucket holding its start."""
+    """Count, errors, p50 latency, tokens and finish reasons per bucket aligned to epoch
+    multiples of ``bucket_s``; a cell goes to the bucket holding its start."""
     first = math.floor(since.timestamp() / bucket_s) * bucket_s
     buckets: dict[int, list] = {}
     for key, cell in chosen:
@@ -133,7 +133,8 @@ def timeseries(chosen: Chosen, since: dt.datetime, until: dt.datetime,
         series.append({"start": _iso(start), "count": s["count"], "errors": s["errors"],
                        "latency_p50_s": s["latency_s"]["p50"],
                        "completion_tokens": s["completion_tokens"],
-                       "prompt_tokens": s["prompt_tokens"]})
+                       "prompt_tokens": s["prompt_tokens"],
+                       "finish_reasons": s["finish_reasons"]})
         start += bucket_s
     return {"bucket_s": bucket_s, "series": series}
 

@@ -2,9 +2,18 @@
 
 A :class:`Cell` holds the KPIs of the events of one (function, model, service) whose event time
 falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its
-:class:`CellKey`: counts, token sums and log-bucket histograms of latency, time to first token
-and cold-start latency. Cells add up exactly (counts, sums) and their histograms merge exactly,
-so a rollup over a day is the same as the rollup of its minutes.
+:class:`CellKey`: counts, token sums, log-bucket histograms of latency, time to first token
+and cold-start latency, and counts by label of the events' ``finish_reason`` and
+``output_format``. Cells add up exactly (counts, sums) and their histograms and label counts
+merge exactly (label counts: below their cap), so a rollup over a day is the same as the
+rollup of its minutes.
+
+Label counts stay open-ended but bounded (:func:`label`, :data:`MAX_LABELS`): an event's value
+is counted under its own name when it is a string of 1 to :data:`MAX_LABEL_CHARS` characters,
+null as ``"none"``, anything else as ``"other"``; and a cell names at most
+:data:`MAX_LABELS` labels per field, ``"other"`` included: once it has ``MAX_LABELS - 1``
+named ones, a new name (from an event or a merged cell) is folded into ``"other"``. The counts
+always add up to ``count``; which names are kept past the cap depends on the merge order.
 
 Percentiles come from the histograms: bucket ``i`` holds values in ``[G**i, G**(i+1))`` with
 ``G = 2**(1/8)``, and a percentile is reported as the bucket's geometric middle, so it is within
@@ -14,11 +23,12 @@ Stored format (:func:`encode`, :func:`decode`; the one place that knows it): the
 document are JSON text in one field (FerretDB v1 spends its time per field it decodes, and one
 string is one field), a list of rows ``[function, model, service, start_s, resolution_s,
 {stored name: value}]``. The stored names stay the short ones the first version wrote (``n``,
-``e``, ``c``, ``pt``, ``ct``, ``tn``, ``ts``, ``hl``, ``ht``, ``hc``; each :class:`Cell` field
-declares its own, gathered in :data:`STORED_NAMES`): the text is read whole on every KPI query,
-short keys keep it compact, and documents written before the fields got words decode unchanged,
-so nothing persisted needs a migration. Python code uses only the field names; nothing outside
-this module sees a stored name.
+``e``, ``c``, ``pt``, ``ct``, ``tn``, ``ts``, ``hl``, ``ht``, ``hc``, and since the label counts
+``fr`` and ``of``; each :class:`Cell` field declares its own, gathered in :data:`STORED_NAMES`):
+the text is read whole on every KPI query, short keys keep it compact, and documents written
+before the fields got words decode unchanged, so nothing persisted needs a migration. A field
+missing from a stored row (written before the field existed) decodes as its empty default.
+Python code uses only the field names; nothing outside this module sees a stored name.
 """
 from __future__ import annotations
 
@@ -35,6 +45,10 @@ _LOG_GAMMA = math.log(GAMMA)
 _MIN_INDEX, _MAX_INDEX = -200, 200  # 2**-25 s .. 2**25 s
 ZERO = "z"  # values <= 0 (or below the smallest bucket)
 MINUTE_S, HOUR_S, DAY_S = 60, 3600, 86400
+MAX_LABELS = 16  # labels a cell names per label field, OTHER included
+MAX_LABEL_CHARS = 32  # a longer value is counted as OTHER
+OTHER, NONE = "other", "none"  # the labels of folded or odd values, and of null
+DEFAULT_OUTPUT_FORMAT = "text"  # what an event without `output_format` (older versions) had
 
 
 # -- histograms ------------------------------------------------------------------------------
@@ -65,9 +79,23 @@ def hist_percentile(hist: Mapping[str, int], p: float) -> float | None:
     return None  # unreachable: seen reaches total
 
 
-def _inc(hist: dict, value: float) -> None:
-    k = bucket_index(value)
-    hist[k] = hist.get(k, 0) + 1
+# -- counts by key (histograms, labels) ------------------------------------------------------
+def _add(counts: dict, key: str, n: int = 1, bounded: bool = False) -> None:
+    """Add ``n`` events to ``counts[key]``; when ``bounded``, a new key beyond the first
+    ``MAX_LABELS - 1`` names is counted as :data:`OTHER`."""
+    if bounded and key not in counts and len(counts) - (OTHER in counts) >= MAX_LABELS - 1:
+        key = OTHER
+    counts[key] = counts.get(key, 0) + n
+
+
+def label(value) -> str:
+    """The label an event's string field is counted under: the string itself when it has 1 to
+    ``MAX_LABEL_CHARS`` characters, :data:`NONE` for null, :data:`OTHER` for anything else."""
+    if value is None:
+        return NONE
+    if isinstance(value, str) and 0 < len(value) <= MAX_LABEL_CHARS:
+        return value
+    return OTHER
 
 
 # -- cells -----------------------------------------------------------------------------------
@@ -85,9 +113,10 @@ class CellKey(NamedTuple):
                              resolution_s=resolution_s)
 
 
-def _stored(name: str, kind: type = int):
-    """A cell field, stored under the short key ``name`` (see the module docstring)."""
-    return dataclasses.field(default_factory=kind, metadata={"stored": name})
+def _stored(name: str, kind: type = int, labels: bool = False):
+    """A cell field, stored under the short key ``name`` (see the module docstring);
+    ``labels``: a dict of label counts, bounded by :data:`MAX_LABELS`."""
+    return dataclasses.field(default_factory=kind, metadata={"stored": name, "labels": labels})
 
 
 @dataclasses.dataclass(slots=True)
@@ -103,6 +132,8 @@ class Cell:
     latency_hist: dict = _stored("hl", dict)  # `duration_s` of every event
     ttft_hist: dict = _stored("ht", dict)  # `ttft_s` of the events that have one
     cold_start_latency_hist: dict = _stored("hc", dict)  # `duration_s` of cold starts
+    finish_reasons: dict = _stored("fr", dict, labels=True)  # label(`finish_reason`) -> events
+    output_formats: dict = _stored("of", dict, labels=True)  # label(`output_format`) -> events
 
     def add_event(self, doc: Mapping) -> None:
         """Count one stored event document (ingest.event_document's shape)."""
@@ -112,10 +143,10 @@ class Cell:
         self.completion_tokens += int(_num(doc.get("completion_tokens")) or 0)
         duration = _num(doc.get("duration_s"))
         if duration is not None:
-            _inc(self.latency_hist, duration)
+            _add(self.latency_hist, bucket_index(duration))
         ttft = _num(doc.get("ttft_s"))
         if ttft is not None:
-            _inc(self.ttft_hist, ttft)
+            _add(self.ttft_hist, bucket_index(ttft))
         tps = _num(doc.get("tokens_per_s"))
         if tps is not None:
             self.tokens_per_s_count += 1
@@ -123,22 +154,26 @@ class Cell:
         if doc.get("cold_start") is True:
             self.cold_starts += 1
             if duration is not None:
-                _inc(self.cold_start_latency_hist, duration)
+                _add(self.cold_start_latency_hist, bucket_index(duration))
+        _add(self.finish_reasons, label(doc.get("finish_reason")), bounded=True)
+        _add(self.output_formats, label(doc.get("output_format", DEFAULT_OUTPUT_FORMAT)),
+             bounded=True)
 
     def merge(self, other: "Cell") -> None:
-        """Add ``other`` to this cell (counts, sums and histograms)."""
+        """Add ``other`` to this cell (counts, sums, histograms and label counts)."""
         for name in _SUMS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in _HISTOGRAMS:
+        for name, bounded in _COUNTS:
             target = getattr(self, name)
-            for index, n in getattr(other, name).items():
-                target[index] = target.get(index, 0) + n
+            for key, n in getattr(other, name).items():
+                _add(target, key, n, bounded)
 
 
 _FIELDS = dataclasses.fields(Cell)
 STORED_NAMES = {f.name: f.metadata["stored"] for f in _FIELDS}  # field -> stored key
-_HISTOGRAMS = tuple(f.name for f in _FIELDS if f.default_factory is dict)
-_SUMS = tuple(f.name for f in _FIELDS if f.name not in _HISTOGRAMS)
+# the dicts (histograms and label counts: key -> events), with whether they are bounded
+_COUNTS = tuple((f.name, f.metadata["labels"]) for f in _FIELDS if f.default_factory is dict)
+_SUMS = tuple(f.name for f in _FIELDS if f.default_factory is not dict)
 
 Cells = dict[CellKey, Cell]  # a set of cells, by key
 
@@ -192,9 +227,11 @@ def encode(cells: Mapping[CellKey, Cell]) -> str:
 
 
 def decode(text: str) -> Cells:
-    """The inverse of :func:`encode`."""
+    """The inverse of :func:`encode`; a field a row lacks (stored before the field existed)
+    takes its empty default."""
     return {CellKey(f, m, s, start, res):
-            Cell(**{name: values[stored] for name, stored in STORED_NAMES.items()})
+            Cell(**{name: values[stored] for name, stored in STORED_NAMES.items()
+                    if stored in values})
             for f, m, s, start, res, values in json.loads(text)}
 
 
@@ -233,4 +270,6 @@ def summary(cells: Iterable[Cell]) -> dict:
         "completion_tokens": acc.completion_tokens, "prompt_tokens": acc.prompt_tokens,
         "cold_starts": {"count": acc.cold_starts,
                         "duration_p50_s": hist_percentile(acc.cold_start_latency_hist, 0.5)},
+        "finish_reasons": dict(sorted(acc.finish_reasons.items())),
+        "output_formats": dict(sorted(acc.output_formats.items())),
     }

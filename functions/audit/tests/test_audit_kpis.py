@@ -45,7 +45,8 @@ def test_parse_bucket_rejects(raw):
 def _row(i, **kw):
     row = {"time": NOW - dt.timedelta(seconds=i), "function": "generate", "model": "m",
            "service": "generate", "error": 0, "duration_s": float(i), "ttft_s": 0.1,
-           "tokens_per_s": 10.0, "completion_tokens": 2, "prompt_tokens": 3, "cold_start": False}
+           "tokens_per_s": 10.0, "completion_tokens": 2, "prompt_tokens": 3, "cold_start": False,
+           "finish_reason": "stop", "output_format": "text"}
     row.update(kw)
     return row
 
@@ -55,9 +56,12 @@ def _query(**args):
 
 
 def test_summarize_groups_and_total():
-    rows = [_row(i) for i in range(1, 11)]
+    rows = [_row(i, **({"finish_reason": "length"} if i % 5 == 0 else {}))
+            for i in range(1, 9)]
+    rows += [_row(9, finish_reason="tool_calls", output_format="tool_call"),
+             _row(10, output_format="json_schema")]
     rows += [_row(1, function="embed", error=1, ttft_s=None, tokens_per_s=None,
-                  cold_start=True, duration_s=4.0)]
+                  cold_start=True, duration_s=4.0, finish_reason=None)]
     chosen, window = kpis.select(rollup.build(rows), _query())
     out = kpis.summarize(chosen)
     embed, gen = out["groups"]
@@ -71,7 +75,13 @@ def test_summarize_groups_and_total():
     assert embed["cold_starts"]["count"] == 1
     assert embed["cold_starts"]["duration_p50_s"] == pytest.approx(4.0,
                                                                    rel=rollup.RELATIVE_ERROR)
+    assert gen["finish_reasons"] == {"length": 1, "stop": 8, "tool_calls": 1}
+    assert gen["output_formats"] == {"json_schema": 1, "text": 8, "tool_call": 1}
+    assert embed["finish_reasons"] == {"none": 1} and embed["output_formats"] == {"text": 1}
     assert out["total"]["count"] == 11 and out["total"]["errors"] == 1
+    assert out["total"]["finish_reasons"] == {"length": 1, "none": 1, "stop": 8,
+                                              "tool_calls": 1}
+    assert list(out["total"]["output_formats"]) == ["json_schema", "text", "tool_call"]
     assert window == {"since": "2026-01-02T11:59:00Z", "until": "2026-01-02T12:00:00Z",
                       "coarsest_cell_s": 60}
 
@@ -99,7 +109,7 @@ def test_summarize_tolerates_odd_values():
 
 def test_timeseries_zero_fills_aligned_buckets():
     since, until = NOW - dt.timedelta(minutes=3), NOW
-    rows = [_row(30), _row(31, error=1), _row(150)]
+    rows = [_row(30), _row(31, error=1, finish_reason="error"), _row(150)]
     chosen, _ = kpis.select(rollup.build(rows), _query(since=since.isoformat()))
     out = kpis.timeseries(chosen, since, until, 60)
     starts = [b["start"] for b in out["series"]]
@@ -108,4 +118,6 @@ def test_timeseries_zero_fills_aligned_buckets():
     assert counts == [(1, 0), (0, 0), (2, 1)]
     assert out["series"][2]["latency_p50_s"] == pytest.approx(30.0, rel=rollup.RELATIVE_ERROR)
     assert out["series"][2]["completion_tokens"] == 4
+    assert [b["finish_reasons"] for b in out["series"]] == [{"stop": 1}, {},
+                                                            {"error": 1, "stop": 1}]
     assert kpis.bucket_count(since, until, 60) == 3

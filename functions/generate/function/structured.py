@@ -153,12 +153,18 @@ def check_schema(schema, param: str, path: str = "#") -> None:
             check_schema(value, param, f"{path}/{key}")
 
 
+# The converter's string character allows raw control characters, which JSON does not.
+_LOOSE_CHAR = 'char ::= [^"\\\\]'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F]'
+
+
 def _grammar(schema: dict, param: str) -> str:
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        grammar = json_schema_to_gbnf(json.dumps(schema))
     except (ValueError, KeyError, TypeError, AssertionError, RecursionError) as err:
         raise InvalidRequest(f"'{param}' cannot be turned into a grammar: {err}",
                              param=param) from None
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
 def _call_schema(tool: Tool) -> dict:
