@@ -7,11 +7,8 @@ root test tree imports audit's under the unique name ``audit_function``; audit's
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import importlib.util
 import os
 import random
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,48 +17,19 @@ from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 from llmfn.events import INFERENCE_COMPLETED
 
+from tests.support.packages import load_package
+
 ROOT = Path(__file__).resolve().parents[2]
 AUDIT_DIR = ROOT / "functions" / "audit"
-PACKAGE = "audit_function"
 SUBMODULES = ("settings", "service", "api", "func", "ingest", "kpis", "rollup", "store",
               "commit", "compaction")
 
 
 def load_audit():
     """audit's ``function`` package as ``audit_function``, with its submodules imported."""
-    if PACKAGE not in sys.modules:
-        pkg = AUDIT_DIR / "function"
-        spec = importlib.util.spec_from_file_location(PACKAGE, pkg / "__init__.py",
-                                                      submodule_search_locations=[str(pkg)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
-        for sub in SUBMODULES:
-            if (pkg / f"{sub}.py").exists():
-                importlib.import_module(f"{PACKAGE}.{sub}")
-    return sys.modules[PACKAGE]
-
-
-def finish_reason(i: int) -> str | None:
-    """The i-th event's `finish_reason`: null for embed, `error` for a 500, every 7th
-    `tool_calls`, every 5th `length`, else `stop`."""
-    if i % 3 == 0:
-        return None
-    if i % 10 == 0:
-        return "error"
-    return "tool_calls" if i % 7 == 0 else "length" if i % 5 == 0 else "stop"
-
-
-def output_format(i: int) -> str | None:
-    """The i-th event's `output_format`: `tool_call` with tool calls, some `json_schema` and
-    `json_object` generations, else `text`; ``None``: absent, as from an older producer."""
-    if i % 4 == 3:
-        return None
-    if finish_reason(i) == "tool_calls":
-        return "tool_call"
-    if i % 3:
-        return {1: "json_schema", 2: "json_object"}.get(i % 8, "text")
-    return "text"
+    pkg = AUDIT_DIR / "function"
+    return load_package("audit", tuple(sub for sub in SUBMODULES
+                                       if (pkg / f"{sub}.py").exists()))
 
 
 def inference_data(i: int, now: dt.datetime, **kw) -> dict:
