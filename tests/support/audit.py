@@ -32,6 +32,28 @@ def load_audit():
                                        if (pkg / f"{sub}.py").exists()))
 
 
+def finish_reason(i: int) -> str | None:
+    """The i-th event's `finish_reason`: null for embed, `error` for a 500, every 7th
+    `tool_calls`, every 5th `length`, else `stop`."""
+    if i % 3 == 0:
+        return None
+    if i % 10 == 0:
+        return "error"
+    return "tool_calls" if i % 7 == 0 else "length" if i % 5 == 0 else "stop"
+
+
+def output_format(i: int) -> str | None:
+    """The i-th event's `output_format`: `tool_call` with tool calls, some `json_schema` and
+    `json_object` generations, else `text`; ``None``: absent, as from an older producer."""
+    if i % 4 == 3:
+        return None
+    if finish_reason(i) == "tool_calls":
+        return "tool_call"
+    if i % 3:
+        return {1: "json_schema", 2: "json_object"}.get(i % 8, "text")
+    return "text"
+
+
 def inference_data(i: int, now: dt.datetime, **kw) -> dict:
     """The data of the i-th inference event of a varied stream (functions, models, errors,
     finish reasons, output formats)."""
