@@ -1,41 +1,209 @@
 #!/usr/bin/env python3
-"""Cold start of the generate function from a real MinIO, split into download, verify, load.
+"""Cold start of the generate function from a real MinIO: import profile, download throughput,
+and start to ready / first token per scenario against llama-server on the same file.
 
-For each run: our function under gunicorn (as `make run` starts it) with MODEL_URI=s3://...
-and an empty MODEL_CACHE_DIR ("cold cache"), then again with the cache it just filled ("warm
-cache"), then llama-server on the same local file (it has no download). Start-to-ready is
-process start until the readiness URL answers 200 (ours /health/readiness, llama-server
-/health), polled every 20 ms. The phases come from our ``llmfn_cold_start_seconds{phase=...}``
-on /metrics after readiness; "other" is start-to-ready minus the phases (interpreter and
-imports, gunicorn, the fork, polling).
+One run measures, interleaved:
 
-    .venv/bin/python bench/bench_coldstart.py [--runs 5]
+1. Import profile (``--baseline-rev``): ``python -X importtime -c "import function.func"`` of
+   the generate function as it is and as it was at the baseline revision (``git archive``,
+   read-only), warm cache: wall time, CPU time and the heaviest packages.
+2. Throughput, in this process, on the 500 MB file: the disk's own sequential write (1 MiB
+   writes + fsync into the cache directory), ours (``llmfn.weights.fetch``: parallel ranged
+   GETs, hashed on the way, fsync) and the single-stream baseline (one boto3 ``get_object``
+   with boto3's default client config, its body copied to disk with ``shutil.copyfileobj``,
+   then fsync, as KServe's storage-initializer streams an object), straight to MinIO and
+   through a proxy (scripts/tcp_throttle.py) that caps each connection's bandwidth and adds
+   latency the way a cluster's S3 does.
+3. Cold starts, per model (SmolLM2-135M Q4_1, 94 MB; a synthetic 0.5B Q8_0, 500 MB, made by
+   scripts/make_synthetic_gguf.py) and scenario (empty cache, warm cache) for gunicorn and
+   func-python (and the baseline revision under gunicorn), and llama-server on the same local
+   file: start to ready (readiness 200, polled every 20 ms), start to first token (ready + the
+   first request's time to first token, as Knative's activator forwards a held request), and
+   the phases from ``llmfn_cold_start_seconds``.
 
-Writes .state/bench/coldstart.json and the "Cold-start phases" section of docs/benchmarks.md.
+    .venv/bin/python bench/bench_coldstart.py [--runs 3] [--baseline-rev REV]
+
+Writes .state/bench/coldstart.json, docs/img/bench-coldstart.png and the "Cold start"
+section of docs/benchmarks.md. Load averages are recorded with every measurement: the
+machine is shared, so read the ratios (measured in the same run, interleaved).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import re
+import resource
 import shutil
+import subprocess
 import sys
+import tarfile
+import io
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
+sys.path.insert(0, str(HERE.parent / "llmfn" / "src"))
 
 import common  # noqa: E402
 from common import fmt, log, summary  # noqa: E402
 
+import procs  # noqa: E402
 import services  # noqa: E402
 import upload_model  # noqa: E402
+from tcp_throttle import Throttle  # noqa: E402
 
-BUCKET, KEY = "bench", "smollm2-135m-instruct-q4_1.gguf"
-PHASES = ("download", "verify", "load")
+BUCKET = "bench"
+SYNTH = common.STATE / "models" / "synthetic-0.5b-q8_0.gguf"
+PHASES = ("import", "download", "verify", "fetch_wait", "load")
 _METRIC = re.compile(r'^llmfn_cold_start_seconds\{phase="(\w+)"\} ([0-9.eE+-]+)$', re.M)
+IMG = common.REPO_ROOT / "docs" / "img" / "bench-coldstart.png"
 
 
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+# -- models and MinIO -----------------------------------------------------------------------------
+def models() -> dict[str, Path]:
+    if not SYNTH.exists():
+        subprocess.run([str(common.VENV_PY), str(HERE.parent / "scripts" / "make_synthetic_gguf.py"),
+                        "--out", str(SYNTH)], check=True)
+    return {"94 MB": common.smollm2_path(), "500 MB": SYNTH}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 22):
+            h.update(b)
+    return h.hexdigest()
+
+
+# -- 1. import profile ----------------------------------------------------------------------------
+def baseline_tree(rev: str, dest: Path) -> Path:
+    """functions/generate and llmfn as they were at ``rev`` (git archive; read-only)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    data = subprocess.run(["git", "-C", str(common.REPO_ROOT), "archive", rev,
+                           "functions/generate/function", "llmfn/src/llmfn"],
+                          check=True, capture_output=True).stdout
+    tarfile.open(fileobj=io.BytesIO(data)).extractall(dest)
+    shutil.copytree(dest / "llmfn/src/llmfn", dest / "functions/generate/llmfn")
+    return dest / "functions" / "generate"
+
+
+def import_profile(fn_dir: Path, env: dict) -> dict:
+    """One ``-X importtime`` import of function.func: wall, CPU, self time by top package."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run([str(common.VENV_PY), "-X", "importtime", "-c", "import function.func"],
+                         cwd=fn_dir, env={**os.environ, **env}, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    by_pkg: dict[str, float] = {}
+    n = 0
+    for line in out.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            n += 1
+            pkg = m.group(4).split(".")[0]
+            by_pkg[pkg] = by_pkg.get(pkg, 0.0) + int(m.group(1)) / 1e6
+    return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime)
+            + (after.ru_stime - before.ru_stime), "modules": n, "by_pkg": by_pkg,
+            "loadavg": load()}
+
+
+# -- 2. throughput --------------------------------------------------------------------------------
+def disk_write(dirpath: Path, size: int) -> float:
+    """Seconds to write ``size`` bytes sequentially (1 MiB writes) and fsync."""
+    dirpath.mkdir(parents=True, exist_ok=True)
+    path = dirpath / "disk-write.tmp"
+    buf = os.urandom(1 << 20)
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        left = size
+        while left > 0:
+            left -= os.write(fd, buf[:min(left, len(buf))])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    s = time.perf_counter() - t0
+    path.unlink()
+    return s
+
+
+def single_stream(endpoint: str, creds: dict, key: str, dirpath: Path) -> float:
+    """The baseline: one get_object, boto3's default client config, body copied to a file."""
+    import boto3
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
+    dirpath.mkdir(parents=True, exist_ok=True)
+    path = dirpath / "single.tmp"
+    t0 = time.perf_counter()
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
+    with open(path, "wb") as f:
+        shutil.copyfileobj(body, f)
+        f.flush()
+        os.fsync(f.fileno())
+    s = time.perf_counter() - t0
+    path.unlink()
+    return s
+
+
+def ours_fetch(endpoint: str, creds: dict, key: str, cache: Path, digest: str) -> float:
+    """llmfn.weights.fetch into an empty cache (the settings' defaults), wall seconds."""
+    from llmfn import settings, weights
+    shutil.rmtree(cache, ignore_errors=True)
+    st = settings.build(settings.StorageSettings, {
+        "MODEL_URI": f"s3://{BUCKET}/{key}", "MODEL_CACHE_DIR": str(cache),
+        "MODEL_SHA256": digest, "S3_ENDPOINT_URL": endpoint})
+    old = {k: os.environ.get(k) for k in creds}
+    os.environ.update(creds)
+    try:
+        t0 = time.perf_counter()
+        res = weights.fetch(st)
+        s = time.perf_counter() - t0
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert res.sha256 == digest and not res.cached
+    shutil.rmtree(cache, ignore_errors=True)
+    return s
+
+
+def throughput(minio, key: str, size: int, digest: str, work: Path, runs: int,
+               rate_bps: float, latency_s: float) -> dict:
+    creds = {k: v for k, v in minio.client_env().items() if k.startswith("AWS_")}
+    direct = minio.endpoint_url
+    out: dict[str, list] = {k: [] for k in ("disk write", "ours", "single stream",
+                                            "ours, capped", "single stream, capped")}
+    with Throttle(("127.0.0.1", minio.port), rate_bps=rate_bps, latency_s=latency_s) as proxy:
+        for i in range(runs):
+            for name, f in (
+                    ("disk write", lambda: disk_write(work, size)),
+                    ("ours", lambda: ours_fetch(direct, creds, key, work / "cache", digest)),
+                    ("single stream", lambda: single_stream(direct, creds, key, work)),
+                    ("ours, capped", lambda: ours_fetch(proxy.url, creds, key, work / "cache",
+                                                        digest)),
+                    ("single stream, capped", lambda: single_stream(proxy.url, creds, key, work))):
+                la = load()
+                s = f()
+                out[name].append({"s": s, "mb_s": size / 1e6 / s, "loadavg": la})
+                log(f"throughput run {i + 1}: {name} {size / 1e6 / s:.0f} MB/s (load {la:.2f})")
+    return out
+
+
+# -- 3. cold starts -------------------------------------------------------------------------------
 def phases(port: int) -> dict[str, float]:
     status, body = common.http_get(f"http://{common.HOST}:{port}/metrics", timeout_s=5.0)
     if status != 200:
@@ -50,103 +218,300 @@ def first_token_s(port: int) -> float:
     return t.ttft_s
 
 
-def ours_once(env: dict) -> dict:
-    srv = common.gunicorn_server(common.free_port(), env)
+def run_server(srv, with_phases: bool) -> dict:
+    la = load()
     try:
         ready_s = srv.start().wait_ready()
-        got = phases(srv.port)
-        got["first_token"] = first_token_s(srv.port)
+        got = phases(srv.port) if with_phases else {}
+        got["ttft"] = first_token_s(srv.port)
     finally:
         srv.stop()
     got["ready"] = ready_s
-    got["other"] = ready_s - sum(got.get(p, 0.0) for p in PHASES)
+    got["first_token"] = ready_s + got["ttft"]
+    got["loadavg"] = la
     return got
 
 
-def llama_server_once(model: Path, n_ctx: int, threads: int) -> dict:
-    srv = common.llama_server(common.free_port(), model, n_ctx=n_ctx, threads=threads)
-    try:
-        ready_s = srv.start().wait_ready()
-        return {"ready": ready_s, "first_token": first_token_s(srv.port)}
-    finally:
-        srv.stop()
+def ours(kind: str, env: dict, cwd: Path | None = None) -> dict:
+    port = common.free_port()
+    if kind == "func-python":
+        srv = common.func_python_server(port, env)
+    else:
+        srv = procs.gunicorn_server("generate", port, env=env, poll_s=common.POLL_S,
+                                    conf=(cwd / "llmfn" / "gunicorn_conf.py") if cwd else None,
+                                    log_path=common.LOG_DIR / f"coldstart-{kind}.log")
+        if cwd is not None:  # the baseline tree: gunicorn --chdir there, and its llmfn first
+            i = srv.cmd.index("--chdir")      # on the path (the master imports llmfn.settings
+            srv.cmd[i + 1] = str(cwd)         # for its config, and the worker inherits it)
+            srv.env["PYTHONPATH"] = str(cwd)
+    return run_server(srv, with_phases=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--baseline-rev", default="",
+                    help="also run the generate function as it was at this git revision")
+    ap.add_argument("--rate-mb-s", type=float, default=40.0,
+                    help="capped proxy: bandwidth per connection, MB/s")
+    ap.add_argument("--latency-ms", type=float, default=2.0, help="capped proxy: one-way latency")
+    ap.add_argument("--skip", default="", help="comma list of: profile,throughput,coldstart")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args(argv)
     if not 1 <= args.runs <= 30:
         ap.error("--runs must be 1..30")
+    skip = set(filter(None, args.skip.split(",")))
 
-    model = common.smollm2_path()
+    files = models()
+    digests = {name: sha256(p) for name, p in files.items()}
+    keys = {name: p.name for name, p in files.items()}
     state = common.STATE / "bench" / "coldstart"
-    cache = state / "cache"
     services.ensure_binaries()
     minio = services.MinioServer(state / "minio", common.HOST, common.free_port(),
                                  log_path=common.LOG_DIR / "coldstart-minio.log")
-    results = {"cold cache": [], "warm cache": [], "llama-server": []}
+    data: dict = {"machine": common.machine_line(), "runs": args.runs,
+                  "sizes": {n: p.stat().st_size for n, p in files.items()},
+                  "files": {n: p.name for n, p in files.items()},
+                  "baseline_rev": args.baseline_rev, "rate_mb_s": args.rate_mb_s,
+                  "latency_ms": args.latency_ms, "load_start": os.getloadavg()}
+    base_dir = None
+    if args.baseline_rev:
+        rev = subprocess.run(["git", "-C", str(common.REPO_ROOT), "rev-parse", "--short",
+                              args.baseline_rev], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        data["baseline_rev"] = rev
+        base_dir = baseline_tree(rev, state / "baseline")
     with minio:
-        upload_model.upload(minio.client(), str(model), BUCKET, KEY)
-        env = common.generate_env({"MODEL_URI": f"s3://{BUCKET}/{KEY}",
-                                   "MODEL_CACHE_DIR": str(cache), "SHUTDOWN_GRACE_S": "1",
-                                   **minio.client_env()},
-                                  n_ctx=args.n_ctx, threads=args.threads)
-        for i in range(args.runs):
-            shutil.rmtree(cache, ignore_errors=True)
-            results["cold cache"].append(ours_once(env))
-            results["warm cache"].append(ours_once(env))
-            results["llama-server"].append(llama_server_once(model, args.n_ctx, args.threads))
-            log(f"run {i + 1}/{args.runs}: " + ", ".join(
-                f"{k} {v[-1]['ready']:.2f} s" for k, v in results.items()))
-    data = {"machine": common.machine_line(), "model": model.name,
-            "model_bytes": model.stat().st_size, "runs": args.runs, "results": results}
+        for name, p in files.items():
+            upload_model.upload(minio.client(), str(p), BUCKET, keys[name])
+
+        def env_for(name: str, cache: Path) -> dict:
+            return common.generate_env({"MODEL_URI": f"s3://{BUCKET}/{keys[name]}",
+                                        "MODEL_SHA256": digests[name],
+                                        "MODEL_CACHE_DIR": str(cache), "SHUTDOWN_GRACE_S": "1",
+                                        **minio.client_env()},
+                                       n_ctx=args.n_ctx, threads=args.threads)
+
+        if "profile" not in skip:
+            cache = state / "cache-profile"
+            env = env_for("94 MB", cache)
+            from llmfn import settings, weights
+            os.environ.update({k: v for k, v in minio.client_env().items()
+                               if k.startswith("AWS_")})
+            weights.fetch(settings.build(settings.StorageSettings, env))  # warm the cache
+            prof: dict[str, list] = {"now": []}
+            if base_dir is not None:
+                prof["baseline"] = []
+            fn_now = common.REPO_ROOT / "functions" / "generate"
+            for i in range(args.runs + 2):
+                for k in prof:
+                    prof[k].append(import_profile(fn_now if k == "now" else base_dir, env))
+            data["profile"] = prof
+            log("profile: " + ", ".join(f"{k} wall {summary([r['wall_s'] for r in v])['median']:.3f} s"
+                                        for k, v in prof.items()))
+
+        if "throughput" not in skip:
+            data["throughput"] = throughput(minio, keys["500 MB"], data["sizes"]["500 MB"],
+                                            digests["500 MB"], state / "tp", args.runs,
+                                            args.rate_mb_s * 1e6, args.latency_ms / 1e3)
+
+        if "coldstart" not in skip:
+            res: dict = {}
+            kinds = ["gunicorn", "func-python"] + (["baseline"] if base_dir else [])
+            for name in files:
+                res[name] = {f"{k}, {c}": [] for k in kinds for c in ("empty cache", "warm cache")}
+                res[name]["llama-server"] = []
+            for i in range(args.runs):
+                for name, p in files.items():
+                    for kind in kinds:
+                        cache = state / f"cache-{kind}"
+                        shutil.rmtree(cache, ignore_errors=True)
+                        env = env_for(name, cache)
+                        cwd = base_dir if kind == "baseline" else None
+                        k = "gunicorn" if kind == "baseline" else kind
+                        res[name][f"{kind}, empty cache"].append(ours(k, env, cwd))
+                        res[name][f"{kind}, warm cache"].append(ours(k, env, cwd))
+                    srv = common.llama_server(common.free_port(), p, n_ctx=args.n_ctx,
+                                              threads=args.threads)
+                    res[name]["llama-server"].append(run_server(srv, with_phases=False))
+                    log(f"run {i + 1}/{args.runs} {name}: " + ", ".join(
+                        f"{k} {v[-1]['ready']:.2f}" for k, v in res[name].items()))
+            data["coldstart"] = res
+    data["load_end"] = os.getloadavg()
     common.publish("coldstart", data, render, no_doc=args.no_doc)
+    if "coldstart" in data:
+        plot(data, IMG if not args.no_doc else common.STATE / "bench" / "coldstart-scratch.png")
     return 0
 
 
+# -- report ---------------------------------------------------------------------------------------
+def med(rows: list[dict], key: str) -> float | None:
+    return summary([r.get(key) for r in rows if r.get(key) is not None])["median"]
+
+
+def _load_span(rows: list[dict]) -> str:
+    loads = [r.get("loadavg", r.get("load")) for r in rows]
+    loads = [x for x in loads if isinstance(x, (int, float))]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
+
+
 def render(d: dict) -> str:
-    cols = (*PHASES, "other", "ready", "first_token")
-    lines = ["| scenario | download (s) | verify (s) | load (s) | other (s) | start to ready (s) "
-             "| first request: time to first token (s) |",
-             "|---|---|---|---|---|---|---|"]
-    med = {}
-    for name, runs in d["results"].items():
-        cells = []
-        for c in cols:
-            vals = [r[c] for r in runs if c in r]
-            s = summary(vals)
-            med[(name, c)] = s["median"]
-            cells.append(fmt(s, digits=3) if vals else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    ref = med[("llama-server", "ready")]
-    ratios = ", ".join(f"{n} {med[(n, 'ready')] / ref:.2f}" for n in ("cold cache", "warm cache"))
-    return "\n".join([
-        "## Cold-start phases",
-        "",
-        f"Machine: {d['machine']}, shared with other jobs. Model {d['model']} "
-        f"({d['model_bytes'] / 2**20:.1f} MiB) from a local MinIO (loopback). {d['runs']} runs "
-        "of each scenario, interleaved; median (min-max).",
-        "",
-        *lines,
-        "",
-        "- cold cache: empty `MODEL_CACHE_DIR`: ranged GETs from MinIO, sha256, rename, load.",
-        "- warm cache: the file cached by the previous run: a HEAD request, the sidecar "
-        "`<file>.sha256` matches size, mtime and sha256, so no download and no re-hash; load.",
-        "- llama-server: the same local file (no download, no checksum), its default warm-up "
-        "run included; ready when /health answers 200.",
-        "- other: start to ready minus the phases: Python start-up and imports, gunicorn, the "
-        "worker fork and the 20 ms readiness polling.",
-        "- first request: right after ready, a 4-token prompt, SSE: time to its first token "
-        "(the first request of a process; llama-server ran a warm-up at start).",
-        "",
-        f"Start to ready, ours / llama-server (medians): {ratios}.",
-        "",
-        "Reproduce: `make bench-coldstart` (`bench/bench_coldstart.py`).",
-    ])
+    out = ["## Cold start", "",
+           f"Machine: {d['machine']}, shared with other jobs (1-min load average "
+           f"{d['load_start'][0]:.2f} at the start, {d['load_end'][0]:.2f} at the end; per "
+           f"measurement in the tables). {d['runs']} runs, interleaved; median (min-max).", ""]
+    if "profile" in d:
+        out += render_profile(d)
+    if "throughput" in d:
+        out += render_throughput(d)
+    if "coldstart" in d:
+        out += render_coldstart(d)
+    out += ["Reproduce: `make bench-coldstart` (`bench/bench_coldstart.py`; "
+            "`BENCH_ARGS=\"--baseline-rev REV\"` adds the code of REV as a baseline).", ""]
+    return "\n".join(out)
+
+
+def render_profile(d: dict) -> list[str]:
+    prof = d["profile"]
+    names = list(prof)
+    lines = ["### Import profile: `import function.func` (exec to the runtime being built)", "",
+             f"`python -X importtime -c \"import function.func\"` in functions/generate, warm "
+             f"cache, {len(prof['now'])} runs per tree, alternating"
+             + (f"; baseline = revision {d['baseline_rev']}" if d.get("baseline_rev") else "")
+             + ". Self time by top-level package (import-time instrumentation inflates it).", "",
+             "| | " + " | ".join(names) + (" | now / baseline |" if "baseline" in prof else " |"),
+             "|---|" + "---|" * (len(names) + ("baseline" in prof))]
+
+    def row(label, f, digits=3):
+        vals = [summary([f(r) for r in prof[n]]) for n in names]
+        cells = [fmt(v, digits=digits) for v in vals]
+        if "baseline" in prof:
+            r = vals[0]["median"] / vals[1]["median"] if vals[1]["median"] else None
+            cells.append(f"{r:.2f}" if r is not None else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("wall (s)", lambda r: r["wall_s"])
+    row("CPU user+sys (s)", lambda r: r["cpu_s"])
+    row("modules imported", lambda r: r["modules"], digits=0)
+    pkgs: dict[str, float] = {}
+    for n in names:
+        for r in prof[n]:
+            for k, v in r["by_pkg"].items():
+                pkgs[k] = max(pkgs.get(k, 0.0), v)
+    for pkg in sorted(pkgs, key=pkgs.get, reverse=True)[:16]:
+        row(f"`{pkg}` (s)", lambda r, pkg=pkg: r["by_pkg"].get(pkg, 0.0))
+    loads = [r["loadavg"] for n in names for r in prof[n]]
+    lines += ["", f"Load average during the profile: {min(loads):.2f}-{max(loads):.2f}.", ""]
+    return lines
+
+
+def render_throughput(d: dict) -> list[str]:
+    tp = d["throughput"]
+    size = d["sizes"]["500 MB"]
+    m = {k: summary([r["mb_s"] for r in v])["median"] for k, v in tp.items()}
+    lines = ["### Download throughput (500 MB file)", "",
+             f"{d['files']['500 MB']} ({size / 1e6:.0f} MB). Capped: through "
+             f"scripts/tcp_throttle.py, {d['rate_mb_s']:.0f} MB/s per connection and "
+             f"{d['latency_ms']:.0f} ms one way. MB/s = 1e6 bytes/s, end to end (fsync "
+             "included).", "",
+             "| | MB/s | load avg |", "|---|---|---|"]
+    for k, v in tp.items():
+        lines.append(f"| {k} | {fmt(summary([r['mb_s'] for r in v]), digits=0)} | "
+                     f"{_load_span(v)} |")
+    r1 = m["ours"] / m["disk write"]
+    r2 = m["ours, capped"] / m["single stream, capped"]
+    r3 = m["ours"] / m["single stream"]
+    lines += ["",
+              f"- ours / disk write, uncapped: **{r1:.2f}** (target >= 0.75: "
+              f"{'met' if r1 >= 0.75 else 'missed'});",
+              f"- ours / single stream, capped: **{r2:.2f}** (target >= 2: "
+              f"{'met' if r2 >= 2 else 'missed'}); uncapped: {r3:.2f}.",
+              "- disk write: 1 MiB `write`s of random bytes and one fsync, in the cache "
+              "directory's filesystem. ours: `llmfn.weights.fetch` with the default settings "
+              "(8 MiB ranges, 8 at once), hashed while downloading, fsync. single stream: one "
+              "`get_object` from a `boto3.client('s3')` with boto3's defaults, the body copied "
+              "with `shutil.copyfileobj` (64 KiB reads) to a file, fsync (the way KServe's "
+              "storage-initializer streams an object).", ""]
+    return lines
+
+
+def render_coldstart(d: dict) -> list[str]:
+    lines = ["### Start to ready and to first token", "",
+             "Start: the process is spawned. Ready: its readiness URL answers 200 (ours "
+             "`/health/readiness`, llama-server `/health`). First token: ready + the first "
+             "request's time to first token (SSE, 8 tokens). Phases (ours, from "
+             "`llmfn_cold_start_seconds`): import = process start to `ModelHost.start` (the "
+             "worker's start under gunicorn); download and verify run on the fetch thread from "
+             "the function module's first lines, overlapping the imports; fetch wait = how "
+             "long the loader still waited for the file after the imports; verify = the hash "
+             "tail after the last byte; load = llama.cpp load and context.", "",
+             "| model | scenario | start to ready (s) | / llama-server | start to first token "
+             "(s) | / llama-server | import | download | verify | fetch wait | load | "
+             "load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model, scen in d["coldstart"].items():
+        ref_r = med(scen["llama-server"], "ready")
+        ref_f = med(scen["llama-server"], "first_token")
+        for name, rows in scen.items():
+            r, f = med(rows, "ready"), med(rows, "first_token")
+            cells = [fmt(summary([x["ready"] for x in rows])), f"{r / ref_r:.2f}",
+                     fmt(summary([x["first_token"] for x in rows])), f"{f / ref_f:.2f}"]
+            for p in PHASES:
+                v = med(rows, p)
+                cells.append(f"{v:.3f}" if v is not None else "-")
+            lines.append(f"| {model} | {name} | " + " | ".join(cells) + f" | {_load_span(rows)} |")
+    lines.append("")
+    tp = d.get("throughput")
+    for model, scen in d["coldstart"].items():
+        ref_r = med(scen["llama-server"], "ready")
+        warm = med(scen["gunicorn, warm cache"], "ready")
+        warm_f = med(scen["func-python, warm cache"], "ready")
+        txt = (f"- {model}: warm cache, start to ready / llama-server: gunicorn "
+               f"**{warm / ref_r:.2f}**, func-python **{warm_f / ref_r:.2f}** (target <= 1.5)")
+        if tp:
+            wire = max(summary([r["mb_s"] for r in tp[k]])["median"]
+                       for k in ("ours", "single stream")) * 1e6
+            budget = d["sizes"][model] / wire + ref_r
+            for kind in ("gunicorn", "func-python"):
+                f = med(scen[f"{kind}, empty cache"], "first_token")
+                txt += (f"; empty cache, start to first token / (size at the wire speed "
+                        f"{wire / 1e6:.0f} MB/s + llama-server's start to ready = "
+                        f"{budget:.2f} s), {kind}: **{f / budget:.2f}** (target <= 1.2)")
+        lines.append(txt + ".")
+    lines += ["", "Plot: ![cold start](img/bench-coldstart.png)", ""]
+    return lines
+
+
+def plot(d: dict, out: Path) -> None:
+    """Start to ready (bars: median phases stacked for ours) and to first token, per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cs = d["coldstart"]
+    fig, axes = plt.subplots(1, len(cs), figsize=(7 * len(cs), 5), squeeze=False)
+    for ax, (model, scen) in zip(axes[0], cs.items()):
+        names = list(scen)
+        ready = [med(scen[n], "ready") for n in names]
+        first = [med(scen[n], "first_token") for n in names]
+        x = range(len(names))
+        ax.bar([i - 0.2 for i in x], ready, width=0.4, label="start to ready")
+        ax.bar([i + 0.2 for i in x], first, width=0.4, label="start to first token")
+        ref = med(scen["llama-server"], "ready")
+        ax.axhline(ref * 1.5, color="grey", ls="--", lw=1, label="1.5 x llama-server ready")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels([n.replace(", ", "\n") for n in names], fontsize=8)
+        ax.set_ylabel("seconds")
+        ax.set_title(f"{model}: {d['files'][model]}")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Cold start, {d['machine']} (shared; load avg {d['load_start'][0]:.1f})")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    log(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ portable-wheel:
 bench-generate: venv $(LLAMA_SERVER)
 	$(PY) bench/bench_generate.py $(BENCH_ARGS)
 
-bench-coldstart: venv services $(LLAMA_SERVER)
+bench-coldstart: venv services bench-deps vendor $(LLAMA_SERVER)
 	$(PY) bench/bench_coldstart.py $(BENCH_ARGS)
 
 bench-portable: venv portable-wheel

@@ -4,7 +4,11 @@
 # - Knative Serving and Eventing CRDs (their openAPIV3Schema; Eventing's include the alpha
 #   RequestReply of eventing/examples/), the Serving annotation key constants and Eventing's
 #   config-features ConfigMap (the feature flag names eventing/features/ sets), from the Go
-#   modules at the pinned versions (`go mod download`, the Go module proxy).
+#   modules at the pinned versions (`go mod download`, the Go module proxy); also the
+#   queue-proxy port constants and the pod labels of the activator, the autoscaler and the
+#   MT broker filter (what deploy/networkpolicy.yaml lets in).
+# - The Kubernetes OpenAPI v3 document of networking.k8s.io/v1 (the NetworkPolicy schema), from
+#   the k8s.io/kubernetes module (api/openapi-spec/v3/) at KUBERNETES_VERSION.
 # - The func.yaml JSON schema that knative/func ships (schema/func_yaml-schema.json): the
 #   unchanged copy in ../shared/schemas/ beside the project (knative/func commit c18d6045,
 #   2026-08-22, Apache-2.0; never copied into this tree), or a copy named by FUNC_SCHEMA_JSON.
@@ -12,13 +16,14 @@
 #
 # Idempotent: a version already extracted (or already refused) is not fetched again. Writes $OUT/index.json with the
 # files found per source; a source that could not be fetched is recorded with its error instead
-# (Serving and Eventing are required: exit 1; func is optional: without ../shared the test skips
+# (Serving, Eventing and Kubernetes are required: exit 1; func is optional: without ../shared the test skips
 # the official func.yaml schema check and says why).
 set -euo pipefail
 
 # Pinned versions (Knative 1.x = module v0.(x+27)); bump together with docs/deploy.md.
 SERVING_VERSION=${SERVING_VERSION:-v0.51.0}
 EVENTING_VERSION=${EVENTING_VERSION:-v0.50.0}
+KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.34.0}
 FUNC_VERSION=c18d6045
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -78,13 +83,21 @@ extract knative.dev/serving "serving-$SERVING_VERSION" "$SERVING_VERSION" servin
     config/core/300-resources/configuration.yaml \
     config/core/300-resources/revision.yaml \
     pkg/apis/autoscaling/register.go=autoscaling_register.go \
-    pkg/apis/serving/register.go=serving_register.go || status=1
+    pkg/apis/serving/register.go=serving_register.go \
+    pkg/networking/constants.go=networking_constants.go \
+    config/core/deployments/activator.yaml=activator-deployment.yaml \
+    config/core/deployments/autoscaler.yaml=autoscaler-deployment.yaml || status=1
 extract knative.dev/eventing "eventing-$EVENTING_VERSION" "$EVENTING_VERSION" eventing \
     config/core/resources/broker.yaml \
     config/core/resources/trigger.yaml \
     config/core/resources/sinkbindings.yaml \
     config/core/resources/requestreply.yaml \
-    config/core/configmaps/features.yaml=config-features.yaml || status=1
+    config/core/configmaps/features.yaml=config-features.yaml \
+    config/brokers/mt-channel-broker/deployments/broker-filter.yaml=broker-filter-deployment.yaml \
+    || status=1
+extract k8s.io/kubernetes "kubernetes-$KUBERNETES_VERSION" "$KUBERNETES_VERSION" kubernetes \
+    api/openapi-spec/v3/apis__networking.k8s.io__v1_openapi.json=networking-v1-openapi.json \
+    || status=1
 
 func_src=""
 rm -rf "$OUT/func-local"
@@ -102,9 +115,10 @@ fi
 
 # index.json: what the tests can use (paths relative to $OUT) and why something is missing.
 python_bin=${PYTHON:-python3}
-"$python_bin" - "$OUT" "$SERVING_VERSION" "$EVENTING_VERSION" "$FUNC_VERSION" "$func_src" <<'PY'
+"$python_bin" - "$OUT" "$SERVING_VERSION" "$EVENTING_VERSION" "$FUNC_VERSION" "$func_src" \
+    "$KUBERNETES_VERSION" <<'PY'
 import json, pathlib, sys
-out, serving, eventing, func, func_src = sys.argv[1:6]
+out, serving, eventing, func, func_src, kubernetes = sys.argv[1:7]
 root = pathlib.Path(out)
 def entry(name, version, dirname):
     d = root / dirname if dirname else None
@@ -116,6 +130,7 @@ def entry(name, version, dirname):
     return {"version": version, "error": err.read_text().strip() if err.exists() else "missing"}
 index = {"serving": entry("serving", serving, f"serving-{serving}"),
          "eventing": entry("eventing", eventing, f"eventing-{eventing}"),
+         "kubernetes": entry("kubernetes", kubernetes, f"kubernetes-{kubernetes}"),
          "func": entry("func", func, func_src or None)}
 (root / "index.json").write_text(json.dumps(index, indent=2) + "\n")
 for k, v in index.items():

@@ -71,6 +71,15 @@ def inference_event(url: str) -> None:
     assert r.status_code == 200, r.text
 
 
+def pages_served(name: str, url: str) -> None:
+    """The installed copy ships the pages' static files (package data): the function's page,
+    /docs and the files they load answer 200."""
+    page = "/dashboard" if name == "audit" else "/"
+    for path in (page, "/docs", "/static/common.js", "/static/vendor/uplot/uPlot.iife.min.js"):
+        r = requests.get(url + path, timeout=30)
+        assert r.status_code == 200, (path, r.status_code, r.text[:200])
+
+
 @pytest.mark.parametrize("name, env, check", [
     ("generate", {"MODEL_URI": f"file://{MODELS / 'tiny-llama.gguf'}", "N_CTX": "256"},
      completion),
@@ -91,5 +100,6 @@ def test_function_folder_builds_and_serves_alone(name, env, check, tmp_path, req
     try:
         server.wait_ready(120)
         check(server.url)
+        pages_served(name, server.url)
     finally:
         assert server.stop() == 0, server.log_tail()

@@ -14,6 +14,7 @@ import pytest
 from tests.support import kustomize
 from tests.support.manifest_rules import (
     broker_errors,
+    deadline_chain_errors,
     features_errors,
     requestreply_errors,
     routing_errors,
@@ -209,4 +210,36 @@ def test_requestreply_rule_rejects_broken_copy(eventing_objs, services, breakage
     (rr,) = load_docs(REQUESTREPLY_YAML)
     breakage(rr)
     errors = requestreply_errors(rr, eventing_objs, services)
+    assert any(expect in e for e in errors), errors
+
+
+def test_one_deadline_per_request_below_every_outer_timeout(eventing_objs, services):
+    """generate's REQUEST_TIMEOUT_S < responseStartTimeoutSeconds <= timeoutSeconds, and
+    responseStartTimeoutSeconds <= its request Triggers' timeout <= RequestReply's timeout
+    (docs/deploy.md "Timeouts"): the function ends a request before any layer around it."""
+    (rr,) = load_docs(REQUESTREPLY_YAML)
+    triggers = of_kind(eventing_objs, "Trigger")
+    assert deadline_chain_errors(services["generate"], triggers, rr) == []
+
+
+def _env(ksvc, key, value):
+    (c,) = ksvc["spec"]["template"]["spec"]["containers"]
+    c["env"] = [e for e in c["env"] if e["name"] != key] + (
+        [] if value is None else [{"name": key, "value": value}])
+
+
+@pytest.mark.parametrize("breakage, expect", [
+    (lambda s, t, r: _env(s, "REQUEST_TIMEOUT_S", "300"), "below responseStartTimeoutSeconds"),
+    (lambda s, t, r: _env(s, "REQUEST_TIMEOUT_S", "0"), "must be > 0"),
+    (lambda s, t, r: _env(s, "REQUEST_TIMEOUT_S", None), "must be set"),
+    (lambda s, t, r: s["spec"]["template"]["spec"].update(timeoutSeconds=250), "below"),
+    (lambda s, t, r: named(t, "Trigger", CHAT)["spec"]["delivery"].update(timeout="PT4M"),
+     "must be >= responseStartTimeoutSeconds"),
+    (lambda s, t, r: r["spec"].update(timeout="PT4M59S"), "RequestReply"),
+])
+def test_deadline_chain_rule_rejects_broken_copy(eventing_objs, services, breakage, expect):
+    svc, objs = copy.deepcopy(services["generate"]), copy.deepcopy(eventing_objs)
+    (rr,) = load_docs(REQUESTREPLY_YAML)
+    breakage(svc, objs, rr)
+    errors = deadline_chain_errors(svc, of_kind(objs, "Trigger"), rr)
     assert any(expect in e for e in errors), errors

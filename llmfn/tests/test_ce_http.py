@@ -46,3 +46,14 @@ def test_decode_rejects_non_cloudevents_with_a_400(headers, body, says):
 def test_plain_json_is_not_taken_for_an_event():
     assert not is_cloudevent({"content-type": "application/json"})
     assert is_cloudevent({"Content-Type": "application/cloudevents+json; charset=utf-8"})
+
+
+@pytest.mark.parametrize("headers", [
+    {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t", "ce-source": "/s",
+     "content-type": "application/json"},
+    {"content-type": "application/cloudevents+json"}])
+def test_deeply_nested_json_is_an_invalid_event(headers):
+    """Past the JSON decoder's recursion limit: a 400 (InvalidEvent), not a RecursionError."""
+    body = b'{"data": ' * 50_000 + b"1" + b"}" * 50_000
+    with pytest.raises(InvalidEvent):
+        decode_http(headers, body)

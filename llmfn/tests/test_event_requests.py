@@ -169,7 +169,7 @@ def test_the_inference_event_is_derived_from_the_request(served):
     """Audit counts a redelivered request once: its inference event has the same id and a
     source without the revision, and it carries the trace."""
     rt, client, sink = served
-    post(client, request_event())
+    reply = reply_of(post(client, request_event()))
     post(client, request_event(), "structured")
     rt.stop()  # flushes
     assert sink.wait_requests(2)
@@ -177,5 +177,6 @@ def test_the_inference_event_is_derived_from_the_request(served):
     assert len({(h["ce-id"], h["ce-source"]) for h in heads}) == 1
     assert heads[0]["ce-source"] == "/llmfn/generate/gen"
     assert heads[0]["ce-traceparent"] == "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
-    reply = reply_of(post(client, request_event()))
     assert heads[0]["ce-id"] != reply.get_id()
+    resp = post(client, request_event())  # stopping: another instance answers
+    assert resp.status_code == 503 and resp.headers["Retry-After"]

@@ -130,8 +130,8 @@ def test_public_routes_answer_without_a_key(loaded):
     assert c.post("/echo", json={}).status_code == 401
 
 
-def test_probes_answer_as_func_python_does():
-    """Not ready: 500 with the reason as text, like func-python's own /health/readiness."""
+def test_probes_answer_503_with_the_reason():
+    """Not ready (or not alive): 503 with the reason as text."""
     class Probes:
         def ready(self):
             return False, "loading"
@@ -143,4 +143,67 @@ def test_probes_answer_as_func_python_does():
     c = app.test_client()
     for path, text in (("/health/readiness", "loading"), ("/health/liveness", "load failed")):
         r = c.get(path)
-        assert (r.status_code, r.get_data(as_text=True), r.mimetype) == (500, text, "text/plain")
+        assert (r.status_code, r.get_data(as_text=True), r.mimetype) == (503, text, "text/plain")
+
+
+# -- hostile input: a clear 400 in OpenAI's shape, never a 500 -------------------------------
+DEEP = b"[" * 100_000 + b"]" * 100_000  # past the JSON decoder's recursion limit
+
+
+@pytest.fixture
+def parsing_app():
+    """A base app with one JSON route and room for large bodies."""
+    app = create_base_app("t", max_request_bytes=1 << 20, probes=None, metrics=Metrics())
+
+    @app.post("/echo")
+    def echo():
+        return {"keys": sorted(json_body())}
+
+    return app
+
+
+@pytest.mark.parametrize("body", [DEEP, b'{"a":' * 50_000 + b"1" + b"}" * 50_000])
+def test_deeply_nested_json_is_a_400(parsing_app, body):
+    r = parsing_app.test_client().post("/echo", data=body, content_type="application/json")
+    assert r.status_code == 400, r.get_data(as_text=True)
+    err = r.get_json()["error"]
+    assert "nested too deeply" in err["message"] and err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("raw,param,where", [
+    (b'{"prompt": "\\ud800"}', "prompt", "'prompt'"),
+    (b'{"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": "a\\udfffb"}]}',
+     "messages", "'messages[1].content'"),
+    (b'{"input": ["fine", "\\ud800"]}', "input", "'input[1]'"),
+    (b'{"logit_bias": {"\\ud800": 1}}', "logit_bias", "'logit_bias.\\ud800'"),
+    (b'{"\\udc00": 1}', "\\udc00", "'\\udc00'"),
+])
+def test_lone_surrogates_are_a_400_naming_the_param(parsing_app, raw, param, where):
+    """Valid JSON, no text: a lone surrogate has no UTF-8 encoding (tokenizers fail on it)."""
+    r = parsing_app.test_client().post("/echo", data=raw, content_type="application/json")
+    assert r.status_code == 400, r.get_data(as_text=True)
+    err = r.get_json()["error"]
+    assert err["param"] == param and err["message"].startswith(where), err
+
+
+def test_surrogate_pairs_are_text(parsing_app):
+    r = parsing_app.test_client().post("/echo", data=b'{"prompt": "\\ud83d\\ude00"}',
+                                       content_type="application/json")
+    assert r.status_code == 200 and r.get_json() == {"keys": ["prompt"]}
+
+
+def test_openapi_json_serves_the_attached_document(parsing_app, tmp_path):
+    from llmfn import openapi
+
+    c = parsing_app.test_client()
+    assert c.get("/openapi.json").status_code == 404  # nothing attached
+    doc = tmp_path / "openapi.json"
+    doc.write_text('{"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, '
+                   '"x-llmfn-include": ["base"], "paths": {"/echo": {"post": {"responses": '
+                   '{"200": {"description": "ok"}}}}}}')
+    openapi.attach(parsing_app, doc)
+    r = c.get("/openapi.json")
+    assert r.status_code == 200
+    served = r.get_json()
+    assert {"/echo", "/health/liveness", "/metrics", "/openapi.json"} <= set(served["paths"])
+    assert "x-llmfn-include" not in served and "Error" in served["components"]["schemas"]

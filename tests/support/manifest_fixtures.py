@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import jsonschema
 import pytest
 
 from tests.support import kustomize
-from tests.support.manifest_schemas import annotation_keys, crd_validator
+from tests.support.manifest_schemas import annotation_keys, crd_validator, openapi_validator
 from tests.support.manifests import ROOT, SCHEMAS, load_docs
 
 
@@ -37,7 +38,30 @@ def crds(schema_index) -> dict[str, jsonschema.protocols.Validator]:
         "Trigger": crd_validator(eventing / "trigger.yaml"),
         "SinkBinding": crd_validator(eventing / "sinkbindings.yaml"),
         "RequestReply": crd_validator(eventing / "requestreply.yaml", "v1alpha1"),
+        "NetworkPolicy": openapi_validator(
+            SCHEMAS / schema_index["kubernetes"]["dir"] / "networking-v1-openapi.json",
+            "io.k8s.api.networking.v1.NetworkPolicy", "networking.k8s.io/v1", "NetworkPolicy"),
     }
+
+
+@pytest.fixture(scope="session")
+def knative_data_plane(schema_index) -> dict:
+    """What deploy/networkpolicy.yaml is checked against, from the pinned releases:
+    queue-proxy's port constants (name -> port) and the pod labels of the activator, the
+    autoscaler and the MT broker filter."""
+    serving = SCHEMAS / schema_index["serving"]["dir"]
+    eventing = SCHEMAS / schema_index["eventing"]["dir"]
+    consts = dict((k, int(v)) for k, v in re.findall(
+        r"^\s*(\w+Port)\s*=\s*(\d+)", (serving / "networking_constants.go").read_text(), re.M))
+
+    def labels(path):
+        (dep,) = [d for d in load_docs(path) if d.get("kind") == "Deployment"]
+        return dep["spec"]["template"]["metadata"]["labels"]
+
+    return {"ports": consts,
+            "activator": labels(serving / "activator-deployment.yaml"),
+            "autoscaler": labels(serving / "autoscaler-deployment.yaml"),
+            "broker-filter": labels(eventing / "broker-filter-deployment.yaml")}
 
 
 @pytest.fixture(scope="session")

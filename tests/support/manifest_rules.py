@@ -494,3 +494,112 @@ def containerfile_errors(text: str, name: str) -> list[str]:
         if not re.search(r"^FROM .* AS builder$", text, re.M) or "COPY --from=builder" not in text:
             errors.append(f"{name}: llama.cpp must be built in a builder stage")
     return errors
+
+
+# -- the NetworkPolicy (deploy/networkpolicy.yaml) -------------------------------------------
+SERVING_PORTS = ("BackendHTTPPort", "BackendHTTP2Port", "BackendHTTPSPort")  # queue-proxy
+AUTOSCALER_PORT, USER_METRICS_PORT = "AutoscalingQueueMetricsPort", "UserQueueMetricsPort"
+NAMESPACE_NAME = "kubernetes.io/metadata.name"
+# Who must reach the functions' pods (namespace, the pinned release's pod kind or our labels as
+# (key, value) pairs)
+# -> the ports (queue-proxy constant names, or an int) they may reach.
+NETWORK_PEERS = {
+    ("knative-serving", "activator"): SERVING_PORTS,
+    ("knative-eventing", "broker-filter"): SERVING_PORTS,
+    ("knative-serving", "autoscaler"): (AUTOSCALER_PORT,),
+    ("kourier-system", (("app", "3scale-kourier-gateway"),)): SERVING_PORTS,
+    ("monitoring", (("app.kubernetes.io/name", "prometheus"),)): (PORT, USER_METRICS_PORT),
+}
+
+
+def networkpolicy_errors(np: dict, data_plane: dict) -> list[str]:
+    """The policy selects exactly the functions' pods, lets in exactly NETWORK_PEERS (each
+    peer a namespace and pod selector pair whose labels the pinned deployment's pods carry) on
+    exactly their ports (queue-proxy's constants), and nothing else (no ipBlock, no rule
+    without `from` or `ports`, no egress rules)."""
+    from tests.support.manifests import FUNCTIONS
+
+    errors = []
+    spec = np.get("spec", {})
+    want_pods = {"matchExpressions": [{"key": "serving.knative.dev/service", "operator": "In",
+                                       "values": list(FUNCTIONS)}]}
+    sel = spec.get("podSelector", {})
+    if sel.get("matchLabels") or [
+            {**e, "values": sorted(e.get("values", []))} for e in sel.get("matchExpressions", [])
+    ] != [{**want_pods["matchExpressions"][0], "values": sorted(FUNCTIONS)}]:
+        errors.append(f"podSelector {sel} must select the pods of {list(FUNCTIONS)} by "
+                      "serving.knative.dev/service")
+    if spec.get("policyTypes") != ["Ingress"] or "egress" in spec:
+        errors.append(f"policyTypes {spec.get('policyTypes')} must be [Ingress], no egress")
+
+    def port_numbers(names) -> set[int]:
+        return {n if isinstance(n, int) else data_plane["ports"][n] for n in names}
+
+    want = {peer: port_numbers(ports) for peer, ports in NETWORK_PEERS.items()}
+    got: dict = {}
+    for i, rule in enumerate(spec.get("ingress", [])):
+        peers, ports = rule.get("from"), rule.get("ports")
+        if not peers or not ports:
+            errors.append(f"ingress[{i}] without `from` or `ports` lets everyone or every port in")
+            continue
+        numbers = set()
+        for p in ports:
+            if p.get("protocol", "TCP") != "TCP" or not isinstance(p.get("port"), int) \
+                    or "endPort" in p:
+                errors.append(f"ingress[{i}] port {p} must be one TCP port number")
+            else:
+                numbers.add(p["port"])
+        for peer in peers:
+            ns = peer.get("namespaceSelector", {}).get("matchLabels", {}).get(NAMESPACE_NAME)
+            pods = peer.get("podSelector", {}).get("matchLabels")
+            if "ipBlock" in peer or ns is None or not pods or set(peer) != {
+                    "namespaceSelector", "podSelector"}:
+                errors.append(f"ingress[{i}] peer {peer} must name a namespace and pod labels")
+                continue
+            key = next((k for k in want if k[0] == ns and (
+                pods == dict(k[1]) if isinstance(k[1], tuple)
+                else pods.items() <= data_plane[k[1]].items())), None)
+            if key is None:
+                errors.append(f"ingress[{i}] peer {ns}/{pods} is not one that must reach the "
+                              "functions (or its labels are not the pinned release's)")
+                continue
+            got.setdefault(key, set()).update(numbers)
+    for key, ports in want.items():
+        if got.get(key, set()) != ports:
+            errors.append(f"{key[0]}/{key[1]} may reach ports {sorted(got.get(key, []))}, "
+                          f"must reach exactly {sorted(ports)}")
+    return errors
+
+
+# -- one deadline per request across layers --------------------------------------------------
+def deadline_chain_errors(ksvc: dict, triggers: list[dict], rr: dict) -> list[str]:
+    """generate's chain of timeouts, innermost first: its REQUEST_TIMEOUT_S (set explicitly,
+    > 0) < the revision's responseStartTimeoutSeconds <= timeoutSeconds, and
+    responseStartTimeoutSeconds <= the delivery.timeout of every request Trigger to it <= the
+    RequestReply's timeout. So the function ends a request itself (finish_reason and event)
+    before any outer layer gives up on it."""
+    name = ksvc["metadata"]["name"]
+    (c,) = ksvc["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    errors = []
+    try:
+        deadline = float(env["REQUEST_TIMEOUT_S"])
+    except (KeyError, TypeError, ValueError):
+        return [f"{name}: REQUEST_TIMEOUT_S must be set to a number of seconds"]
+    spec = ksvc["spec"]["template"]["spec"]
+    start, total = spec.get("responseStartTimeoutSeconds"), spec.get("timeoutSeconds")
+    if not 0 < deadline < (start or 0) <= (total or 0):
+        errors.append(f"{name}: REQUEST_TIMEOUT_S {deadline:g} must be > 0 and below "
+                      f"responseStartTimeoutSeconds {start} <= timeoutSeconds {total}")
+    rr_timeout = iso_seconds(rr.get("spec", {}).get("timeout"))
+    mine = [t for t in triggers if is_request_trigger(t)
+            and t["spec"].get("subscriber", {}).get("ref", {}).get("name") == name]
+    if not mine:
+        errors.append(f"{name}: no request Trigger delivers to it")
+    for t in mine:
+        got = iso_seconds(t["spec"].get("delivery", {}).get("timeout"))
+        if got is None or not (start or 0) <= got <= (rr_timeout or 0):
+            errors.append(f"Trigger {t['metadata']['name']}: delivery.timeout {got} s must be "
+                          f">= responseStartTimeoutSeconds {start} and <= the RequestReply "
+                          f"timeout {rr_timeout} s")
+    return errors

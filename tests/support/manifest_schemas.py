@@ -1,9 +1,10 @@
 """The schemas the manifest tests validate with: the Knative Serving/Eventing CRD
-``openAPIV3Schema`` made strict (a field the API server would prune is an error here), our own
+``openAPIV3Schema`` and the Kubernetes OpenAPI v3 schema of NetworkPolicy, made strict (a field the API server would prune is an error here), our own
 statement of the func.yaml fields we use, and the Knative annotation keys declared in the Serving
 source. scripts/fetch_schemas.sh fetches and caches them (tests/support/manifest_fixtures.py)."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -63,6 +64,19 @@ def crd_validator(path: Path, version: str = "v1") -> jsonschema.protocols.Valid
     schema["properties"]["apiVersion"] = {"const": api}
     schema["properties"]["kind"] = {"const": crd["spec"]["names"]["kind"]}
     return jsonschema.Draft7Validator(schema)
+
+
+def openapi_validator(path: Path, schema_name: str, api: str,
+                      kind: str) -> jsonschema.protocols.Validator:
+    """A Kubernetes built-in kind from the OpenAPI v3 document of its group version (the
+    kubernetes repo's api/openapi-spec/v3/), made strict like the CRDs (:func:`strict`)."""
+    doc = json.loads(path.read_text())
+    components = {name: strict(schema) for name, schema in doc["components"]["schemas"].items()}
+    root = dict(components[schema_name])
+    root["properties"] = {**root["properties"], "apiVersion": {"const": api},
+                          "kind": {"const": kind}, "metadata": OBJECT_META}
+    root["required"] = sorted(set(root.get("required", [])) | {"apiVersion", "kind", "metadata"})
+    return jsonschema.Draft7Validator({**root, "components": {"schemas": components}})
 
 
 def schema_errors(validator, doc) -> list[str]:

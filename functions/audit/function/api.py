@@ -6,7 +6,10 @@ a 401. With ``API_KEYS`` set, the KPI queries need a key.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Flask, jsonify, request
+from llmfn import openapi, pages
 from llmfn.ce_http import InvalidEvent, decode_http
 from llmfn.webapp import public
 
@@ -14,6 +17,7 @@ from .service import AuditService
 
 EVENT_PATHS = ("/", "/events")
 DEAD_LETTER_PATH = "/dead-letter"
+OPENAPI = Path(__file__).with_name("openapi.json")
 
 
 def register(app: Flask, service: AuditService) -> None:
@@ -35,6 +39,8 @@ def register(app: Flask, service: AuditService) -> None:
     for path in EVENT_PATHS:
         public(app, path, f"record{path.replace('/', '_')}", record, methods=("POST",))
     public(app, DEAD_LETTER_PATH, "dead_letter", dead_letter, methods=("POST",))
+    openapi.attach(app, OPENAPI)
+    pages.register_dashboard(app)  # GET /dashboard, /docs
 
     @app.get("/kpis")
     @app.get("/kpis/timeseries")

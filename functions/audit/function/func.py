@@ -45,7 +45,9 @@ class AuditRuntime(BaseRuntime):
         return self.service.alive()
 
     def _stop(self, grace_s: float) -> None:
-        """Finish queued commits (within the grace), then close the database client."""
+        """Let the events being recorded get their commit (new ones get 503 meanwhile), then
+        finish queued commits and close the database client."""
+        self.wait_requests(grace_s)
         self.service.stop(grace_s)
 
 

@@ -120,8 +120,9 @@ def summarize(chosen: Chosen) -> dict:
 
 def timeseries(chosen: Chosen, since: dt.datetime, until: dt.datetime,
                bucket_s: int) -> dict:
-    """Count, errors, p50 latency, tokens and finish reasons per bucket aligned to epoch
-    multiples of ``bucket_s``; a cell goes to the bucket holding its start."""
+    """Count, errors, latency and time-to-first-token p50/p95, mean tokens/s, cold starts,
+    tokens and finish reasons per bucket aligned to epoch multiples of ``bucket_s``; a cell goes
+    to the bucket holding its start."""
     first = math.floor(since.timestamp() / bucket_s) * bucket_s
     buckets: dict[int, list] = {}
     for key, cell in chosen:
@@ -131,7 +132,13 @@ def timeseries(chosen: Chosen, since: dt.datetime, until: dt.datetime,
     while start < until.timestamp():
         s = rollup.summary(buckets.get(start, []))
         series.append({"start": _iso(start), "count": s["count"], "errors": s["errors"],
+                       "error_rate": s["error_rate"],
                        "latency_p50_s": s["latency_s"]["p50"],
+                       "latency_p95_s": s["latency_s"]["p95"],
+                       "ttft_p50_s": s["ttft_s"]["p50"], "ttft_p95_s": s["ttft_s"]["p95"],
+                       "tokens_per_s_mean": s["tokens_per_s_mean"],
+                       "cold_starts": s["cold_starts"]["count"],
+                       "cold_start_p50_s": s["cold_starts"]["duration_p50_s"],
                        "completion_tokens": s["completion_tokens"],
                        "prompt_tokens": s["prompt_tokens"],
                        "finish_reasons": s["finish_reasons"]})

@@ -3,8 +3,8 @@
 A :class:`Cell` holds the KPIs of the events of one (function, model, service) whose event time
 falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its
 :class:`CellKey`: counts, token sums, log-bucket histograms of latency, time to first token
-and cold-start latency, and counts by label of the events' ``finish_reason`` and
-``output_format``. Cells add up exactly (counts, sums) and their histograms and label counts
+and cold-start latency, and counts by label of the events' ``finish_reason``,
+``output_format`` and ``key_id`` (who called: a hash prefix of the bearer key). Cells add up exactly (counts, sums) and their histograms and label counts
 merge exactly (label counts: below their cap), so a rollup over a day is the same as the
 rollup of its minutes.
 
@@ -24,7 +24,7 @@ document are JSON text in one field (FerretDB v1 spends its time per field it de
 string is one field), a list of rows ``[function, model, service, start_s, resolution_s,
 {stored name: value}]``. The stored names stay the short ones the first version wrote (``n``,
 ``e``, ``c``, ``pt``, ``ct``, ``tn``, ``ts``, ``hl``, ``ht``, ``hc``, and since the label counts
-``fr`` and ``of``; each :class:`Cell` field declares its own, gathered in :data:`STORED_NAMES`):
+``fr``, ``of`` and ``ki``; each :class:`Cell` field declares its own, gathered in :data:`STORED_NAMES`):
 the text is read whole on every KPI query, short keys keep it compact, and documents written
 before the fields got words decode unchanged, so nothing persisted needs a migration. A field
 missing from a stored row (written before the field existed) decodes as its empty default.
@@ -134,6 +134,7 @@ class Cell:
     cold_start_latency_hist: dict = _stored("hc", dict)  # `duration_s` of cold starts
     finish_reasons: dict = _stored("fr", dict, labels=True)  # label(`finish_reason`) -> events
     output_formats: dict = _stored("of", dict, labels=True)  # label(`output_format`) -> events
+    key_ids: dict = _stored("ki", dict, labels=True)  # label(`key_id`) -> events; none = no auth
 
     def add_event(self, doc: Mapping) -> None:
         """Count one stored event document (ingest.event_document's shape)."""
@@ -158,6 +159,7 @@ class Cell:
         _add(self.finish_reasons, label(doc.get("finish_reason")), bounded=True)
         _add(self.output_formats, label(doc.get("output_format", DEFAULT_OUTPUT_FORMAT)),
              bounded=True)
+        _add(self.key_ids, label(doc.get("key_id")), bounded=True)
 
     def merge(self, other: "Cell") -> None:
         """Add ``other`` to this cell (counts, sums, histograms and label counts)."""
@@ -272,4 +274,5 @@ def summary(cells: Iterable[Cell]) -> dict:
                         "duration_p50_s": hist_percentile(acc.cold_start_latency_hist, 0.5)},
         "finish_reasons": dict(sorted(acc.finish_reasons.items())),
         "output_formats": dict(sorted(acc.output_formats.items())),
+        "key_ids": dict(sorted(acc.key_ids.items())),
     }

@@ -82,6 +82,7 @@ def test_summarize_groups_and_total():
     assert out["total"]["finish_reasons"] == {"length": 1, "none": 1, "stop": 8,
                                               "tool_calls": 1}
     assert list(out["total"]["output_formats"]) == ["json_schema", "text", "tool_call"]
+    assert out["total"]["key_ids"] == {"none": 11}  # no key_id in these rows: auth off
     assert window == {"since": "2026-01-02T11:59:00Z", "until": "2026-01-02T12:00:00Z",
                       "coarsest_cell_s": 60}
 
@@ -121,3 +122,27 @@ def test_timeseries_zero_fills_aligned_buckets():
     assert [b["finish_reasons"] for b in out["series"]] == [{"stop": 1}, {},
                                                             {"error": 1, "stop": 1}]
     assert kpis.bucket_count(since, until, 60) == 3
+
+
+def test_timeseries_buckets_have_the_dashboard_percentiles():
+    """p95 latency, TTFT p50/p95, tokens/s, error rate and cold starts per bucket (the
+    /dashboard charts), equal to /kpis' numbers over the same cells."""
+    since, until = NOW - dt.timedelta(minutes=2), NOW
+    rows = ([_row(i, ttft_s=0.01 * i, tokens_per_s=float(i)) for i in range(1, 21)]
+            + [_row(21, error=1, cold_start=True, ttft_s=None, tokens_per_s=None)])
+    chosen, _ = kpis.select(rollup.build(rows), _query(since=since.isoformat()))
+    last = kpis.timeseries(chosen, since, until, 60)["series"][-1]
+    total = kpis.summarize(chosen)["total"]
+    assert last["count"] == 21 and last["errors"] == 1
+    assert last["error_rate"] == pytest.approx(1 / 21)
+    assert last["latency_p95_s"] == total["latency_s"]["p95"]
+    assert last["latency_p95_s"] == pytest.approx(20.0, rel=rollup.RELATIVE_ERROR)
+    assert (last["ttft_p50_s"], last["ttft_p95_s"]) == (total["ttft_s"]["p50"],
+                                                        total["ttft_s"]["p95"])
+    assert last["ttft_p95_s"] == pytest.approx(0.19, rel=rollup.RELATIVE_ERROR)
+    assert last["tokens_per_s_mean"] == pytest.approx(10.5)
+    assert last["cold_starts"] == 1
+    assert last["cold_start_p50_s"] == pytest.approx(21.0, rel=rollup.RELATIVE_ERROR)
+    empty = kpis.timeseries([], since, until, 60)["series"][0]
+    assert empty["ttft_p95_s"] is None and empty["tokens_per_s_mean"] is None
+    assert empty["cold_starts"] == 0 and empty["error_rate"] == 0.0

@@ -72,7 +72,8 @@ def test_merging_minutes_equals_building_hours():
 # (`fr`, `of`) existed: the stored names are unchanged, and the missing fields decode empty.
 STORED = ('[["generate","m","s",1767355200,60,{"n":2,"e":1,"c":1,"pt":7,"ct":5,"tn":1,'
           '"ts":12.5,"hl":{"0":1,"8":1},"ht":{"z":1},"hc":{"8":1}}]]')
-STORED_NOW = STORED[:-3] + ',"fr":{"length":1,"stop":1},"of":{"text":2}}]]'
+STORED_LABELS = STORED[:-3] + ',"fr":{"length":1,"stop":1},"of":{"text":2}}]]'
+STORED_NOW = STORED_LABELS[:-3] + ',"ki":{"0123456789ab":1,"none":1}}]]'
 
 
 def test_the_stored_format_keeps_its_short_names():
@@ -84,15 +85,18 @@ def test_the_stored_format_keeps_its_short_names():
                       latency_hist={"0": 1, "8": 1}, ttft_hist={"z": 1},
                       cold_start_latency_hist={"8": 1})
     assert cells[key] == old and old.finish_reasons == old.output_formats == {}
-    assert rollup.encode(cells) == STORED[:-3] + ',"fr":{},"of":{}}]]'
-    now = dataclasses.replace(old, finish_reasons={"length": 1, "stop": 1},
-                              output_formats={"text": 2})
+    assert rollup.encode(cells) == STORED[:-3] + ',"fr":{},"of":{},"ki":{}}]]'
+    labels = dataclasses.replace(old, finish_reasons={"length": 1, "stop": 1},
+                                 output_formats={"text": 2})
+    assert rollup.decode(STORED_LABELS) == {key: labels}  # stored before key_ids: {}
+    now = dataclasses.replace(labels, key_ids={"0123456789ab": 1, "none": 1})
     assert rollup.decode(STORED_NOW) == {key: now} and rollup.encode({key: now}) == STORED_NOW
     # an old cell merges with a new one: the label counts are the new one's
     merged = rollup.merge(rollup.decode(STORED), rollup.decode(STORED_NOW))[key]
     assert merged.count == 4 and merged.finish_reasons == {"length": 1, "stop": 1}
     assert rollup.STORED_NAMES["finish_reasons"] == "fr"
     assert rollup.STORED_NAMES["output_formats"] == "of"
+    assert rollup.STORED_NAMES["key_ids"] == "ki"
     assert json.loads(rollup.encode(rollup.build([_doc(0, random.Random(1))])))[0][5].keys() \
         == set(rollup.STORED_NAMES.values())
     assert len(set(rollup.STORED_NAMES.values())) == len(rollup.STORED_NAMES)
@@ -168,3 +172,18 @@ def test_labels_are_bounded():
     c = _one_cell([_doc(0, rng, finish_reason="other")] + docs[:15])
     assert len(c.finish_reasons) == rollup.MAX_LABELS
     assert c.finish_reasons[rollup.OTHER] == 1
+
+
+def test_key_ids_count_who_called():
+    """`key_id` (a hash prefix of the bearer key) is counted like the other labels: null or
+    absent (no auth, request events, older producers) as "none"."""
+    rng = random.Random(3)
+    docs = [_doc(i, rng, key_id=k) for i, k in
+            enumerate(["0123456789ab", "0123456789ab", "fedcba987654", None])]
+    docs.append(_doc(9, rng))  # no key_id field at all
+    cell = rollup.Cell()
+    for d in docs:
+        cell.add_event(d)
+    assert cell.key_ids == {"0123456789ab": 2, "fedcba987654": 1, "none": 2}
+    assert rollup.summary([cell])["key_ids"] == {"0123456789ab": 2, "fedcba987654": 1,
+                                                  "none": 2}

@@ -59,7 +59,7 @@ def test_database_down_is_503_with_retry_after(client):
                                "code": "database_unavailable"}
     assert client.get("/health/liveness").status_code == 200
     r = client.get("/health/readiness")
-    assert r.status_code == 500 and r.text == "waiting for the database"
+    assert r.status_code == 503 and r.text == "waiting for the database"
     r = client.get("/kpis")
     assert r.status_code == 503 and r.headers["Retry-After"] == "3"
     assert 'audit_db_errors_total{op="commit"} 1.0' in client.get("/metrics").text

@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from flask import Flask, jsonify
 
-from llmfn import event_requests
+from llmfn import event_requests, openapi, pages
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
 from llmfn.origin import Origin, current_origin
 from llmfn.model_runtime import Runtime
@@ -25,6 +26,8 @@ from .engine import Embedder
 from .settings import FUNCTION, EmbedSettings
 
 log = logging.getLogger(__name__)
+
+OPENAPI = Path(__file__).with_name("openapi.json")
 
 ENDPOINT = "/v1/embeddings"
 
@@ -40,6 +43,8 @@ def register(app: Flask, runtime: Runtime, *, embed: EmbedSettings) -> Batcher:
     api = EmbeddingsAPI(runtime, batcher, embed)
     app.add_url_rule(ENDPOINT, "embeddings", api.embeddings, methods=["POST"])
     event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
+    openapi.attach(app, OPENAPI)
+    pages.register_playground(app, "embed")  # GET / (POST / stays the events'), /docs
     return batcher
 
 

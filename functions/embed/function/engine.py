@@ -14,7 +14,7 @@ import logging
 import llama_cpp
 import numpy as np
 
-from llmfn.llama_backend import ensure_cpu_backend
+from llmfn.llama_backend import ensure_cpu_backend, model_file_errors
 from llmfn.llama_batch import Batch
 from llmfn.settings import ModelSettings, SettingsError
 
@@ -33,11 +33,12 @@ def load_embedder(path: str, model: ModelSettings) -> "Embedder":
         raise SettingsError(f"N_BATCH and N_UBATCH must be >= N_CTX ({model.n_ctx}), "
                             f"got {n_batch}")
     ensure_cpu_backend()
-    llm = llama_cpp.Llama(model_path=path, embedding=True, n_ctx=max(model.n_ctx, n_batch),
-                          n_batch=n_batch, n_ubatch=n_batch,
-                          n_threads=model.n_threads or None,
-                          n_threads_batch=model.n_threads or None,
-                          flash_attn=model.flash_attn, verbose=False)
+    with model_file_errors(path):
+        llm = llama_cpp.Llama(model_path=path, embedding=True,
+                              n_ctx=max(model.n_ctx, n_batch), n_batch=n_batch,
+                              n_ubatch=n_batch, n_threads=model.n_threads or None,
+                              n_threads_batch=model.n_threads or None,
+                              flash_attn=model.flash_attn, verbose=False)
     return Embedder(llm, max_input_tokens=model.n_ctx)
 
 

@@ -13,11 +13,12 @@ import dataclasses
 import logging
 import queue
 import time
+from pathlib import Path
 from typing import Iterator
 
 from flask import Flask, Response, jsonify, request
 
-from llmfn import event_requests
+from llmfn import event_requests, openapi, pages
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
 from llmfn.model_runtime import Runtime
 from llmfn.origin import Origin, current_origin
@@ -31,6 +32,8 @@ from .settings import FUNCTION, GenerateSettings
 
 log = logging.getLogger(__name__)
 
+OPENAPI = Path(__file__).with_name("openapi.json")
+
 HEARTBEAT = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 
@@ -40,13 +43,15 @@ def register(app: Flask, runtime: Runtime, *, gen: GenerateSettings) -> Schedule
     server = runtime.settings.server
     scheduler = Scheduler(lambda: runtime.host.model, gen.slots, queue_size=server.queue_size,
                           retry_after_s=server.retry_after_s, metrics=runtime.metrics,
-                          registry=runtime.metrics.registry)
+                          registry=runtime.metrics.registry, deadline_s=gen.request_timeout_s)
     api = GenerateAPI(runtime, scheduler)
     app.add_url_rule("/v1/completions", "completions", api.completions, methods=["POST"])
     app.add_url_rule("/v1/chat/completions", "chat_completions", api.chat, methods=["POST"])
     app.add_url_rule("/tokenize", "tokenize", api.tokenize, methods=["POST"])
     app.add_url_rule("/detokenize", "detokenize", api.detokenize, methods=["POST"])
     event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
+    openapi.attach(app, OPENAPI)
+    pages.register_playground(app, "generate")  # GET / (POST / stays the events'), /docs
     return scheduler
 
 
@@ -288,6 +293,8 @@ class GenerateAPI:
             reason = "tool_calls"
         elif first is not None and call.buffered and call.tool_calls(first, 0):
             reason = "tool_calls"
+        if any(o.deadline for o in outcomes):  # answered "length"; the event says why
+            reason = "deadline"
         self.rt.emit_inference(
             call.origin, endpoint=call.route, status=status, error_code=error_code,
             prompt_tokens=call.prompt_tokens,

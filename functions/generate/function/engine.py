@@ -18,7 +18,7 @@ from llama_cpp import _internals as internals
 from llama_cpp._logger import set_verbose
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from llmfn.llama_backend import ensure_cpu_backend
+from llmfn.llama_backend import ensure_cpu_backend, model_file_errors
 from llmfn.memory import cgroup_memory_limit, check_fits
 from llmfn.settings import ModelSettings, SettingsError
 
@@ -67,7 +67,8 @@ def load_engine(path: str, model: ModelSettings, *, gen: GenerateSettings) -> "E
     ensure_cpu_backend()
     set_verbose(False)  # llama.cpp logs errors only (to stderr)
     params = internals.LlamaModel.default_params()
-    llm = internals.LlamaModel(path_model=path, params=params, verbose=False)
+    with model_file_errors(path):
+        llm = internals.LlamaModel(path_model=path, params=params, verbose=False)
     try:
         n_cells = gen.slots * model.n_ctx
         check_fits(weights_bytes=os.path.getsize(path),

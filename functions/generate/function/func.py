@@ -4,11 +4,17 @@ from __future__ import annotations
 import functools
 from typing import Mapping
 
-from llmfn.function import LLMFunction
-from llmfn.model_runtime import Runtime
-from llmfn.settings import Settings
+from llmfn.host import prefetch
 
-from . import api
+from .settings import DEFAULTS
+
+prefetch(**DEFAULTS)  # the weight download starts now, on a thread, before the imports below
+
+from llmfn.function import LLMFunction  # noqa: E402
+from llmfn.model_runtime import Runtime  # noqa: E402
+from llmfn.settings import Settings  # noqa: E402
+
+from . import api  # noqa: E402
 from .engine import load_engine
 from .settings import DEFAULTS, FUNCTION, GenerateSettings
 

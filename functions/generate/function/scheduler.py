@@ -19,6 +19,11 @@ OpenAI documents) of the chosen token and the top ``k``; they reach the request 
 ``("tokens", [TokenLogprob], index)`` right before the ``("text", str, index)`` they make up.
 
 Admission, the wait queue and drain are llmfn's ModelLoop (shared with embed's batcher).
+
+Deadline (``REQUEST_TIMEOUT_S``, ``deadline_s`` here): a request still generating, or still
+waiting for a slot, ``deadline_s`` after it arrived (``Generation.t0``) ends at the next step
+with what it has, ``finish_reason`` "length" (OpenAI's "cut short") and ``Outcome.deadline``
+set (its inference event says "deadline"), so it never outlives the revision's timeouts.
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ class Outcome:
     text: str = ""
     logprob_sum: float = 0.0  # of the generated tokens (with logprobs): best_of ranks by it
     tokens: list["TokenLogprob"] | None = None  # with logprobs: one per token of ``text``
+    deadline: bool = False  # ended by the request deadline (finish_reason "length")
 
 
 @dataclass
@@ -150,9 +156,10 @@ class Scheduler(ModelLoop):
 
     def __init__(self, get_engine: Callable[[], Engine], slots: int, *, queue_size: int,
                  retry_after_s: int = 2, metrics=None, registry: CollectorRegistry | None = None,
-                 name: str = "generate-scheduler"):
+                 name: str = "generate-scheduler", deadline_s: float = 0.0):
         super().__init__(queue_size=queue_size, retry_after_s=retry_after_s, metrics=metrics,
                          name=name)
+        self.deadline_s = deadline_s  # 0: none
         self._get_engine = get_engine  # the model loads after the scheduler exists
         self.slots = [Slot(i) for i in range(slots)]
         self.capacity = slots  # requests running at once
@@ -202,7 +209,10 @@ class Scheduler(ModelLoop):
     def _step(self) -> None:
         engine = self._ensure_engine()
         with self._cond:
+            expired = self._expire_waiting()
             admitted = self._admit()
+        for gen in expired:
+            gen._end(Outcome(deadline=True))
         for slot in admitted:
             try:
                 self._start_slot(engine, slot)
@@ -212,6 +222,12 @@ class Scheduler(ModelLoop):
         for slot in self.slots:
             if slot.gen is not None and slot.gen.stop_requested():
                 self._finish(slot, "cancelled")
+            elif slot.gen is not None and self._past_deadline(slot.gen):
+                log.warning("request deadline (REQUEST_TIMEOUT_S=%g) reached after %d "
+                            "generated tokens: finish_reason length", self.deadline_s,
+                            slot.outcome.completion_tokens)
+                slot.outcome.deadline = True
+                self._finish(slot, "length")
         batch, members = self._fill()
         if not members:
             return
@@ -239,6 +255,22 @@ class Scheduler(ModelLoop):
                 log.exception("sampling failed")
                 self._fail(slot, err)
         self._cells_gauge.set(sum(len(s.cache) for s in self.slots))
+
+    def _past_deadline(self, gen: Generation) -> bool:
+        return bool(self.deadline_s) and time.perf_counter() - gen.t0 >= self.deadline_s
+
+    def _expire_waiting(self) -> list[Generation]:
+        """Take the waiting requests that reached the deadline out of the queue (lock held)."""
+        if not self.deadline_s or not self._pending:
+            return []
+        expired = [g for g in self._pending if self._past_deadline(g)]
+        if expired:
+            log.warning("request deadline (REQUEST_TIMEOUT_S=%g) reached by %d request(s) "
+                        "still waiting for a slot", self.deadline_s, len(expired))
+            for g in expired:
+                self._pending.remove(g)
+            self._gauge()
+        return expired
 
     def _admit(self) -> list[Slot]:
         """Give waiting requests free slots, oldest first (lock held). The slot whose kept KV

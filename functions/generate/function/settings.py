@@ -19,9 +19,14 @@ DEFAULTS = {
 
 @dataclass(frozen=True)
 class GenerateSettings:
-    """How many streams one process decodes together."""
+    """How many streams one process decodes together, and how long one request may take."""
     slots: int = setting("SLOTS", 4, "streams decoded together in one llama.cpp batch "
                          "(continuous batching); KV cache = SLOTS x N_CTX cells", lo=1, hi=64)
+    request_timeout_s: float = setting("REQUEST_TIMEOUT_S", 270.0, "deadline of one request "
+                                       "from its arrival: the generation ends there with "
+                                       "finish_reason length (event: deadline); below the "
+                                       "revision's responseStartTimeoutSeconds (docs/deploy.md "
+                                       "\"Timeouts\"); 0 = none, s", lo=0)
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "GenerateSettings":

@@ -197,8 +197,8 @@ def test_not_ready_is_503_with_retry_after(make_runtime, tmp_path):
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "7"
     assert error_of(r)["code"] == "model_not_ready"
-    assert c.get("/health/readiness").status_code == 500
-    assert c.get("/health/liveness").status_code == 500  # failed for good: restart the pod
+    assert c.get("/health/readiness").status_code == 503
+    assert c.get("/health/liveness").status_code == 503  # failed for good: restart the pod
 
 
 def test_queue_full_is_429_with_retry_after(make_runtime, hold_first_step):

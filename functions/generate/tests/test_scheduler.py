@@ -50,8 +50,8 @@ def tiny(tiny_model):
 def scheduler_of():
     made = []
 
-    def make(engine, slots=SLOTS, queue_size=16):
-        s = Scheduler(lambda: engine, slots, queue_size=queue_size)
+    def make(engine, slots=SLOTS, queue_size=16, deadline_s=0.0):
+        s = Scheduler(lambda: engine, slots, queue_size=queue_size, deadline_s=deadline_s)
         made.append(s)
         return s
 
@@ -267,3 +267,24 @@ def test_slot_metrics_are_exported(make_runtime):
     assert cells == len(rt.host.model.tokenize_prompt("x"))  # the prompt's KV only
     assert "llmfn_decode_batch_sequences_count" in text
 
+
+
+def test_deadline_ends_running_and_waiting_requests_with_length(tiny, scheduler_of):
+    """REQUEST_TIMEOUT_S: a request past its deadline (counted from its t0, its arrival) ends
+    at the next step with what it has, finish_reason "length" and ``deadline`` set, running
+    or still waiting for a slot; a request within its deadline is untouched."""
+    import time
+    scheduler = scheduler_of(tiny, slots=1, deadline_s=60.0)
+    tokens = tiny.tokenize_prompt("x")
+    fresh = Generation(tokens, Params(max_tokens=20))
+    late = Generation(tokens, Params(max_tokens=20), t0=time.perf_counter() - 61.0)
+    scheduler.submit_all([fresh, late])  # one slot: `late` waits behind `fresh`
+    done_fresh, done_late = fresh.wait(WAIT_S), late.wait(WAIT_S)
+    assert (done_fresh.finish_reason, done_fresh.completion_tokens) == ("length", 20)
+    assert not done_fresh.deadline
+    assert done_late.deadline and done_late.finish_reason == "length"
+    assert done_late.completion_tokens == 0
+    running = Generation(tokens, Params(max_tokens=150), t0=time.perf_counter() - 61.0)
+    scheduler.submit(running)
+    out = running.wait(WAIT_S)
+    assert out.deadline and out.finish_reason == "length" and out.completion_tokens < 150

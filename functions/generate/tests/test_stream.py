@@ -218,3 +218,22 @@ def test_generation_stops_within_one_token_of_cancel(runtime):
     outcome = runtime.service.submit(gen).wait(WAIT_S)
     assert outcome.finish_reason == "cancelled"
     assert outcome.completion_tokens == 5
+
+
+def test_request_deadline_answers_length_and_the_event_says_deadline(make_runtime):
+    """REQUEST_TIMEOUT_S reached (a deadline shorter than any step): the answer ends with
+    finish_reason "length" (streamed and not) and its inference event says "deadline"."""
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url, REQUEST_TIMEOUT_S="0.000001")
+        c = rt.app.test_client()
+        plain = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 50})
+        streamed = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 50,
+                                                   "stream": True}).get_data(as_text=True)
+        assert rt.events.flush(WAIT_S) and sink.wait_requests(2)
+        events = [e["data"] for e in sink.events()]
+    assert plain.status_code == 200
+    assert plain.get_json()["choices"][0]["finish_reason"] == "length"
+    assert '"finish_reason": "length"' in streamed.replace('":"', '": "')
+    assert streamed.rstrip().endswith("data: [DONE]")
+    assert [e["finish_reason"] for e in events] == ["deadline", "deadline"]
+    assert all(e["status"] == 200 and e["completion_tokens"] < 50 for e in events)

@@ -81,6 +81,13 @@ class QueueFull(APIError):
     code = "queue_full"
 
 
+class ConcurrencyLimit(APIError):
+    """One API key already has MAX_CONCURRENT_PER_KEY requests in flight (429)."""
+    status = 429
+    type = "rate_limit_error"
+    code = "concurrency_limit_exceeded"
+
+
 class NotReady(APIError):
     status = 503
     type = "service_unavailable"

@@ -83,6 +83,7 @@ class InferenceRecord:
     cold_start: bool
     stream: bool
     output_format: str = "text"
+    key_id: str | None = None  # llmfn.auth.key_id of the caller's bearer key (never the key)
     time: str = dataclasses.field(default_factory=utc_now_rfc3339)
     prompt: str | None = None
     output: str | None = None
@@ -113,8 +114,9 @@ def _schema_of(record: type) -> dict[str, tuple[tuple[type, ...], bool]]:
     return schema
 
 
-# All fields but these are required (output_format came later: older events lack it).
-_OPTIONAL = (*_TEXT_FIELDS, "output_format")
+# All fields but these are required (output_format and key_id came later: older events lack
+# them).
+_OPTIONAL = (*_TEXT_FIELDS, "output_format", "key_id")
 _SCHEMA = _schema_of(InferenceRecord)
 _NAMES = {_INT: "int", _FLOAT: "number", _STR: "str", _BOOL: "bool"}
 

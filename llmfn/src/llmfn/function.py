@@ -7,10 +7,12 @@ which runs the runtime's Flask app on a WSGI->ASGI bridge. CloudEvents are decod
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 from typing import Callable, Mapping
 
-from .asgi import WSGIBridge
 from .runtime import BaseRuntime
 
 log = logging.getLogger(__name__)
@@ -22,11 +24,14 @@ class LLMFunction:
     def __init__(self, create_runtime: Callable[[Mapping[str, str]], BaseRuntime]):
         self._create_runtime = create_runtime
         self.runtime: BaseRuntime | None = None
-        self._bridge: WSGIBridge | None = None
+        self._bridge = None  # llmfn.asgi.WSGIBridge once started
+        self._draining = False
 
     def start(self, cfg: Mapping[str, str]) -> None:
         """Called once at ASGI lifespan startup, before the server listens, with the
         environment as ``cfg``: read config, start background work, return at once."""
+        from .asgi import WSGIBridge  # asyncio: only this (func-python's) path needs it
+
         self.runtime = rt = self._create_runtime(cfg)
         count = rt.metrics.requests
         self._bridge = WSGIBridge(
@@ -34,6 +39,32 @@ class LLMFunction:
             retry_after_s=rt.server.retry_after_s,
             on_reject=lambda status: count.labels(route="bridge", status=str(status)).inc())
         rt.start()
+        self._drain_on_sigterm()
+
+    def _drain_on_sigterm(self) -> None:
+        """Serve on while draining at SIGTERM. func-python's server (Hypercorn) would stop
+        listening at once and cancel what still runs after its 3 s graceful timeout, and only
+        then run ``stop()``. Instead: drain first (readiness 503 "stopping", new requests 503 +
+        Retry-After, in-flight ones finish within SHUTDOWN_GRACE_S, events flushed), then hand
+        over to Hypercorn's own shutdown (its SIGINT handler) with nothing left in flight."""
+        try:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, loop)
+        except (RuntimeError, ValueError, NotImplementedError):
+            pass  # no loop, or not the main thread (an embedded server): plain stop() only
+
+    def _on_sigterm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._draining:
+            return
+        self._draining = True
+
+        async def drain():
+            try:
+                await asyncio.to_thread(self.runtime.stop)
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        self._drain_task = loop.create_task(drain())  # referenced: not collected mid-way
 
     async def handle(self, scope, receive, send) -> None:
         """Called for every HTTP request (except the health paths func-python serves)."""

@@ -1,6 +1,6 @@
 """gunicorn configuration for every function (`gunicorn -c llmfn/gunicorn_conf.py function.wsgi:app`).
 
-gthread (never `sync`, whose timeout kills long streams; never gevent, which a blocking C call
+gthread, draining at SIGTERM before it stops listening (llmfn.gunicorn_worker) (never `sync`, whose timeout kills long streams; never gevent, which a blocking C call
 stalls), one worker, app imported in the worker (no preload) so the model loads after fork,
 threads for health and metrics while a generation runs, graceful timeout for streams.
 """
@@ -9,7 +9,7 @@ from llmfn.settings import GunicornSettings, build, environ_copy
 _cfg = build(GunicornSettings, environ_copy())
 
 bind = _cfg.bind or f"0.0.0.0:{_cfg.port}"
-worker_class = "gthread"
+worker_class = "llmfn.gunicorn_worker.DrainingWorker"  # gthread that drains at SIGTERM
 workers = 1
 threads = _cfg.threads
 preload_app = False

@@ -8,11 +8,14 @@ wheel puts them in ``site-packages/bin/``, so without this step loading a model 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import re
+import struct
 import threading
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -50,3 +53,40 @@ def _mapped_libggml() -> str:
             if m:
                 return m.group(1)
     raise RuntimeError("libggml is not loaded")
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+class ModelFileError(RuntimeError):
+    """The weights file is not a model llama.cpp can load; the message says which and why."""
+
+
+def _not_a_model(path: str, why: str) -> ModelFileError:
+    return ModelFileError(
+        f"the weights file {path} is not a valid GGUF model: {why}. A matching sha256 only "
+        "proves it is the file that was uploaded: upload a valid GGUF to MODEL_URI")
+
+
+def check_gguf_header(path: str) -> None:
+    """ModelFileError unless ``path`` starts like a GGUF file (magic and a known version)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+        raise _not_a_model(path, f"it does not start with the GGUF magic (got {head[:4]!r})")
+    version = struct.unpack("<I", head[4:])[0]
+    if version not in (2, 3):
+        raise _not_a_model(path, f"unsupported GGUF version {version}")
+
+
+@contextlib.contextmanager
+def model_file_errors(path: str) -> Iterator[None]:
+    """Around llama.cpp's model load: check the header first, and turn llama.cpp's bare
+    "Failed to load model from file" into a ModelFileError that says what is wrong."""
+    check_gguf_header(path)
+    try:
+        yield
+    except ValueError as err:
+        if "load model" not in str(err):  # e.g. a context llama.cpp could not create
+            raise
+        raise _not_a_model(path, f"llama.cpp could not load it ({err})") from None

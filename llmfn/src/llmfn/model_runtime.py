@@ -5,21 +5,28 @@ inference events and the model metrics, and the function's own API (its ``regist
 """
 from __future__ import annotations
 
+import errno
 import logging
+import time
 from typing import Any, Callable
 
 from flask import Flask
 
 from .errors import NotReady
 from .events import EventEmitter, InferenceRecord
+from . import weights
 from .host import Loader, ModelHost
 from .metrics import Metrics
 from .origin import Origin
 from .runtime import BaseRuntime
-from .settings import Settings
+from .settings import Settings, StorageSettings
 from .webapp import add_model_routes
 
 log = logging.getLogger(__name__)
+
+REQUEST_TAIL_S = 5.0
+"""After the model's work is drained (or cancelled), what the responses still get to finish
+(their last chunks and events) even when the grace is over."""
 
 # register(app, runtime) adds the function's own API to the base app and returns an object
 # with an optional ``drain(grace_s) -> bool`` and ``capacity`` (the function's worker).
@@ -34,7 +41,7 @@ class Runtime(BaseRuntime):
         super().__init__(function, settings.server, Metrics())
         self.settings = settings
         self.host = ModelHost(settings, loader, metrics=self.metrics,
-                              **({"fetch": fetch} if fetch else {}))
+                              fetch=fetch or fetch_naming_cache_dir)
         self.events = EventEmitter(settings.events, function=function,
                                    registry=self.metrics.registry)
         add_model_routes(self.app, self.host)
@@ -76,6 +83,7 @@ class Runtime(BaseRuntime):
         fields.setdefault("duration_s", 0.0)
         fields.setdefault("cold_start", False)
         fields.setdefault("stream", False)
+        fields.setdefault("key_id", origin.key_id)
         done = fields["completion_tokens"]
         record = InferenceRecord(
             request_id=origin.rid, function=self.function, model=self.host.model_id,
@@ -86,9 +94,44 @@ class Runtime(BaseRuntime):
                                           extensions=dict(origin.extensions))
 
     def _stop(self, grace_s: float) -> None:
-        """Let in-flight requests finish within the grace, then flush events."""
+        """Let in-flight requests finish within the grace (the model's work, then the last
+        bytes and events of their responses), then flush events."""
+        deadline = time.monotonic() + grace_s
         drain = getattr(self.service, "drain", None)
         if drain is not None:
             drained = drain(grace_s)
             log.info("in-flight work %s", "finished" if drained else "cancelled after the grace")
+        self.wait_requests(max(deadline - time.monotonic(), REQUEST_TAIL_S))
         self.events.close(self.settings.events.flush_s)
+
+
+# errno of a write into the cache directory -> what is wrong with it
+_CACHE_FAULTS = {errno.ENOSPC: "full", errno.EDQUOT: "full (disk quota)",
+                 errno.EFBIG: "full (file size limit)", errno.EROFS: "read-only",
+                 errno.EACCES: "not writable (permission denied)",
+                 errno.EPERM: "not writable (operation not permitted)"}
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    for _ in range(8):  # the exception itself or what it was raised from
+        if err is None or isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def fetch_naming_cache_dir(storage: StorageSettings, **kw) -> weights.FetchResult:
+    """:func:`llmfn.weights.fetch`, whose errors of a full, read-only or unwritable cache
+    directory (an S3 download goes there) become a WeightsError naming ``MODEL_CACHE_DIR``,
+    its path and what is wrong, instead of a bare ``[Errno 28] No space left on device``."""
+    try:
+        return weights.fetch(storage, **kw)
+    except Exception as err:
+        cause = _os_error(err)
+        why = _CACHE_FAULTS.get(getattr(cause, "errno", None))
+        if why is None or not storage.model_uri.startswith("s3://"):
+            raise
+        raise weights.WeightsError(
+            f"MODEL_CACHE_DIR {storage.cache_dir!r} is {why}: {cause.strerror}; the weights of "
+            f"{storage.model_uri} cannot be stored there (give it room, e.g. the emptyDir's "
+            "sizeLimit, or mount it writable)") from err

@@ -28,13 +28,22 @@ class Origin:
     """source of the inference event; None: the emitter's own (with the revision)."""
     extensions: Mapping[str, str] = field(default_factory=dict)
     """Extensions carried into the inference event (``traceparent``, ``tracestate``)."""
+    key_id: str | None = None
+    """:func:`llmfn.auth.key_id` of the caller's bearer key; None without auth (or an event)."""
 
     @classmethod
-    def fresh(cls) -> "Origin":
-        return cls(uuid.uuid4().hex, int(time.time()))
+    def fresh(cls, key_id: str | None = None) -> "Origin":
+        return cls(uuid.uuid4().hex, int(time.time()), key_id=key_id)
+
+
+KEY_ID_KEY = "llmfn.key_id"
+"""WSGI environ key of the caller's key id (set by the base app's auth check)."""
 
 
 def current_origin() -> Origin:
     """The Origin of the Flask request being served (one per request)."""
     from flask import request
-    return request.environ.setdefault(ORIGIN_KEY, Origin.fresh())
+    origin = request.environ.get(ORIGIN_KEY)
+    if origin is None:
+        origin = request.environ[ORIGIN_KEY] = Origin.fresh(request.environ.get(KEY_ID_KEY))
+    return origin

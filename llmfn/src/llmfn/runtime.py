@@ -10,10 +10,10 @@ and gunicorn's (``function.wsgi``). Nothing here is global.
 """
 from __future__ import annotations
 
-from .auth import BearerAuth, load_keys
+from .auth import BearerAuth, KeyLimiter
 from .metrics import HTTPMetrics
 from .settings import ServerSettings
-from .webapp import create_base_app
+from .webapp import INFLIGHT, create_base_app
 
 BRIDGE_SPARE_THREADS = 16
 """Threads of func-python's bridge beyond running and queued requests: probes, metrics, 429s."""
@@ -26,9 +26,12 @@ class BaseRuntime:
         self.function = function
         self.server = server
         self.metrics = metrics
-        self.auth = BearerAuth(load_keys(server))
+        self.auth = BearerAuth.from_settings(server)
+        self.key_limiter = KeyLimiter(server.max_concurrent_per_key, server.retry_after_s)
         self.app = create_base_app(f"llmfn.{function}", max_request_bytes=server.max_request_bytes,
-                                   probes=self, metrics=metrics, auth=self.auth)
+                                   probes=self, metrics=metrics, auth=self.auth,
+                                   key_limiter=self.key_limiter,
+                                   retry_after_s=server.retry_after_s)
         self.app.extensions["llmfn.runtime"] = self  # gunicorn_conf's worker_exit calls stop()
         self._stopping = False
 
@@ -44,6 +47,11 @@ class BaseRuntime:
 
     def start(self) -> None:
         """Begin background work (pull weights, connect to a database); returns at once."""
+
+    @property
+    def stopping(self) -> bool:
+        """True from the start of :meth:`stop` on: new requests get 503 + Retry-After."""
+        return self._stopping
 
     def ready(self) -> tuple[bool, str]:
         if self._stopping:
@@ -62,6 +70,10 @@ class BaseRuntime:
             return
         self._stopping = True
         self._stop(self.server.grace_s)
+
+    def wait_requests(self, timeout_s: float) -> bool:
+        """Wait until no request is being answered (each until its response is closed)."""
+        return self.app.extensions[INFLIGHT].wait_idle(timeout_s)
 
     def _stop(self, grace_s: float) -> None:
         """What a function does on stop; called once."""

@@ -125,7 +125,11 @@ class ServerSettings:
     api_keys: str = setting("API_KEYS", "", "comma-separated bearer keys; empty = no auth",
                             secret=True)
     api_keys_file: str = setting("API_KEYS_FILE", "",
-                                 "file with one key per line (a mounted secret)")
+                                 "file with one key per line (a mounted secret); re-read when "
+                                 "it changes, no restart")
+    max_concurrent_per_key: int = setting("MAX_CONCURRENT_PER_KEY", 0,
+                                          "requests one API key may have in flight; one more "
+                                          "gets 429 + Retry-After; 0 = no limit", lo=0)
 
 
 @dataclass(frozen=True)

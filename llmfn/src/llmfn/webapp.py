@@ -7,21 +7,50 @@ are marked with :func:`public`. Model functions also get ``/v1/models`` (:func:`
 """
 from __future__ import annotations
 
+import json
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import errors
-from .auth import BearerAuth
+from .auth import BearerAuth, KeyLimiter
 from .errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from .metrics import HTTPMetrics
+from .openapi import EXTENSION_KEY as OPENAPI_KEY
+from .origin import KEY_ID_KEY
 
 if TYPE_CHECKING:  # audit imports this module and no model code
     from .host import ModelHost
 
 _PUBLIC = "llmfn.public_endpoints"
+_PROBES = ("liveness", "readiness", "metrics")  # answered while the runtime stops
+INFLIGHT = "llmfn.inflight"
+_STATE = "llmfn.request_state"  # per request, in its environ: flask.g is shared by a request
+#                                 and the ones it makes to the app itself (request events)
+
+
+class InFlight:
+    """How many requests are being answered; :meth:`wait_idle` until none is."""
+
+    def __init__(self):
+        self._n = 0
+        self._cond = threading.Condition()
+
+    def enter(self) -> None:
+        with self._cond:
+            self._n += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._n -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._n <= 0, timeout=max(0.0, timeout_s))
 INTERNAL_KEY = "llmfn.internal"
 """WSGI environ key marking a request the app made to itself (a request event served through
 its API route): it was already let in by a public route, so it needs no bearer key."""
@@ -36,36 +65,66 @@ class Probes(Protocol):
 
 
 def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
-                    metrics: HTTPMetrics, auth: BearerAuth | None = None) -> Flask:
+                    metrics: HTTPMetrics, auth: BearerAuth | None = None,
+                    key_limiter: KeyLimiter | None = None, retry_after_s: int = 2) -> Flask:
     """A Flask app with the routes and checks shared by every function.
 
-    Health answers as func-python's own probes do (200, or 500 with the reason as text), so the
-    two serving paths agree.
+    Health answers 200, or 503 with the reason as text (func-python's own probe answers 500:
+    any non-2xx is "not ready" to the kubelet). While the runtime stops (``probes.stopping``),
+    every request but health and metrics gets 503 + ``Retry-After``: another instance answers.
+
+    A request with a valid key gets its key id in ``environ[KEY_ID_KEY]`` (the inference
+    event's ``key_id``); with ``key_limiter`` it counts against its key until its response is
+    closed (a stream: when it ends), and one over the limit is answered 429.
+
+    ``app.extensions["llmfn.inflight"]`` counts the requests being answered, each until its
+    response is closed, so a stop can wait for the last stream and its event.
     """
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     app.json.sort_keys = False
     app.extensions[_PUBLIC] = set()
+    inflight = app.extensions[INFLIGHT] = InFlight()
     errors.register_flask(app)
 
     @app.before_request
     def _before():
-        g.t0 = time.perf_counter()
+        state = request.environ[_STATE] = {"t0": time.perf_counter()}
+        inflight.enter()
+        state["inflight"] = True
+        if getattr(probes, "stopping", False) and request.endpoint not in _PROBES:
+            raise errors.ShuttingDown(retry_after_s)
         if (auth is not None and request.endpoint not in app.extensions[_PUBLIC]
                 and not request.environ.get(INTERNAL_KEY)):
-            auth.check(request.headers.get("Authorization"))
+            kid = auth.check(request.headers.get("Authorization"))
+            request.environ[KEY_ID_KEY] = kid
+            if kid is not None and key_limiter is not None and key_limiter.limit:
+                key_limiter.acquire(kid)
+                state["limited_key"] = kid
 
     @app.after_request
     def _count(resp: Response):
+        state = request.environ.get(_STATE, {})
+        if resp.is_streamed and state.pop("inflight", False):  # counted until the stream ends
+            resp.call_on_close(inflight.leave)
+        kid = state.pop("limited_key", None)
+        if kid is not None:  # released once, when the server closes the response
+            resp.call_on_close(lambda: key_limiter.release(kid))
         rule = request.url_rule.rule if request.url_rule else "unmatched"
         metrics.requests.labels(route=rule, status=str(resp.status_code)).inc()
         if not resp.is_streamed:
-            metrics.request_duration.labels(route=rule).observe(time.perf_counter() - g.t0)
+            metrics.request_duration.labels(route=rule).observe(
+                time.perf_counter() - state.get("t0", time.perf_counter()))
         return resp
+
+    @app.teardown_request
+    def _done(_exc):
+        if request.environ.get(_STATE, {}).pop("inflight", False):
+            inflight.leave()
 
     def probe(check: Callable[[], tuple[bool, str]]) -> Response:
         ok, msg = check()
-        return Response(msg, status=200 if ok else 500, mimetype="text/plain")
+        return Response(msg, status=200 if ok else 503, mimetype="text/plain")
 
     public(app, "/health/liveness", "liveness", lambda: probe(probes.alive))
     public(app, "/health/readiness", "readiness", lambda: probe(probes.ready))
@@ -75,6 +134,14 @@ def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
         return Response(body, content_type=ctype)
 
     public(app, "/metrics", "metrics", prometheus)
+
+    def openapi_document():  # the function's, set by llmfn.openapi.attach
+        doc = app.extensions.get(OPENAPI_KEY)
+        if doc is None:
+            raise errors.NotFound("Unknown URL: no such route.")
+        return jsonify(doc)
+
+    public(app, "/openapi.json", "openapi", openapi_document)
     return app
 
 
@@ -114,12 +181,50 @@ def json_body() -> dict[str, Any]:
         body = request.get_json(silent=True, force=True)
     except RequestEntityTooLarge:  # as an APIError, so the caller's error accounting sees it
         raise RequestTooLarge("Request body is too large.") from None
+    except RecursionError:  # silent=True catches only ValueError; [[[[... is not one
+        raise InvalidRequest("The JSON body of your request is nested too deeply.") from None
     if body is None:
         raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API "
                              "expects a JSON payload.")
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    bad = _invalid_unicode(body)
+    if bad is not None:  # shown escaped: a key may hold the surrogate too
+        bad = bad.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise InvalidRequest(f"'{bad}' is not valid Unicode: it holds a lone surrogate (such as "
+                             "\\ud800), which has no UTF-8 encoding.",
+                             param=bad.split("[", 1)[0].split(".", 1)[0])
     return body
+
+
+def _invalid_unicode(body: dict) -> str | None:
+    """The path (``messages[0].content``) of the first string or key holding a lone surrogate:
+    valid JSON (``"\\ud800"``) but no text, so tokenizers and UTF-8 encoders fail on it."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in reversed(body.items())]
+    while stack:
+        path, value = stack.pop()
+        if not _encodes(path):
+            return path
+        if isinstance(value, str) and not _encodes(value):
+            return path
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 _MISSING = object()

@@ -1,0 +1,95 @@
+"""The HTML pages every function serves beside its API: static files, no build step, no CDN.
+
+- ``GET /docs`` (every function): its ``/openapi.json`` rendered by ``static/docs.js``;
+- ``GET /`` of generate and embed: a playground on their own ``/v1`` API (``POST /`` stays the
+  CloudEvents route: same rule, another method);
+- ``GET /dashboard`` of audit: KPI charts from ``/kpis`` and ``/kpis/timeseries``, drawn with the
+  vendored uPlot (``static/vendor/uplot``, MIT).
+
+Pages and their files are public (:func:`llmfn.webapp.public`): a browser loads them without a
+bearer key; the API calls they make carry the key the page asks for when ``API_KEYS`` is set
+(a 401 opens the key prompt, ``static/common.js``). Everything the pages load comes from this
+package's ``static/`` folder at ``/static/...`` (endpoint ``static``, as Flask names its own), so
+they work offline in the cluster; their Content-Security-Policy allows nothing but this origin.
+All paths in the pages are relative, so they also work behind a path prefix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from flask import Flask, Response, send_from_directory
+
+from .webapp import _PUBLIC, public
+
+STATIC = Path(__file__).with_name("static")
+STATIC_URL = "/static"
+
+# Only this origin: an accidental CDN reference fails loudly (a console error) in every test.
+# uPlot sets element styles from script (CSSOM), which style-src does not restrict; the pages'
+# own markup has a few style attributes, hence 'unsafe-inline' for styles only.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+       "form-action 'none'")
+
+DOCS = ("/docs", "docs", "docs.html")
+PLAYGROUNDS = {"generate": ("/", "playground", "generate.html"),
+               "embed": ("/", "playground", "embed.html")}
+DASHBOARD = ("/dashboard", "dashboard", "dashboard.html")
+
+
+def register(app: Flask, *pages: tuple[str, str, str]) -> None:
+    """Serve the static files, ``/docs`` and ``pages`` (``(rule, endpoint, file)`` each, a file
+    of ``static/``) on ``app``, all without a bearer key."""
+    _static(app)
+    for rule, endpoint, name in (DOCS, *pages):
+        public(app, rule, endpoint, _page_view(name))
+
+
+def register_playground(app: Flask, function: str) -> None:
+    """``/docs`` and the playground of ``function`` (generate or embed) at ``GET /``."""
+    register(app, PLAYGROUNDS[function])
+
+
+def register_dashboard(app: Flask) -> None:
+    """``/docs`` and audit's KPI dashboard at ``GET /dashboard``."""
+    register(app, DASHBOARD)
+
+
+def _page_view(name: str):
+    path = STATIC / name
+    if not path.is_file():
+        raise FileNotFoundError(path)
+
+    def view() -> Response:
+        resp = send_from_directory(STATIC, name, mimetype="text/html", max_age=0)
+        return with_headers(resp)
+
+    view.__name__ = f"page_{path.stem}"
+    return view
+
+
+def with_headers(resp: Response) -> Response:
+    """The page headers: CSP (this origin only), no sniffing, no framing."""
+    resp.headers["Content-Security-Policy"] = CSP
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    return resp
+
+
+def _static(app: Flask) -> None:
+    """``/static/<path>`` from this package's ``static/`` folder, as endpoint ``static``.
+
+    Flask registers ``static`` itself when the app's root path has a ``static`` folder; then
+    its rule is pointed at ours instead of added twice.
+    """
+    app.static_folder = str(STATIC)
+    if "static" not in app.view_functions:
+        public(app, f"{STATIC_URL}/<path:filename>", "static", app.send_static_file)
+    else:
+        app.extensions[_PUBLIC].add("static")
+
+
+def static_files() -> Mapping[str, Path]:
+    """Every file the pages may load, by its path under ``/static/`` (for tests and packaging)."""
+    return {p.relative_to(STATIC).as_posix(): p for p in sorted(STATIC.rglob("*")) if p.is_file()}

@@ -1,0 +1,1 @@
+"""The load suite (`make load PROFILE=...`): locust users, load shapes and the runner; see docs/load.md."""

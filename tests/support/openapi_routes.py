@@ -1,0 +1,57 @@
+"""A function's OpenAPI document held against its Flask app (each function's test_openapi.py).
+
+Every route of the app (but ``static``) must be described, with each of its methods, and every
+described operation must exist. The HTML pages (``text/html`` only: the playgrounds, /dashboard,
+/docs) are added by other work: one the app does not have yet is tolerated and reported by
+:func:`pages_missing`, and checked like any other route as soon as the app has it.
+"""
+from __future__ import annotations
+
+import re
+
+from openapi_spec_validator import validate
+
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+METHODS = ("get", "put", "post", "delete", "patch")
+
+
+def app_operations(app) -> set[tuple[str, str]]:
+    """(METHOD, /openapi/{path}) for every rule of ``app`` but ``static``."""
+    ops = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        ops.update((m, path) for m in rule.methods - IGNORED_METHODS)
+    return ops
+
+
+def document_operations(doc: dict) -> set[tuple[str, str]]:
+    return {(m.upper(), path) for path, item in doc["paths"].items() for m in item
+            if m in METHODS}
+
+
+def is_page(doc: dict, method: str, path: str) -> bool:
+    """An operation whose every answer is an HTML page."""
+    responses = doc["paths"][path][method.lower()]["responses"].values()
+    types = {t for r in responses for t in r.get("content", {})}
+    return types == {"text/html"}
+
+
+def pages_missing(app, doc: dict) -> set[tuple[str, str]]:
+    """The described HTML pages the app does not serve (yet)."""
+    return {op for op in document_operations(doc) - app_operations(app) if is_page(doc, *op)}
+
+
+def check(app, doc: dict) -> None:
+    """The document is valid OpenAPI 3.1 and describes exactly the app's routes."""
+    assert doc["openapi"].startswith("3.1"), doc["openapi"]
+    validate(doc)
+    routes, described = app_operations(app), document_operations(doc)
+    assert not routes - described, f"routes missing from openapi.json: {sorted(routes - described)}"
+    extra = described - routes - pages_missing(app, doc)
+    assert not extra, f"openapi.json describes routes the app does not have: {sorted(extra)}"
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method in METHODS:
+                assert op.get("responses"), (method, path)
