@@ -29,6 +29,6 @@ def test_readme_names_the_make_targets_that_exist():
 
     assert not defined("no-such-target")
     for target in ("run", "test", "bench", "deploy", "undeploy", "vendor", "bench-contention",
-                   "bench-concurrency", "test-cpu-variants"):
+                   "bench-concurrency", "test-cpu-variants", "load", "lock"):
         assert f"make {target}" in readme, target
         assert defined(target), target
