@@ -8,5 +8,5 @@ test-tools:
 	bash scripts/install_browser.sh
 
 test-pages: venv services models vendor test-tools
-	$(TEST_ENV) $(VENV)/bin/pytest -q llmfn/tests/test_pages.py tests/test_pages.py \
+	$(TEST_ENV) $(VENV)/bin/pytest -q llmfn/tests/test_pages_routes.py tests/test_pages.py \
 	  tests/test_grafana.py

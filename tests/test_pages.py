@@ -312,7 +312,10 @@ def test_dashboard_charts_the_events_sent_and_filters(servers, watch):
     page.wait_for_selector("#key-dialog:not([hidden])")  # API_KEYS is set: it asks
     page.fill("#key-dialog input", KEY)
     page.click("#key-dialog button[type=submit]")
-    wait_js(page, "window.dashboard.refreshes >= 1 && !!window.dashboard.charts.requests")
+    # at once with the key given, not at the next auto-refresh (30 s)
+    wait_js(page, "window.dashboard.refreshes >= 1 && !!window.dashboard.charts.requests",
+            timeout_s=15)
+    assert page.inner_text("#error") == ""
 
     gen, emb = " · ".join(GEN), " · ".join(EMB)
     c = charts(page)
@@ -348,6 +351,7 @@ def test_dashboard_charts_the_events_sent_and_filters(servers, watch):
     assert {r.get_attribute("data-function") for r in
             page.locator("#groups tr.group").all()} == {"embed"}
     assert "function=embed" in page.url  # the view is in the link
+    assert page.inner_text("#error") == ""
     w.screenshot("dashboard-embed")
     # the only errors: the first /kpis answered 401 before the key was given
     w.check_clean(lambda e: "401" in e and "/kpis" in e)

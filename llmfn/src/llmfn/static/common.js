@@ -57,9 +57,8 @@ const llmfn = (() => {
           ev.preventDefault();
           setKey(input.value.trim());
           dialog.hidden = true;
-          const done = pendingPrompt;
           pendingPrompt = null;
-          resolve(done);
+          resolve();
         };
       });
     }

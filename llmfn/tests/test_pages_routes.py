@@ -87,3 +87,29 @@ def test_every_referenced_file_exists_and_nothing_is_remote():
             text = path.read_text(encoding="utf-8")
             assert not re.search(r"https?://", text), name
             assert "innerHTML" not in text, name  # text is set as text
+
+
+def test_files_are_ordinary_closable_responses_with_etags():
+    """Pages and files are plain responses, not send_file's direct passthrough (whose body is
+    never closed through the response: call_on_close, e.g. the in-flight count the drain at
+    SIGTERM waits on, would never run); an unchanged file revalidates as 304."""
+    app = app_with(pages.register_dashboard)
+    closed = []
+
+    @app.after_request
+    def _mark(resp):
+        resp.call_on_close(lambda: closed.append(resp.status_code))
+        return resp
+
+    c = app.test_client()
+    for path in ("/dashboard", "/static/vendor/uplot/uPlot.iife.min.js"):
+        r = c.get(path)
+        assert r.status_code == 200 and not r.direct_passthrough
+        r.close()
+        etag = r.headers["ETag"]
+        again = c.get(path, headers={"If-None-Match": etag})
+        assert again.status_code == 304
+        again.close()
+    assert closed == [200, 304, 200, 304]
+    assert c.get("/static/uPlot.iife.min.js").status_code == 404
+    assert c.get("/static/vendor/uplot/uPlot.min.css").mimetype == "text/css"
