@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ import common  # noqa: E402
 from common import log, percentile  # noqa: E402
 
 LLAMA = "llama-server"
+PLOT = common.REPO_ROOT / "docs" / "img" / "bench-contention.png"
 POLICIES = ("passive", "active", "unset")
 HOG_CODE = """
 import os, sys, time
@@ -167,8 +169,38 @@ def stats(values: list[float]) -> dict:
             "p100": max(values), "n": len(values)}
 
 
+def plot(d: dict, out: Path) -> None:
+    """Latency per request, ours vs llama-server, per condition (matplotlib, Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for policy, conds in d["results"].items():
+        fig, ax = plt.subplots(figsize=(8, 4))
+        labels, series = [], []
+        for cond, res in conds.items():
+            for name, values in res["raw_s"].items():
+                labels.append(f"{cond}\n{'ours' if name.startswith('ours') else name}")
+                series.append(values)
+        ax.boxplot(series, whis=(0, 100))
+        ax.set_xticks(range(1, len(labels) + 1), labels)
+        ax.set(ylabel=f"request latency, s ({d['max_tokens']} tokens)", ylim=(0, None),
+               title=f"{d['model']}, {d['threads']} thread(s), OMP_WAIT_POLICY={policy}\n"
+                     "quiet, beside a CPU hog, under a 1-CPU cgroup quota (whiskers: min-max)")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        log(f"wrote {out}")
+        return  # one policy is deployed: the first is the one plotted
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plot-only", type=Path, default=None, metavar="JSON",
+                    help="draw docs/img/bench-contention.png from an earlier run's results")
     ap.add_argument("--requests", type=int, default=30, help="per server and condition")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="N_THREADS of ours, -t of theirs")
@@ -185,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="add a quiet condition with each server in a cgroup of CPUS CPUs")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args(argv)
+    if args.plot_only is not None:
+        plot(json.loads(args.plot_only.read_text()), PLOT)
+        return 0
     variants = (args.variants or args.omp_wait_policy).split(",")
     if not 1 <= args.requests <= 500 or any(v not in POLICIES for v in variants):
         ap.error(f"--requests must be 1..500, --variants a subset of {','.join(POLICIES)}")
@@ -245,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "hog_cpu": args.hog_cpu, "cgroup_quota_cpus": args.cgroup_quota,
             "cgroup_quota_problem": quota_problem, "results": results}
     common.publish("contention", data, render, no_doc=args.no_doc)
+    plot(data, PLOT.with_name("bench-contention-scratch.png") if args.no_doc else PLOT)
     return 0
 
 
@@ -295,6 +331,8 @@ def render(d: dict) -> str:
         "",
         "Reproduce: `make bench-contention` (`bench/bench_contention.py`; "
         "`BENCH_ARGS=\"--variants passive,active --cgroup-quota 1\"`).",
+        "",
+        "![request latency per condition, ours vs llama-server](img/bench-contention.png)",
     ])
 
 
