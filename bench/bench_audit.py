@@ -163,8 +163,46 @@ def query(base: str, path: str, n: int, deadline: float) -> dict:
             "events_counted": sorted(counts), "failures": failures}
 
 
+PLOT = REPO_ROOT / "docs" / "img" / "bench-audit.png"
+
+
+def plot(results: dict, out: Path = PLOT) -> None:
+    """Ingest events/s and KPI query latency (after the ingest, compacted), with the targets."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 3]})
+    ing = results["ingest"]
+    ax1.bar(["ingest"], [ing["events_per_s"]], color="tab:blue")
+    ax1.axhline(500, color="tab:red", linestyle="--", label="target 500/s")
+    ax1.set(ylabel="events/s", title=f"{ing['events']} events, {ing['concurrency']} senders")
+    ax1.legend(fontsize=8)
+    names = list(results["after_ingest"])
+    width = 0.2
+    for j, (phase, stat) in enumerate((("after_ingest", "p50_s"), ("after_ingest", "p95_s"),
+                                       ("compacted", "p50_s"), ("compacted", "p95_s"))):
+        values = [(results[phase][n][stat] or 0) * 1000 for n in names]
+        ax2.bar([i + (j - 1.5) * width for i in range(len(names))], values, width,
+                label=f"{phase.replace('_', ' ')} {stat[:3]}")
+    ax2.axhline(100, color="tab:red", linestyle="--", label="target p95 100 ms")
+    ax2.set_xticks(range(len(names)), names, fontsize=8)
+    total = results["bulk_insert"]["docs"] + ing["stored"]
+    ax2.set(ylabel="ms", title=f"KPI queries over {total:,} stored events")
+    ax2.legend(fontsize=7)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    log(f"wrote {out}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plot-only", default=None, metavar="JSON",
+                    help="draw docs/img/bench-audit.png from an earlier run's results")
     ap.add_argument("--events", type=int, default=3000, help="events sent in the ingest phase")
     ap.add_argument("--concurrency", type=int, default=8, help="sender threads")
     ap.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads")
@@ -173,6 +211,9 @@ def main() -> int:
     ap.add_argument("--deadline-s", type=float, default=600.0, help="bound of each phase, s")
     ap.add_argument("--out", default=str(STATE / "bench" / "audit.json"))
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.plot_only).read_text()))
+        return 0
 
     services.ensure_binaries()
     state = STATE / "bench" / f"audit-{uuid.uuid4().hex[:8]}"
@@ -215,6 +256,7 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+    plot(results)
     ing = results["ingest"]
     total = results["bulk_insert"]["docs"] + ing["stored"]
     print(f"\ningest: {ing['events_per_s']:.0f} events/s ({ing['events']} events, "
