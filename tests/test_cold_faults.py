@@ -72,14 +72,14 @@ def test_minio_down_then_back_becomes_ready_without_restart(tmp_path):
     try:
         fn.wait_listening(DEADLINE_S)
         status, reason = poll("a reason naming S3", lambda: (
-            (s := fn.readiness())[0] == 500 and "waiting for S3" in s[1] and s))
+            (s := fn.readiness())[0] not in (None, 200) and "waiting for S3" in s[1] and s))
         assert "unreachable" in reason and "retry" in reason
         assert live(fn)
         pids = fn.pids()
         # At least two failed tries, logged, before MinIO returns: the fetch keeps retrying.
         poll("a second retry in the log", lambda: len(re.findall(
             r"fetching the weights failed .*retry \d+ in", fn.log_tail(20000))) >= 2)
-        assert live(fn) and fn.readiness()[0] == 500
+        assert live(fn) and fn.readiness()[0] not in (None, 200)
         minio.start().wait_ready(deadline_s=60)
         try:
             fn.wait_ready(DEADLINE_S)
@@ -113,7 +113,7 @@ def test_minio_slow_shows_progress_and_stays_alive(tmp_path, minio, uploaded_smo
                 status, text = fn.readiness()
                 assert live(fn), "liveness failed during a slow download"
                 m = re.match(r"downloading (\d+) %", text)
-                if status == 500 and m:
+                if status not in (None, 200) and m:
                     pct = float(m.group(1))
                     if not seen or pct > seen[-1]:
                         seen.append(pct)
