@@ -66,7 +66,7 @@ def generate(minio, uploaded, sink, tmp_path_factory):
 
 def test_not_ready_then_ready(generate):
     status, text = generate.readiness()
-    assert status == 500 and text.startswith("downloading")
+    assert status == 503 and text.startswith("downloading")
     r = chat(generate.url)
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "4"
