@@ -33,6 +33,8 @@ def test_decode_binary_and_structured():
     ({"content-type": "application/cloudevents-batch+json"}, b"[]", "batch mode"),
     ({"content-type": "application/cloudevents+json"}, b"[" * 100000, "not a CloudEvent"),
     ({}, b"", "not a CloudEvent"),
+    ({"content-type": "application/cloudevents+json"},
+     b'{"specversion": "1.0", "id": "\\ud800", "type": "t", "source": "/s"}', "lone surrogate"),
     ({"content-type": "application/json"}, b'{"id": "1", "source": "/s", "type": "t", '
      b'"specversion": "1.0"}', "not a CloudEvent"),
 ])

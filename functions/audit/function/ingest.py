@@ -172,7 +172,7 @@ class Ingestor:
             bson.encode(doc)  # an integer beyond int64 would fail the whole batch later
         except InvalidEvent as err:
             raise self.invalid(err, event=event) from None
-        except (InvalidDocument, OverflowError) as err:
+        except (InvalidDocument, OverflowError, UnicodeEncodeError) as err:
             raise self.invalid(InvalidEvent([f"data cannot be stored: {type(err).__name__}"]),
                                event=event) from None
         try:

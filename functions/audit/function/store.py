@@ -133,7 +133,8 @@ class AuditStore:
             if isinstance(err.__cause__, perr.DuplicateKeyError):
                 return False
             raise
-        except (InvalidDocument, OverflowError) as err:
+        except (InvalidDocument, OverflowError, UnicodeEncodeError) as err:
+            # UnicodeEncodeError: a string with a lone surrogate has no UTF-8 (BSON) form
             raise DocumentRejected(str(type(err).__name__)) from err
 
     def with_expiry(self, doc: dict) -> dict:

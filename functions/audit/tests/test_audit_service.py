@@ -73,6 +73,11 @@ def test_rejections_do_not_need_the_database(client):
     assert r.status_code == 400 and "duration_s is missing" in r.json["error"]["message"]
     r = client.post("/", headers=headers(**{"content-type": "text/plain"}), data="hello")
     assert r.status_code == 400 and "datacontenttype" in r.json["error"]["message"]
+    r = client.post("/", headers=headers(), data='{"model": "\\ud800"}')  # no UTF-8 form
+    assert r.status_code == 400 and r.json["error"]["code"] == "invalid_event"
+    r = client.post("/dead-letter", headers={"content-type": "application/cloudevents+json"},
+                    data='{"specversion": "1.0", "id": "\\ud800", "type": "t", "source": "/s"}')
+    assert r.status_code == 400 and "lone surrogate" in r.json["error"]["message"]
     r = client.post("/", headers={"content-type": "application/cloudevents-batch+json"},
                     data="[]")
     assert r.status_code == 400 and "batch mode" in r.json["error"]["message"]
@@ -83,8 +88,8 @@ def test_rejections_do_not_need_the_database(client):
     assert r.status_code == 404 and r.json["error"]["code"] == "not_found"
     assert client.put("/").status_code == 405
     metrics = client.get("/metrics").text
-    assert 'audit_events_invalid_total{reason="data"} 2.0' in metrics
-    assert 'audit_events_invalid_total{reason="decode"} 2.0' in metrics
+    assert 'audit_events_invalid_total{reason="data"} 3.0' in metrics
+    assert 'audit_events_invalid_total{reason="decode"} 3.0' in metrics
     assert 'llmfn_requests_total{route="/",status="413"} 1.0' in metrics
 
 

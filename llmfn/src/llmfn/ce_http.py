@@ -64,9 +64,24 @@ def decode_http(headers: Mapping[str, str], body: bytes):
         if isinstance(raw, dict) and not raw.get("id"):
             raise InvalidEvent(["id is missing (CloudEvents `id` is required)"])
     try:
-        return from_http_event(HTTPMessage(headers=lower, body=body))
+        event = from_http_event(HTTPMessage(headers=lower, body=body))
     except BaseCloudEventException as err:
         raise InvalidEvent([f"not a valid CloudEvent: {err}"]) from None
     except (ValueError, TypeError, AttributeError, KeyError, UnicodeDecodeError, RecursionError):
         # Structured mode with a body that is not a JSON object, a bad `time`, ...
         raise InvalidEvent([NOT_AN_EVENT]) from None
+    bad = [name for name, value in event.get_attributes().items()
+           if isinstance(value, str) and not _is_unicode(value)]
+    if bad:
+        raise InvalidEvent([f"attribute {name!r} is not valid Unicode (a lone surrogate)"
+                            for name in sorted(bad)])
+    return event
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON allows "\\ud800"; UTF-8 has no form)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
