@@ -55,3 +55,16 @@ def check(app, doc: dict) -> None:
         for method, op in item.items():
             if method in METHODS:
                 assert op.get("responses"), (method, path)
+
+
+def served_document(app, api) -> dict:
+    """The document ``app`` serves at /openapi.json, after checking it is the function's own
+    (``api.OPENAPI`` with llmfn's shared parts), valid, and describes exactly the app's routes."""
+    from llmfn import openapi
+
+    r = app.test_client().get("/openapi.json")
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    doc = r.get_json()
+    assert doc == openapi.load(api.OPENAPI)
+    check(app, doc)
+    return doc
