@@ -169,6 +169,9 @@ def test_func_python_path_serves_the_same_answers(generate, tmp_path):
     try:
         server.wait_ready(180)  # the cache is warm: no second download
         assert requests.get(f"{server.url}/health/liveness", timeout=5).status_code == 200
+        # the model loaded on the preload thread while the web stack imported, and readiness
+        # 200 means it is loaded: the first request gets an answer, not a 503
+        assert "adopted the model load started early" in server.log_tail(20000)
         got = chat(server.url).json()["choices"][0]["message"]["content"]
         # same build, same settings, one request at a time: the same kernel path, same text
         assert got == expected and got.startswith(ANSWER.expected)

@@ -180,13 +180,52 @@ def test_missing_bucket(tmp_path, s3):
         weights.fetch(storage(tmp_path, "s3://no-such-bucket-llmfn/x.gguf"), s3_client=s3)
 
 
-def test_unreachable_endpoint(tmp_path):
+def test_unreachable_endpoint(tmp_path, monkeypatch):
+    import boto3
     import services
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")  # credentials, so that the request is sent
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     st = storage(tmp_path, "s3://models/x.gguf", S3_MAX_ATTEMPTS="1",
                  S3_ENDPOINT_URL=f"http://127.0.0.1:{services.free_port()}")
     client = weights.make_s3_client(st)
     with pytest.raises(WeightsError, match="unreachable"):
         weights.fetch(st, s3_client=client)
+
+
+def test_missing_credentials_fail_for_good_and_say_so(tmp_path, minio, uploaded, monkeypatch):
+    """No credentials anywhere in boto3's chain: not "endpoint unreachable" (which is retried
+    for 15 minutes) but a permanent error naming the settings to set."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it caches what earlier tests found
+    uri, _ = uploaded
+    st = storage(tmp_path / "cache", uri, S3_ENDPOINT_URL=minio.endpoint_url)
+    with pytest.raises(WeightsError, match="no S3 credentials.*AWS_ACCESS_KEY_ID") as err:
+        weights.fetch(st)
+    assert not err.value.transient
+    assert leftovers(tmp_path / "cache") == []
+
+
+def test_pinned_in_cache_is_true_only_for_a_verified_file_of_that_sha256(tmp_path, s3,
+                                                                        uploaded):
+    uri, digest = uploaded
+    st = storage(tmp_path, uri, MODEL_SHA256=digest)
+    assert not weights.pinned_in_cache(st)
+    weights.fetch(st, s3_client=s3)
+    assert weights.pinned_in_cache(st)
+    assert not weights.pinned_in_cache(storage(tmp_path, uri))  # no MODEL_SHA256: a HEAD
+    assert not weights.pinned_in_cache(storage(tmp_path, uri, MODEL_SHA256="0" * 64))
+    cached = weights.cache_path(str(tmp_path), *uri[5:].split("/", 1))
+    with open(cached, "ab") as f:  # changed behind the sidecar's back
+        f.write(b"x")
+    assert not weights.pinned_in_cache(st)
 
 
 def test_make_s3_client_uses_settings_and_aws_chain(tmp_path, s3_env, uploaded):

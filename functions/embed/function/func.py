@@ -4,19 +4,22 @@ from __future__ import annotations
 import functools
 from typing import Mapping
 
-from llmfn.host import prefetch
+from llmfn.host import prefetch, preload
 
 from .settings import DEFAULTS
 
 prefetch(**DEFAULTS)  # the weight download starts now, on a thread, before the imports below
 
-from llmfn.function import LLMFunction  # noqa: E402
+from .engine import load_embedder  # noqa: E402  (llama_cpp, numpy: what the load needs)
+
+preload(lambda cfg: load_embedder, **DEFAULTS)  # the model loads as soon as the file is there
+
+from llmfn.function import LLMFunction  # noqa: E402  (the web stack imports meanwhile)
 from llmfn.model_runtime import Runtime  # noqa: E402
 from llmfn.settings import Settings  # noqa: E402
 
 from . import api  # noqa: E402
-from .engine import load_embedder
-from .settings import DEFAULTS, FUNCTION, EmbedSettings
+from .settings import FUNCTION, EmbedSettings  # noqa: E402
 
 
 def create_runtime(cfg: Mapping[str, str]) -> Runtime:

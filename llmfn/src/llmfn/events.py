@@ -33,12 +33,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import requests
 from cloudevents.core.bindings.http import HTTPMessage, to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from llmfn.settings import EventSettings, SettingsError
+
+if typing.TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,9 @@ def _schema_of(record: type) -> dict[str, tuple[tuple[type, ...], bool]]:
     """field -> (accepted JSON types, null allowed), from the dataclass's annotations. The text
     fields are left out when unset, never sent as null."""
     schema = {}
+    hints = typing.get_type_hints(record)
     for f in dataclasses.fields(record):
-        hint = typing.get_type_hints(record)[f.name]
+        hint = hints[f.name]
         args = typing.get_args(hint)
         base = next(a for a in args if a is not type(None)) if args else hint
         schema[f.name] = (_KINDS[base], type(None) in args and f.name not in _TEXT_FIELDS)
@@ -245,7 +248,8 @@ class EventEmitter:
         self._closed = False
         self._stop = threading.Event()
         self._own_session = session is None
-        self._session = session if session is not None else requests.Session()
+        self._session = session  # made by the sender thread when it first sends: requests is
+        # imported then, not on a cold start's path
         self._warn_full = _RateLimitedLog()
         self._warn_failed = _RateLimitedLog()
         self._thread: threading.Thread | None = None
@@ -327,7 +331,7 @@ class EventEmitter:
             self._done(dropped)
         self._queue.put_nowait(_STOP)  # room: producers are shut out and the queue was drained
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._own_session and not self._thread.is_alive():
+        if self._own_session and self._session is not None and not self._thread.is_alive():
             self._session.close()
         return flushed
 
@@ -382,6 +386,10 @@ class EventEmitter:
 
     def _post(self, message: HTTPMessage) -> tuple[str, str, float]:
         """One POST: ("ok" | "retry" | "fatal", detail, Retry-After seconds or 0)."""
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
         try:
             resp = self._session.post(self.settings.sink, data=message.body,
                                       headers=message.headers, timeout=self.settings.timeout_s)

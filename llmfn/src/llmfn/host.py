@@ -5,11 +5,15 @@ would be killed by the liveness probe). ``ready()`` is False with a reason ("dow
 "waiting for S3: ...", "loading") until the model is loaded; ``alive()`` turns False only when
 loading failed for good, so the kubelet restarts the pod.
 
-Cold start overlaps what it can: :func:`prefetch`, called by a function's module before its
-heavy imports (llama_cpp, numpy, Flask), starts the weight fetch on its own thread at once;
-the ModelHost built later adopts that fetch when its storage settings are the same. The fetch
-hashes while downloading (llmfn.weights), and the model loads (llama.cpp mmaps the file) as
-soon as the file is complete and verified.
+Cold start overlaps what it can. A function's module calls :func:`prefetch` before its heavy
+imports: the weight fetch starts on its own thread at once (it hashes while downloading, see
+llmfn.weights; a ``file://`` model is hashed there too). Once the module has imported what its
+loader needs (llama_cpp, numpy), it calls :func:`preload`: the model loads (llama.cpp mmaps the
+file) on another thread as soon as the file is complete and verified, while the main thread
+goes on importing the web stack (Flask, prometheus_client, ...). llama.cpp's load runs in C
+with the GIL released, so on two cores it costs the imports almost nothing. The ModelHost
+built later adopts the fetch and the load when its settings and loader are the same ones, and
+otherwise discards the early model and loads its own.
 
 A transient fetch failure (S3 unreachable, 5xx, a timeout) is retried with exponential
 backoff (1 s doubling to 30 s) for ``retry_for_s``; readiness names the reason and the next
@@ -17,14 +21,18 @@ try meanwhile, and liveness stays True, so the pod becomes ready when S3 returns
 restart. Anything else (not found, access denied, a checksum mismatch) fails for good.
 
 Phase timers (``cold_start_s``, and the ``llmfn_cold_start_seconds{phase}`` gauge): download,
-verify (hash tail after the last byte), load; the gauge also gets ``import`` (process start
-to ``ModelHost.start``: interpreter and imports), ``fetch_wait`` (how long the loader waited
-for the fetch after the imports) and ``ready`` (process start to loaded).
+verify (hash tail after the last byte), load (llama.cpp, possibly overlapping the imports);
+the gauge also gets ``import`` (process start to ``ModelHost.start``: interpreter and
+imports), ``fetch_wait`` (how long the host waited for the fetch after the imports),
+``load_wait`` (how long it then waited for an early load still running) and ``ready``
+(process start to loaded).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import PurePosixPath
@@ -39,6 +47,17 @@ Loader = Callable[[str, ModelSettings], Any]
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 RETRY_FOR_S = 900.0  # transient failures are retried this long, then the fetch fails for good
+# llama.cpp reports every step of a load through llama-cpp-python's log callback, a Python
+# function: about 2,300 calls for SmolLM2, each of which must take the GIL. While the main
+# thread imports, Python's default switch interval (5 ms) makes each call wait for it, and an
+# early load took twice as long (0.56 s instead of 0.27 s); at 0.5 ms it took 0.33 s.
+PRELOAD_SWITCH_INTERVAL_S = 0.0005
+# With nothing in the cache, the download is on the cold start's critical path and the imports
+# are not, but both are Python: threads share the GIL, so boto3's import and client set-up
+# (0.3 s of CPU) took twice as long beside the function's imports. prefetch() lets the fetch
+# run alone until its set-up is over (bytes flow, or it waits to retry, or it ended), at most
+# this long, and then the imports overlap the transfer.
+PREFETCH_WAIT_S = 2.0
 
 
 def process_age_s() -> float | None:
@@ -76,6 +95,9 @@ class Fetcher:
         self.error: Exception | None = None
         self.retries = 0
         self.t_start = self.t_end = 0.0  # time.monotonic()
+        # set once the set-up (boto3's import, the client, the HEAD) is over: the first bytes
+        # arrived, it waits to retry, or it ended
+        self.past_setup = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-fetch", daemon=True)
 
@@ -88,6 +110,7 @@ class Fetcher:
         return self._done.wait(timeout_s)
 
     def _progress(self, done: int, total: int) -> None:
+        self.past_setup.set()
         pct = 100.0 * done / total if total else 0.0
         self.state = f"downloading {pct:.0f} % ({done / 2**20:.0f}/{total / 2**20:.0f} MiB)"
 
@@ -103,6 +126,7 @@ class Fetcher:
                     if not err.transient or time.monotonic() + delay > give_up:
                         raise
                     self.retries += 1
+                    self.past_setup.set()
                     reason = _reason(err)
                     log.warning("fetching the weights failed (%s); retry %d in %.0f s",
                                 reason, self.retries, delay)
@@ -117,6 +141,7 @@ class Fetcher:
             self.error = err
         finally:
             self.t_end = time.monotonic()
+            self.past_setup.set()
             self._done.set()
 
 
@@ -124,29 +149,129 @@ _early: dict[StorageSettings, Fetcher] = {}
 _early_lock = threading.Lock()
 
 
-def prefetch(env: Mapping[str, str] | None = None, **defaults: str) -> Fetcher | None:
+def prefetch(env: Mapping[str, str] | None = None, *, wait_s: float = PREFETCH_WAIT_S,
+             **defaults: str) -> Fetcher | None:
     """Start fetching the weights that ``env`` (default: the process environment, over
     ``defaults``) names, now, on a thread; a ModelHost built later with the same storage
-    settings adopts the fetch. Call it before the heavy imports. Never raises: with bad
-    settings it does nothing and the ModelHost reports the problem."""
+    settings adopts the fetch. Call it before the heavy imports. When the file must come from
+    S3 (not pinned in the cache), return only once the fetch's set-up is over, or after
+    ``wait_s``: see PREFETCH_WAIT_S. Never raises: with bad settings it does nothing and the ModelHost
+    reports the problem."""
     try:
         _ensure_log_handler()
         merged = {**defaults, **(os.environ if env is None else env)}
         storage = build(StorageSettings, merged)
-        if not storage.model_uri.startswith("s3://"):
-            return None  # file:// is local: nothing to overlap worth a thread
-        with _early_lock:
-            if storage not in _early:
-                _early[storage] = Fetcher(storage).start()
-            return _early[storage]
+        if not storage.model_uri.startswith(("s3://", "file://")):
+            return None
+        fetcher = _early_fetcher(storage)
+        if (wait_s > 0 and storage.model_uri.startswith("s3://")
+                and not weights.pinned_in_cache(storage)):
+            t0 = time.monotonic()
+            fetcher.past_setup.wait(wait_s)
+            log.debug("prefetch: the fetch's set-up took %.3f s", time.monotonic() - t0)
+        return fetcher
     except Exception:  # noqa: BLE001  (the ModelHost fetches and reports instead)
         log.debug("prefetch skipped", exc_info=True)
         return None
 
 
-def _adopt(storage: StorageSettings) -> Fetcher | None:
+def _early_fetcher(storage: StorageSettings) -> Fetcher:
     with _early_lock:
-        return _early.pop(storage, None)
+        if storage not in _early:
+            _early[storage] = Fetcher(storage).start()
+        return _early[storage]
+
+
+class Preload:
+    """A model load started before the ModelHost exists: on its own thread, it waits for the
+    fetch and then calls ``loader(path, model)``."""
+
+    def __init__(self, fetcher: Fetcher, loader: Loader, model: ModelSettings):
+        self.fetcher = fetcher
+        self.loader = loader
+        self.model_settings = model
+        self.model: Any = None
+        self.error: Exception | None = None
+        self.load_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="model-preload", daemon=True)
+
+    def start(self) -> "Preload":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        self.fetcher.wait()
+        if self.fetcher.error is not None or self.fetcher.result is None:
+            return  # the ModelHost reports (and may retry) the fetch
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(min(before, PRELOAD_SWITCH_INTERVAL_S))
+        t0 = time.perf_counter()
+        try:
+            self.model = self.loader(self.fetcher.result.path, self.model_settings)
+        except Exception as err:  # noqa: BLE001  (raised again by take())
+            self.error = err
+        finally:
+            self.load_s = time.perf_counter() - t0
+            sys.setswitchinterval(before)
+
+    def matches(self, fetcher: Fetcher, loader: Loader, model: ModelSettings) -> bool:
+        """Whether this load is the one a host with these would do itself."""
+        return (fetcher is self.fetcher and model == self.model_settings
+                and same_loader(loader, self.loader))
+
+    def take(self) -> tuple[Any, float]:
+        """Wait for the load; the model and its load seconds, or the loader's exception."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.model, self.load_s
+
+    def discard(self) -> None:
+        """Wait for the load and free what it loaded (a host with other settings loads its own)."""
+        self._thread.join()
+        model, self.model = self.model, None
+        if model is not None and hasattr(model, "close"):
+            model.close()
+
+
+_preloads: dict[StorageSettings, Preload] = {}
+
+
+def preload(make_loader: Callable[[Mapping[str, str]], Loader],
+            env: Mapping[str, str] | None = None, **defaults: str) -> Preload | None:
+    """Start loading the model that ``env`` (default: the process environment, over
+    ``defaults``) names, on a thread, as soon as its fetch (:func:`prefetch`'s, or one started
+    now) has the file; ``make_loader(env)`` gives the loader. A ModelHost built later adopts
+    the load when its storage and model settings and its loader are the same (see
+    :func:`same_loader`). Call it once the loader's own heavy imports are done, before the
+    web stack's. Never raises: with bad settings it does nothing and the ModelHost reports."""
+    try:
+        merged = {**defaults, **(os.environ if env is None else env)}
+        settings = Settings.from_mapping(merged)
+        settings.require_model()
+        loader = make_loader(merged)
+        fetcher = _early_fetcher(settings.storage)
+        with _early_lock:
+            if settings.storage in _preloads:
+                return _preloads[settings.storage]
+            pre = _preloads[settings.storage] = Preload(fetcher, loader, settings.model).start()
+            return pre
+    except Exception:  # noqa: BLE001
+        log.debug("preload skipped", exc_info=True)
+        return None
+
+
+def same_loader(a: Loader, b: Loader) -> bool:
+    """Loaders that load the same thing: equal, or partials of the same function with equal
+    arguments (``functools.partial(load_engine, gen=settings)``)."""
+    if isinstance(a, functools.partial) and isinstance(b, functools.partial):
+        return a.func is b.func and a.args == b.args and a.keywords == b.keywords
+    return a == b
+
+
+def _adopt(storage: StorageSettings) -> tuple[Fetcher | None, Preload | None]:
+    with _early_lock:
+        return _early.pop(storage, None), _preloads.pop(storage, None)
 
 
 def _ensure_log_handler() -> None:
@@ -208,7 +333,7 @@ class ModelHost:
         try:
             self.settings.require_model()
             storage = self.settings.storage
-            fetcher = _adopt(storage)
+            fetcher, pre = _adopt(storage)
             if fetcher is None:
                 fetcher = Fetcher(storage, self._fetch, retry_for_s=self.retry_for_s).start()
             else:
@@ -233,9 +358,19 @@ class ModelHost:
             self._phase("download", 0.0 if result.cached else result.download_s)
             self._phase("verify", result.verify_s)
             self._state = "loading"
-            t0 = time.perf_counter()
-            model = self.loader(result.path, self.settings.model)
-            self._phase("load", time.perf_counter() - t0)
+            if pre is not None and pre.matches(fetcher, self.loader, self.settings.model):
+                t_wait = time.monotonic()
+                model, load_s = pre.take()
+                self._gauge("load_wait", time.monotonic() - t_wait)
+                log.info("adopted the model load started early (%.3f s)", load_s)
+            else:
+                if pre is not None:
+                    log.info("the model loaded early used other settings: loading again")
+                    pre.discard()
+                t0 = time.perf_counter()
+                model = self.loader(result.path, self.settings.model)
+                load_s = time.perf_counter() - t0
+            self._phase("load", load_s)
             self.model = model
             self._state = "ready"
             self._gauge("ready", process_age_s())

@@ -151,8 +151,12 @@ def cache_path(cache_dir: str, bucket: str, key: str) -> Path:
 
 def _client_error(uri: str, err, what: str) -> WeightsError:
     """A WeightsError for a botocore ClientError or BotoCoreError of ``what`` (HEAD, GET)."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+        return WeightsError(f"{uri}: no S3 credentials ({err}); set AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY (the Secret in deploy/), or another source "
+                            "of boto3's credential chain")
     if not isinstance(err, ClientError):
         return WeightsError(f"{uri}: S3 endpoint unreachable ({type(err).__name__})",
                             transient=True)
@@ -237,6 +241,20 @@ def _fetch_s3(client, storage, bucket, key, expected, progress, lock_timeout_s) 
         raise WeightsError(f"{uri}: {problem} after {storage.verify_attempts} attempts")
     finally:
         lock.release()
+
+
+def pinned_in_cache(storage: StorageSettings) -> bool:
+    """Whether :func:`fetch` will find the S3 object in the cache, pinned by MODEL_SHA256 (no
+    S3 request, no boto3): a hint read without the lock, never raises."""
+    try:
+        parsed = urllib.parse.urlparse(storage.model_uri)
+        expected = storage.model_sha256.strip().lower()
+        if parsed.scheme != "s3" or not expected:
+            return False
+        path = cache_path(storage.cache_dir, parsed.netloc, parsed.path.lstrip("/"))
+        return _pinned_cache(path, expected) is not None
+    except (OSError, ValueError, WeightsError):
+        return False
 
 
 def _pinned_cache(path: Path, expected: str) -> str | None:
