@@ -36,7 +36,7 @@ from cloudevents.core.v1.event import CloudEvent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from common import (HOST, REPO_ROOT, STATE, free_port, gunicorn_server, log,  # noqa: E402
-                    percentile)
+                    percentile, save_figure)
 import services  # noqa: E402
 
 AUDIT_DIR = REPO_ROOT / "functions" / "audit"
@@ -192,11 +192,7 @@ def plot(results: dict, out: Path = PLOT) -> None:
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    log(f"wrote {out}")
+    save_figure(fig, out)
 
 
 def main() -> int:

@@ -133,11 +133,7 @@ def plot(d: dict, out: Path) -> None:
         ax.legend()
     fig.suptitle(f"{d['model']}, {d['max_tokens']} tokens per stream, {d['threads']} threads, "
                  f"flash attention {d['flash_attn']}", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    log(f"wrote {out}")
+    common.save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:

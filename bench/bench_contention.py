@@ -189,11 +189,7 @@ def plot(d: dict, out: Path) -> None:
                      "quiet, beside a CPU hog, under a 1-CPU cgroup quota (whiskers: min-max)")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100)
-        plt.close(fig)
-        log(f"wrote {out}")
+        common.save_figure(fig, out)
         return  # one policy is deployed: the first is the one plotted
 
 

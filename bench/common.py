@@ -237,6 +237,17 @@ def update_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
     doc.write_text(text)
 
 
+def save_figure(fig, out: Path, dpi: int = 100) -> None:
+    """Lay out ``fig``, write it to ``out`` (its folder made) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    log(f"wrote {out}")
+
+
 def machine_line() -> str:
     """CPU model and core count of this machine, for the tables."""
     model = "unknown CPU"

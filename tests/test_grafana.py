@@ -26,8 +26,9 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-import procs  # scripts/procs.py
 from procs import REPO_ROOT as ROOT
+
+from tests.support import stack
 
 GRAFANA = ROOT / "deploy" / "grafana" / "llmfn.json"
 RULES = ROOT / "deploy" / "prometheus" / "llmfn-alerts.rules.yaml"
@@ -136,25 +137,15 @@ def exported(text: str) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def metrics(ferretdb, tmp_path_factory) -> dict[str, set[str]]:
     """The metrics generate, embed and audit export after serving a little of everything."""
-    tmp = tmp_path_factory.mktemp("grafana")
-    started: dict[str, procs.ServerProcess] = {}
-
-    def start(name: str, env: dict[str, str]) -> procs.ServerProcess:
-        started[name] = procs.gunicorn_server(
-            name, procs.free_port(), log_path=tmp / f"{name}.log",
-            env={"MODEL_CACHE_DIR": str(tmp / "cache"), "N_THREADS": "1", **env}).start()
-        return started[name]
-
-    try:
-        audit = start("audit", {"MONGODB_URI": ferretdb.uri,
-                                "MONGODB_DATABASE": f"grafana_{uuid.uuid4().hex[:8]}"})
+    with stack.Functions(tmp_path_factory.mktemp("grafana")) as fns:
+        audit = fns.start("audit", {"MONGODB_URI": ferretdb.uri,
+                                    "MONGODB_DATABASE": f"grafana_{uuid.uuid4().hex[:8]}"})
         sink = {"K_SINK": f"{audit.url}/"}
-        gen = start("generate", {"MODEL_URI": f"file://{MODELS / 'tiny-llama.gguf'}",
-                                 "N_CTX": "256", **sink})
-        emb = start("embed", {"MODEL_URI": f"file://{MODELS / 'all-minilm-l6-v2-f16.gguf'}",
-                              **sink})
-        for proc in started.values():
-            proc.wait_ready(120)
+        gen = fns.start("generate", {"MODEL_URI": f"file://{MODELS / 'tiny-llama.gguf'}",
+                                     "N_CTX": "256", **sink})
+        emb = fns.start("embed", {"MODEL_URI": f"file://{MODELS / 'all-minilm-l6-v2-f16.gguf'}",
+                                  **sink})
+        fns.wait_ready(120)
         r = requests.post(f"{gen.url}/v1/chat/completions", timeout=60, json={
             "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True})
         assert r.status_code == 200 and "[DONE]" in r.text
@@ -165,14 +156,10 @@ def metrics(ferretdb, tmp_path_factory) -> dict[str, set[str]]:
             assert time.monotonic() < end, "the inference events did not reach audit"
             time.sleep(0.2)
         out: dict[str, set[str]] = {}
-        for proc in started.values():
+        for proc in fns.started.values():
             for name, labels in exported(requests.get(f"{proc.url}/metrics", timeout=30).text).items():
                 out.setdefault(name, set()).update(labels)
         return out
-    finally:
-        for name in ("generate", "embed", "audit"):
-            if name in started:
-                started[name].stop()
 
 
 @pytest.mark.parametrize("source", ["grafana", "rules"])

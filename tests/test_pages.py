@@ -27,8 +27,8 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-import procs  # scripts/procs.py
 from procs import REPO_ROOT as ROOT
+from tests.support import stack
 from tests.support.audit import encode, make_event
 
 MODELS = ROOT / ".state" / "models"
@@ -66,31 +66,17 @@ def model_uri(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def servers(ferretdb, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pages")
-    started: dict[str, procs.ServerProcess] = {}
-
-    def start(name: str, env: dict[str, str]) -> procs.ServerProcess:
-        started[name] = procs.gunicorn_server(
-            name, procs.free_port(), log_path=tmp / f"{name}.log",
-            env={"MODEL_CACHE_DIR": str(tmp / "cache"), "N_THREADS": "1", **env}).start()
-        return started[name]
-
-    try:
+    with stack.Functions(tmp_path_factory.mktemp("pages")) as fns:
         # no compaction during the test: the events stay in minute cells (past an hour boundary
         # compaction would merge them into hour cells, one point per hour)
-        audit = start("audit", {"MONGODB_URI": ferretdb.uri, "API_KEYS": KEY,
-                                "KPI_COMPACT_INTERVAL_S": "3600",
-                                "MONGODB_DATABASE": f"pages_{uuid.uuid4().hex[:8]}"})
+        audit = fns.start("audit", {"MONGODB_URI": ferretdb.uri, "API_KEYS": KEY,
+                                    "KPI_COMPACT_INTERVAL_S": "3600",
+                                    "MONGODB_DATABASE": f"pages_{uuid.uuid4().hex[:8]}"})
         sink = {"K_SINK": f"{audit.url}/"}
-        start("generate", {"MODEL_URI": model_uri("tiny-llama.gguf"), "N_CTX": "512", **sink})
-        start("embed", {"MODEL_URI": model_uri("all-minilm-l6-v2-f16.gguf"), **sink})
-        for proc in started.values():
-            proc.wait_ready(READY_S)
-        yield started
-    finally:
-        for name in ("generate", "embed", "audit"):
-            if name in started:
-                started[name].stop()
+        fns.start("generate", {"MODEL_URI": model_uri("tiny-llama.gguf"), "N_CTX": "512", **sink})
+        fns.start("embed", {"MODEL_URI": model_uri("all-minilm-l6-v2-f16.gguf"), **sink})
+        fns.wait_ready(READY_S)
+        yield fns.started
 
 
 @pytest.fixture(scope="module")

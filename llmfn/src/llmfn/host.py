@@ -11,7 +11,8 @@ llmfn.weights; a ``file://`` model is hashed there too). Once the module has imp
 loader needs (llama_cpp, numpy), it calls :func:`preload`: the model loads (llama.cpp mmaps the
 file) on another thread as soon as the file is complete and verified, while the main thread
 goes on importing the web stack (Flask, prometheus_client, ...). llama.cpp's load runs in C
-with the GIL released, so on two cores it costs the imports almost nothing. The ModelHost
+with the GIL released (but for its log callback: PRELOAD_SWITCH_INTERVAL_S), so on two cores
+it mostly overlaps the imports. The ModelHost
 built later adopts the fetch and the load when its settings and loader are the same ones, and
 otherwise discards the early model and loads its own.
 
@@ -48,9 +49,9 @@ RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 RETRY_FOR_S = 900.0  # transient failures are retried this long, then the fetch fails for good
 # llama.cpp reports every step of a load through llama-cpp-python's log callback, a Python
-# function: about 2,300 calls for SmolLM2, each of which must take the GIL. While the main
-# thread imports, Python's default switch interval (5 ms) makes each call wait for it, and an
-# early load took twice as long (0.56 s instead of 0.27 s); at 0.5 ms it took 0.33 s.
+# function: about 2,300 calls for SmolLM2, each of which must take the GIL. Beside a busy
+# Python thread (the main thread importing), Python's default switch interval (5 ms) made
+# each call wait for it: the load took 0.56 s instead of 0.29 s alone; at 0.5 ms, 0.33 s.
 PRELOAD_SWITCH_INTERVAL_S = 0.0005
 # With nothing in the cache, the download is on the cold start's critical path and the imports
 # are not, but both are Python: threads share the GIL, so boto3's import and client set-up
@@ -155,8 +156,8 @@ def prefetch(env: Mapping[str, str] | None = None, *, wait_s: float = PREFETCH_W
     ``defaults``) names, now, on a thread; a ModelHost built later with the same storage
     settings adopts the fetch. Call it before the heavy imports. When the file must come from
     S3 (not pinned in the cache), return only once the fetch's set-up is over, or after
-    ``wait_s``: see PREFETCH_WAIT_S. Never raises: with bad settings it does nothing and the ModelHost
-    reports the problem."""
+    ``wait_s``: see PREFETCH_WAIT_S. Never raises: with bad settings it does nothing and the
+    ModelHost reports the problem."""
     try:
         _ensure_log_handler()
         merged = {**defaults, **(os.environ if env is None else env)}
