@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
-from cloudevents.core.bindings.http import HTTPMessage, from_http_event
-from cloudevents.core.exceptions import BaseCloudEventException
-
 from .errors import InvalidRequest
 
 BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"
@@ -63,6 +60,9 @@ def decode_http(headers: Mapping[str, str], body: bytes):
             raw = None
         if isinstance(raw, dict) and not raw.get("id"):
             raise InvalidEvent(["id is missing (CloudEvents `id` is required)"])
+    from cloudevents.core.bindings.http import HTTPMessage, from_http_event  # not at start
+    from cloudevents.core.exceptions import BaseCloudEventException
+
     try:
         event = from_http_event(HTTPMessage(headers=lower, body=body))
     except BaseCloudEventException as err:

@@ -34,8 +34,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from cloudevents.core.bindings.http import to_binary_event
-from cloudevents.core.v1.event import CloudEvent
 from flask import Flask, Response, request
 
 from .ce_http import decode_http
@@ -193,5 +191,8 @@ class EventRequests:
         correlation = event.get_extension(cfg.correlation_attribute)
         if correlation is not None:
             attrs[cfg.reply_attribute] = correlation
+        from cloudevents.core.bindings.http import to_binary_event  # not at start
+        from cloudevents.core.v1.event import CloudEvent
+
         message = to_binary_event(CloudEvent(attrs, body))
         return Response(message.body, status=200, headers=dict(message.headers))

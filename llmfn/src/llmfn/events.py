@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from cloudevents.core.bindings.http import HTTPMessage, to_binary_event
-from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from llmfn.settings import EventSettings, SettingsError
 
-if typing.TYPE_CHECKING:
+if typing.TYPE_CHECKING:  # imported where used, on the sender thread, not at start
     import requests
+    from cloudevents.core.bindings.http import HTTPMessage
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +360,9 @@ class EventEmitter:
                                       "time": item.time, "datacontenttype": "application/json"}
         if item.subject:
             attributes["subject"] = item.subject
+        from cloudevents.core.bindings.http import to_binary_event
+        from cloudevents.core.v1.event import CloudEvent
+
         return to_binary_event(CloudEvent(attributes, item.data))
 
     def _deliver(self, item: _Pending) -> None:
