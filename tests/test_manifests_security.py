@@ -1,7 +1,8 @@
 """What must never ship and how images are built: no credential values in any shipped YAML or
 Containerfile (credential envs come from Secrets: secretKeyRef in deploy/, {{ secret:... }} in
 func.yaml), and Containerfile hygiene (pinned slim base, non-root, portable llama.cpp built in a
-builder stage, dependency layer first). Each rule rejects a deliberately broken copy."""
+builder stage, dependency layer first, bytecode compiled). Each rule rejects a deliberately
+broken copy."""
 from __future__ import annotations
 
 import copy
@@ -68,6 +69,7 @@ def test_secret_rules_reject_literal_values(deploy_objs):
     (lambda t: t.replace("-DGGML_NATIVE=OFF", "-march=native"), "native"),
     (lambda t: t.replace("COPY pyproject.toml ./\n", "") + "COPY pyproject.toml ./\n",
      "dependency layer"),
+    (lambda t: t.replace("RUN python -m compileall -q llmfn function\n", ""), "bytecode"),
 ])
 def test_containerfile_rule_rejects_broken_copy(breakage, expect):
     text = containerfile("generate").read_text()

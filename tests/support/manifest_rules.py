@@ -488,6 +488,14 @@ def containerfile_errors(text: str, name: str) -> list[str]:
     if None in idx.values() or not idx["COPY pyproject.toml"] < min(idx["COPY function/"],
                                                                     idx["COPY llmfn/"]):
         errors.append(f"{name}: dependency layer (pyproject.toml) must come before the code")
+    compile_at = next((n for n, line in enumerate(lines)
+                       if re.match(r"RUN python -m compileall .*\bllmfn\b.*\bfunction\b", line)),
+                      None)
+    if compile_at is None or None in idx.values() or compile_at < max(idx["COPY function/"],
+                                                                       idx["COPY llmfn/"]):
+        # PYTHONDONTWRITEBYTECODE and a read-only tree: without it every cold start compiles
+        errors.append(f"{name}: the code's bytecode must be compiled in the image (compileall "
+                      "after copying llmfn/ and function/)")
     if name in MODEL_FUNCTIONS:
         if "-DGGML_NATIVE=OFF" not in text or "-DGGML_CPU_ALL_VARIANTS=ON" not in text:
             errors.append(f"{name}: llama.cpp must be built with portable CPU dispatch")
