@@ -366,7 +366,8 @@ class ModelHost:
                 log.info("adopted the model load started early (%.3f s)", load_s)
             else:
                 if pre is not None:
-                    log.info("the model loaded early used other settings: loading again")
+                    log.info("the early load is not this host's (other settings, or its "
+                             "fetch failed): loading here")
                     pre.discard()
                 t0 = time.perf_counter()
                 model = self.loader(result.path, self.settings.model)
