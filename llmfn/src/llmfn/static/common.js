@@ -41,9 +41,27 @@ const llmfn = (() => {
 
   let pendingPrompt = null;
 
-  /* The key prompt (a dialog in the page header). Resolves once a key is saved. */
+  /* The key prompt's dialog, made once, after the header of a page that shows the key state
+   * (#key-state); null on other pages. */
+  function keyDialog() {
+    let dialog = document.getElementById("key-dialog");
+    if (dialog || !document.getElementById("key-state")) return dialog;
+    dialog = el("div", {id: "key-dialog", class: "card", hidden: true},
+      el("form", {},
+        el("div", {class: "key-message"}),
+        el("input", {type: "password", name: "key", autocomplete: "off", placeholder: "API key",
+                     "aria-label": "API key"}),
+        el("div", {class: "row"},
+          el("button", {type: "submit"}, "Use key"),
+          el("button", {type: "button", class: "secondary cancel",
+                        onclick: () => { dialog.hidden = true; }}, "Cancel"))));
+    document.querySelector("header.top").after(dialog);
+    return dialog;
+  }
+
+  /* The key prompt (a dialog below the page header). Resolves once a key is saved. */
   function askKey(message) {
-    const dialog = document.getElementById("key-dialog");
+    const dialog = keyDialog();
     if (!dialog) return Promise.reject(new Error("no key dialog on this page"));
     dialog.querySelector(".key-message").textContent =
       message || "This function needs an API key (API_KEYS is set).";
@@ -117,13 +135,7 @@ const llmfn = (() => {
     return (100 * x).toFixed(x && x < 0.01 ? 2 : 1) + " %";
   }
 
-  document.addEventListener("DOMContentLoaded", () => {
-    renderKeyState();
-    const dialog = document.getElementById("key-dialog");
-    if (dialog) {
-      dialog.querySelector(".cancel").addEventListener("click", () => { dialog.hidden = true; });
-    }
-  });
+  document.addEventListener("DOMContentLoaded", renderKeyState);
 
   return {api, askKey, el, errorText, fmt, fmtPercent, fmtSeconds, key, setKey};
 })();
