@@ -176,7 +176,7 @@ def send(kind: str, url: str, i: int, session: requests.Session) -> dict:
             out["ok"] = bool(lines) and lines[-1] == b"data: [DONE]"
             out["first_token"] = len(lines) > 1
         else:
-            out["body"] = resp.text[:160]
+            out["body"] = resp.text[:400]
             out["ok"] = False
         return out
     if kind == "json":
@@ -198,14 +198,14 @@ def send(kind: str, url: str, i: int, session: requests.Session) -> dict:
         rid = hashlib.sha256(f"{source}\x1f{event_id}".encode()).hexdigest()[:32]
         return {"status": resp.status_code, "retry_after": resp.headers.get("Retry-After"),
                 "request_id": resp.headers.get("X-Request-Id") or rid, "ok": ok,
-                **({} if ok else {"body": resp.text[:160]})}
+                **({} if ok else {"body": resp.text[:400]})}
     else:
         resp = session.post(f"{url}/v1/embeddings", timeout=REQUEST_TIMEOUT,
                             json={"input": [f"probe {i}", "a second sentence"]})
         ok = resp.status_code == 200 and len(resp.json()["data"]) == 2
     return {"status": resp.status_code, "retry_after": resp.headers.get("Retry-After"),
             "request_id": resp.headers.get("X-Request-Id"), "ok": ok,
-            **({} if ok else {"body": resp.text[:160]})}
+            **({} if ok else {"body": resp.text[:400]})}
 
 
 def probe(kind: str, i: int, router: Router, local: threading.local,
@@ -227,7 +227,8 @@ def probe(kind: str, i: int, router: Router, local: threading.local,
             session.close()
             local.session = session = requests.Session()
         out.update(kind=kind, backend=backend, t_send=t, t_end=time.monotonic(),
-                   shutting_down=out["status"] == 503 and "shutting_down" in out.get("body", ""))
+                   code=error_code(out.get("body")))
+        out["shutting_down"] = out["status"] == 503 and out["code"] == "shutting_down"
         attempts.append(out)
         if out["ok"]:
             break
@@ -242,6 +243,14 @@ def probe(kind: str, i: int, router: Router, local: threading.local,
     return attempts
 
 
+def error_code(body: str | None) -> str | None:
+    """The OpenAI error body's ``code``, or None."""
+    try:
+        return json.loads(body)["error"]["code"]
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def send_long(url: str, i: int, session: requests.Session, started: threading.Event) -> dict:
     """A long stream: ``started`` is set once its first token arrived (accepted and running)."""
     resp = session.post(f"{url}/v1/completions", stream=True, timeout=REQUEST_TIMEOUT,
@@ -250,7 +259,7 @@ def send_long(url: str, i: int, session: requests.Session, started: threading.Ev
     out = {"status": resp.status_code, "retry_after": resp.headers.get("Retry-After"),
            "request_id": resp.headers.get("X-Request-Id"), "ok": False}
     if resp.status_code != 200:
-        resp.content  # noqa: B018
+        out["body"] = resp.text[:400]
         started.set()
         return out
     last = None
@@ -297,7 +306,7 @@ def summarize(path: str, attempts: list[dict], router: Router, exits: dict, miss
         if a["ok"]:
             return "200 complete"
         if a["status"] in (429, 503) and a.get("retry_after"):
-            return f"{a['status']} + Retry-After"
+            return f"{a['status']} {a.get('code')} + Retry-After"
         return a.get("error") or f"{a['status']} {a.get('body', 'incomplete')[:80]}"
 
     def count(items):

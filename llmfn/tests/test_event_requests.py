@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 
 import pytest
 from cloudevents.core.bindings.http import (HTTPMessage, from_http_event, to_binary_event,
@@ -180,3 +181,35 @@ def test_the_inference_event_is_derived_from_the_request(served):
     assert heads[0]["ce-id"] != reply.get_id()
     resp = post(client, request_event())  # stopping: another instance answers
     assert resp.status_code == 503 and resp.headers["Retry-After"]
+
+
+def test_an_event_admitted_before_the_stop_gets_its_reply(served, monkeypatch):
+    """The request event was let in before stop(); its own call to the API route, made after the
+    stop began, is answered (not refused as a new request): the reply carries the answer."""
+    rt, client, _ = served
+    rt.start()
+    assert rt.host.wait(30)
+    inside, release = threading.Event(), threading.Event()
+    data_of = event_requests.EventRequests._data
+
+    def held(event):
+        inside.set()
+        release.wait(30)
+        return data_of(event)
+
+    monkeypatch.setattr(event_requests.EventRequests, "_data", staticmethod(held))
+    answers = {}
+    sender = threading.Thread(target=lambda: answers.setdefault(
+        "reply", post(client, request_event(), "binary")))
+    sender.start()
+    assert inside.wait(30)
+    stopper = threading.Thread(target=rt.stop)
+    stopper.start()
+    late = post(rt.app.test_client(), request_event(id="req-late"))
+    assert late.status_code == 503 and late.get_json()["error"]["code"] == "shutting_down"
+    release.set()
+    sender.join(30)
+    stopper.join(30)
+    reply = reply_of(answers["reply"])
+    assert reply.get_type() == "dev.llmfn.completion.v1"
+    assert reply.get_data()["got"]["prompt"] == "hi"

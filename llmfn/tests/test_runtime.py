@@ -43,8 +43,8 @@ def test_start_ready_stop(tmp_path):
     assert rt.app.extensions["llmfn.runtime"] is rt and rt.service is loop
     rt.stop()
     assert rt.ready() == (False, "stopping") and rt.alive()[0]
-    rt.stop()  # idempotent: drained once
-    assert loop.drained_with == [3.0]
+    rt.stop()  # idempotent: drained once, with what the (idle) request wait left of the grace
+    assert len(loop.drained_with) == 1 and 2.0 < loop.drained_with[0] <= 3.0
 
 
 def test_inference_event_fields_and_tokens_per_second(tmp_path):
@@ -98,3 +98,37 @@ def test_stop_waits_for_the_loop_before_flushing(tmp_path):
     gate.set()
     stopper.join(WAIT_S)
     assert order == ["drained", "flushed"]
+
+
+def test_a_request_admitted_before_the_stop_is_answered(tmp_path):
+    """A request let in before stop() that asks for the model after it began still gets it; one
+    arriving after is refused 503 `shutting_down`; the loop drains only once the admitted one
+    ended (the loop keeps taking its work)."""
+    rt, loop = make(tmp_path)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow():
+        inside.set()
+        release.wait(WAIT_S)
+        return {"model": str(rt.model())}
+
+    rt.app.add_url_rule("/slow", "slow", slow, methods=["POST"])
+    rt.start()
+    assert rt.host.wait(WAIT_S)
+    answers = {}
+    admitted = threading.Thread(
+        target=lambda: answers.setdefault("admitted", rt.app.test_client().post("/slow")))
+    admitted.start()
+    assert inside.wait(WAIT_S)
+    stopper = threading.Thread(target=rt.stop)
+    stopper.start()
+    late = rt.app.test_client().post("/slow")
+    assert late.status_code == 503 and late.headers["Retry-After"]
+    assert late.get_json()["error"]["code"] == "shutting_down"
+    assert rt.stopping and loop.drained_with == []  # waiting for the admitted request
+    release.set()
+    admitted.join(WAIT_S)
+    stopper.join(WAIT_S)
+    assert answers["admitted"].status_code == 200, answers["admitted"].get_data()
+    assert answers["admitted"].get_json()["model"].endswith(".gguf")
+    assert len(loop.drained_with) == 1 and 0 < loop.drained_with[0] <= 3.0

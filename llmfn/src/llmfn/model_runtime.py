@@ -59,8 +59,11 @@ class Runtime(BaseRuntime):
         return self.host.ready()
 
     def model(self) -> Any:
-        """The loaded model, or NotReady (503 + Retry-After) naming why it is not."""
-        ok, reason = self.ready()
+        """The loaded model, or NotReady (503 + Retry-After) naming why it is not.
+
+        Stopping is not a reason: a request admitted before the stop began is answered (new
+        ones are refused 503 `shutting_down` at the door, see :meth:`_stop`)."""
+        ok, reason = self.host.ready()
         if not ok:
             raise NotReady(f"The model is not ready yet ({reason}). Retry shortly.",
                            retry_after_s=self.server.retry_after_s)
@@ -94,14 +97,21 @@ class Runtime(BaseRuntime):
                                           extensions=dict(origin.extensions))
 
     def _stop(self, grace_s: float) -> None:
-        """Let in-flight requests finish within the grace (the model's work, then the last
-        bytes and events of their responses), then flush events."""
+        """Let the requests admitted before the stop finish within the grace, then flush events.
+
+        New requests are refused from the start (:attr:`stopping`). The requests already
+        admitted are waited for first, with the model loop still taking their work: one that
+        was admitted just before the signal but reaches the loop after it is run, not refused.
+        Then the loop drains in what is left of the grace and cancels what still runs; a
+        cancelled response gets REQUEST_TAIL_S to send its last bytes and its event."""
         deadline = time.monotonic() + grace_s
+        idle = self.wait_requests(grace_s)
         drain = getattr(self.service, "drain", None)
         if drain is not None:
-            drained = drain(grace_s)
+            drained = drain(max(deadline - time.monotonic(), 0.0))
             log.info("in-flight work %s", "finished" if drained else "cancelled after the grace")
-        self.wait_requests(max(deadline - time.monotonic(), REQUEST_TAIL_S))
+        if not idle:
+            self.wait_requests(REQUEST_TAIL_S)
         self.events.close(self.settings.events.flush_s)
 
 

@@ -53,7 +53,8 @@ class InFlight:
             return self._cond.wait_for(lambda: self._n <= 0, timeout=max(0.0, timeout_s))
 INTERNAL_KEY = "llmfn.internal"
 """WSGI environ key marking a request the app made to itself (a request event served through
-its API route): it was already let in by a public route, so it needs no bearer key."""
+its API route): it was already let in by a public route, so it needs no bearer key, and it is
+answered while the runtime stops (the request event it serves was admitted before)."""
 
 
 class Probes(Protocol):
@@ -92,7 +93,8 @@ def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
         state = request.environ[_STATE] = {"t0": time.perf_counter()}
         inflight.enter()
         state["inflight"] = True
-        if getattr(probes, "stopping", False) and request.endpoint not in _PROBES:
+        if (getattr(probes, "stopping", False) and request.endpoint not in _PROBES
+                and not request.environ.get(INTERNAL_KEY)):  # a request event's own call
             raise errors.ShuttingDown(retry_after_s)
         if (auth is not None and request.endpoint not in app.extensions[_PUBLIC]
                 and not request.environ.get(INTERNAL_KEY)):
