@@ -25,7 +25,8 @@ correctly (one sent just before it that arrived after it gets 503 + Retry-After 
 again: see accepted_before_sigterm); no probe ends failed (after Retry-After / failover); no
 connection reset; the old process exits 0 within SHUTDOWN_GRACE_S + EXIT_MARGIN_S; audit has
 every event; readiness is not-ready (any non-2xx or no answer: what the kubelet counts as
-failure) within READY_FLIP_S. What the readiness probe answered, what new requests to the
+failure) within READY_FLIP_S, first seen as an answer, not as a closed port (SHUTDOWN_MIN_S
+keeps the port open). What the readiness probe answered, what new requests to the
 draining process got, and the timings are written to .state/load/restart-<path>.json and
 printed (docs/load.md).
 
@@ -411,6 +412,10 @@ def test_graceful_restart(path, audit, tmp_path):
         assert ex["rc"] == 0 and ex["exit_s"] <= GRACE_S + EXIT_MARGIN_S, (fn, ex, logs)
         flip = report["readiness"][fn]["first_not_ready_s"]
         assert flip is not None and flip <= READY_FLIP_S, report["readiness"]
+        # the router saw "not ready" while the port was still open (SHUTDOWN_MIN_S), not as a
+        # closed port: what it sent meanwhile was answered, not reset
+        first = report["readiness"][fn]["first_not_ready"]
+        assert "Refused" not in str(first[1:]) and "Reset" not in str(first[1:]), report["readiness"]
     assert not missing, (len(missing), report)
     # Required: every request the old process accepted before its SIGTERM completes, and no
     # probe ends failed (deliberate 429/503 + Retry-After are retried, not failures).

@@ -132,3 +132,23 @@ def test_a_request_admitted_before_the_stop_is_answered(tmp_path):
     assert answers["admitted"].status_code == 200, answers["admitted"].get_data()
     assert answers["admitted"].get_json()["model"].endswith(".gguf")
     assert len(loop.drained_with) == 1 and 0 < loop.drained_with[0] <= 3.0
+
+
+def test_stop_keeps_answering_for_the_minimum_even_when_idle(tmp_path):
+    """Nothing in flight: stop() still holds the port open for SHUTDOWN_MIN_S, answering new
+    requests 503 `shutting_down` + Retry-After, so a router polling readiness sees "stopping"
+    before the server closes."""
+    rt, loop = make(tmp_path, SHUTDOWN_MIN_S="5")
+    rt.start()
+    assert rt.host.wait(WAIT_S)
+    stopper = threading.Thread(target=rt.stop)
+    stopper.start()
+    while not loop.drained_with and stopper.is_alive():
+        threading.Event().wait(0.01)
+    assert loop.drained_with  # drained (nothing in flight) ...
+    resp = rt.app.test_client().get("/v1/models")
+    assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "shutting_down"
+    assert rt.app.test_client().get("/health/readiness").status_code == 503
+    assert stopper.is_alive()  # ... and still within the minimum
+    stopper.join(WAIT_S)
+    assert not stopper.is_alive()

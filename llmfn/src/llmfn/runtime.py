@@ -10,6 +10,8 @@ and gunicorn's (``function.wsgi``). Nothing here is global.
 """
 from __future__ import annotations
 
+import time
+
 from .auth import BearerAuth, KeyLimiter
 from .metrics import HTTPMetrics
 from .settings import ServerSettings
@@ -65,11 +67,20 @@ class BaseRuntime:
         return True, "alive"
 
     def stop(self) -> None:
-        """Stop taking work and let in-flight work finish within ``SHUTDOWN_GRACE_S`` (once)."""
+        """Stop taking work and let in-flight work finish within ``SHUTDOWN_GRACE_S`` (once).
+
+        Returns no sooner than ``SHUTDOWN_MIN_S`` after it began: the server closes its port
+        when this returns, and a router that polls readiness (the kubelet, a load balancer)
+        must see "stopping" before that, or what it still sends finds a closed port or a
+        connection reset. Until then new requests get 503 + Retry-After."""
         if self._stopping:
             return
         self._stopping = True
+        t0 = time.monotonic()
         self._stop(self.server.grace_s)
+        rest = self.server.min_stop_s - (time.monotonic() - t0)
+        if rest > 0:
+            time.sleep(rest)
 
     def wait_requests(self, timeout_s: float) -> bool:
         """Wait until no request is being answered (each until its response is closed)."""

@@ -122,6 +122,10 @@ class ServerSettings:
                                  "SSE comment interval while the prompt is processed, s", lo=0.05)
     grace_s: float = setting("SHUTDOWN_GRACE_S", 25.0,
                              "time in-flight streams get to finish on stop, s", lo=0)
+    min_stop_s: float = setting("SHUTDOWN_MIN_S", 1.0,
+                                "after SIGTERM the port stays open at least this long (readiness "
+                                "503, new requests 503 + Retry-After) so a router polling "
+                                "readiness stops sending first, s", lo=0, hi=300)
     api_keys: str = setting("API_KEYS", "", "comma-separated bearer keys; empty = no auth",
                             secret=True)
     api_keys_file: str = setting("API_KEYS_FILE", "",
