@@ -4,16 +4,21 @@ gthread, draining at SIGTERM before it stops listening (llmfn.gunicorn_worker) (
 stalls), one worker, app imported in the worker (no preload) so the model loads after fork,
 threads for health and metrics while a generation runs, graceful timeout for streams.
 """
-from llmfn.settings import GunicornSettings, build, environ_copy
+from llmfn.settings import EventSettings, GunicornSettings, ServerSettings, build, environ_copy
 
-_cfg = build(GunicornSettings, environ_copy())
+_env = environ_copy()
+_cfg = build(GunicornSettings, _env)
+_server, _events = build(ServerSettings, _env), build(EventSettings, _env)
 
 bind = _cfg.bind or f"0.0.0.0:{_cfg.port}"
 worker_class = "llmfn.gunicorn_worker.DrainingWorker"  # gthread that drains at SIGTERM
 workers = 1
 threads = _cfg.threads
 preload_app = False
-graceful_timeout = int(_cfg.grace_s) + 5  # the runtime drains within grace_s, then flushes events
+# the runtime's stop (Runtime._stop) before gunicorn may kill the worker: the grace, or
+# SHUTDOWN_MIN_S when longer; up to 5 s for the last bytes of responses cancelled at the end
+# of the grace; EVENTS_FLUSH_S for the events; then a margin
+graceful_timeout = int(max(_cfg.grace_s + 5, _server.min_stop_s) + _events.flush_s) + 5
 timeout = 120  # worker heartbeat (the gthread main loop), not a request timeout
 keepalive = 75  # longer than typical ingress idle timeouts
 # gunicorn 27 opens a control socket at one fixed path per user: with several servers on one
