@@ -31,7 +31,8 @@ def closed_port() -> int:
 
 def env(**kw) -> dict[str, str]:
     cfg = {"MONGODB_URI": f"mongodb://127.0.0.1:{closed_port()}/", "MONGODB_TIMEOUT_MS": "100",
-           "MAX_REQUEST_BYTES": "4096", "RETRY_AFTER_S": "3"}
+           "MAX_REQUEST_BYTES": "4096", "RETRY_AFTER_S": "3",
+           "SHUTDOWN_MIN_S": "0"}  # in-process: nothing polls readiness
     cfg.update(kw)
     return cfg
 

@@ -13,7 +13,7 @@ DEEP = b'{"a": ' * 50_000 + b"1" + b"}" * 50_000
 @pytest.fixture
 def client():
     rt = create_runtime({"MONGODB_URI": "mongodb://127.0.0.1:9/", "MONGODB_TIMEOUT_MS": "100",
-                         "MAX_REQUEST_BYTES": str(1 << 20)})
+                         "MAX_REQUEST_BYTES": str(1 << 20), "SHUTDOWN_MIN_S": "0"})
     yield rt.app.test_client()
     rt.stop()
 
