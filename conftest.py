@@ -2,7 +2,7 @@
 
 Missing binaries are installed by scripts/install_services.sh, so no test skips for want of a
 service. The one test that may skip is the official func.yaml schema check, without
-../shared/schemas beside the clone (README "Tests").
+../shared/schemas beside the clone (docs/development.md "Tests").
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Print the configuration table of every setting (llmfn's and each function's) as Markdown.
 
-README.md's configuration section is this output; tests/test_readme.py checks they agree.
+docs/configuration.md's table is this output; tests/test_docs.py checks they agree.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _load(path: Path):
 
 
 def sections() -> list[tuple[str, type]]:
-    """(title, settings class) in README order."""
+    """(title, settings class) in the order of docs/configuration.md."""
     out = [("Weights (generate, embed)", shared.StorageSettings),
            ("Model (generate, embed)", shared.ModelSettings),
            ("Server (all functions)", shared.ServerSettings),
@@ -41,6 +41,16 @@ def sections() -> list[tuple[str, type]]:
     return out
 
 
+def function_defaults() -> list[tuple[str, dict]]:
+    """(function, {key: value}) of the shared settings each function gives its own default."""
+    out = []
+    for name in ("generate", "embed", "audit"):
+        path = ROOT / "functions" / name / "function" / "settings.py"
+        if path.exists():
+            out.append((name, dict(getattr(_load(path), "DEFAULTS", {}))))
+    return out
+
+
 def table() -> str:
     lines = ["| setting | default | meaning |", "|---|---|---|"]
     for title, cls in sections():
@@ -48,6 +58,12 @@ def table() -> str:
         for key, default, doc in shared.describe(cls):
             shown = "" if default in ("", None) else f"`{default}`"
             lines.append(f"| `{key}` | {shown} | {doc.replace('|', '/')} |")
+    lines.append("")
+    lines.append("Shared settings a function gives its own default (its `DEFAULTS`):")
+    lines.append("")
+    for name, defaults in function_defaults():
+        shown = ", ".join(f"`{k}={v}`" for k, v in defaults.items())
+        lines.append(f"- {name}: {shown}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
-"""Print README's table of OpenAI parameters: what generate does with each one.
+"""Print docs/generate.md's table of OpenAI parameters: what generate does with each one.
 
 The statuses come from generate's parameter tables (functions/generate/function/schema.py);
-tests/test_openai_params.py checks the README against this output and the tables against the
+tests/test_openai_params.py checks docs/generate.md against this output and the tables against the
 installed openai SDK's own request types.
 """
 from __future__ import annotations

@@ -57,6 +57,9 @@ def test_eventing_rules(eventing_objs, services):
     # audit's func subscription (for `func subscribe` users) filters on the same event type.
     subs = load_func("audit")["deploy"].get("subscriptions", [])
     assert all(s["filters"].get("type") == INFERENCE_COMPLETED for s in subs)
+    # ... from the Broker eventing/ creates (func subscribe's `source` is the broker's name).
+    brokers = {b["metadata"]["name"] for b in of_kind(eventing_objs, "Broker")}
+    assert subs and all(s["source"] in brokers for s in subs), (subs, brokers)
 
 
 def test_every_request_type_has_its_trigger(eventing_objs):

@@ -64,7 +64,7 @@ def build(cls, env: Mapping[str, str]):
 
 
 def describe(cls) -> list[tuple[str, Any, str]]:
-    """(key, default, description) for every field: the README configuration table."""
+    """(key, default, description) for every field: docs/configuration.md's table."""
     return [(f.metadata["key"], f.default, f.metadata["doc"])
             for f in dataclasses.fields(cls) if "key" in f.metadata]
 
