@@ -35,8 +35,8 @@ from cloudevents.core.v1.event import CloudEvent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from common import (HOST, REPO_ROOT, STATE, free_port, gunicorn_server, log,  # noqa: E402
-                    percentile, save_figure)
+from common import (HOST, REPO_ROOT, STATE, figure_footer, free_port,  # noqa: E402
+                    gunicorn_server, log, machine_line, percentile, save_figure)
 import services  # noqa: E402
 
 AUDIT_DIR = REPO_ROOT / "functions" / "audit"
@@ -192,7 +192,12 @@ def plot(results: dict, out: Path = PLOT) -> None:
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="y")
-    save_figure(fig, out)
+    args = results.get("args") or {}
+    command = "make bench-audit" + (f' AUDIT_BENCH_ARGS="--kpi-docs {args["kpi_docs"]} '
+                                    f'--events {args["events"]}"' if args else "")
+    stamp = {"date": (results.get("when") or "")[:16].replace("T", " "),
+             "machine": results.get("machine")}
+    save_figure(fig, out, footer=figure_footer({k: v for k, v in stamp.items() if v}, command))
 
 
 def main() -> int:
@@ -220,7 +225,8 @@ def main() -> int:
     env = {"MONGODB_URI": fdb.uri, "MONGODB_DATABASE": db, "GUNICORN_THREADS": str(args.threads),
            "LOG_LEVEL": "warning"}
     audit = gunicorn_server(port, env, "audit", extra=("--access-logfile", "/dev/null"))
-    results: dict = {"when": dt.datetime.now(UTC).isoformat(), "args": vars(args)}
+    results: dict = {"when": dt.datetime.now(UTC).isoformat(), "machine": machine_line(),
+                     "args": vars(args)}
     try:
         log(f"bulk insert {args.kpi_docs} docs")
         results["bulk_insert"] = bulk_insert(fdb.uri, db, args.kpi_docs,

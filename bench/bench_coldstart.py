@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     services.ensure_binaries()
     minio = services.MinioServer(state / "minio", common.HOST, common.free_port(),
                                  log_path=common.LOG_DIR / "coldstart-minio.log")
-    data: dict = {"machine": common.machine_line(), "runs": args.runs,
+    data: dict = {**common.run_stamp(), "runs": args.runs,
                   "sizes": {n: p.stat().st_size for n, p in files.items()},
                   "files": {n: p.name for n, p in files.items()},
                   "baseline_rev": args.baseline_rev, "rate_mb_s": args.rate_mb_s,
@@ -571,31 +571,32 @@ def render_budget(d: dict) -> str:
 
 
 def plot(d: dict, out: Path) -> None:
-    """Start to ready (bars: median phases stacked for ours) and to first token, per model."""
+    """Start to ready and to first token (medians), per scenario and model: horizontal bars,
+    so every scenario's name reads in full; the title gives the load average of the runs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cs = d["coldstart"]
-    fig, axes = plt.subplots(1, len(cs), figsize=(8 * len(cs), 5.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(cs), figsize=(7 * len(cs), 5.5), squeeze=False)
     for ax, (model, scen) in zip(axes[0], cs.items()):
-        names = list(scen)
-        ready = [med(scen[n], "ready") for n in names]
-        first = [med(scen[n], "first_token") for n in names]
-        x = range(len(names))
-        ax.bar([i - 0.2 for i in x], ready, width=0.4, label="start to ready")
-        ax.bar([i + 0.2 for i in x], first, width=0.4, label="start to first token")
-        ref = med(scen["llama-server"], "ready")
-        ax.axhline(ref * 1.5, color="grey", ls="--", lw=1, label="1.5 x llama-server ready")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels([n.replace("empty cache", "empty").replace(", capped S3", " capped")
-                            .replace("warm cache", "warm") for n in names], fontsize=8,
-                           rotation=35, ha="right")
-        ax.set_ylabel("seconds")
-        ax.set_title(f"{model}: {d['files'][model]}")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Cold start, {d['machine']} (shared; load avg {d['load_start'][0]:.1f})")
-    common.save_figure(fig, out, dpi=90)
+        names = list(scen)[::-1]  # top to bottom in the table's order
+        y = range(len(names))
+        ax.barh([i + 0.2 for i in y], [med(scen[n], "ready") for n in names], height=0.4,
+                label="start to ready")
+        ax.barh([i - 0.2 for i in y], [med(scen[n], "first_token") for n in names],
+                height=0.4, label="start to first token")
+        ax.axvline(med(scen["llama-server"], "ready") * 1.5, color="grey", ls="--", lw=1,
+                   label="1.5 x llama-server's start to ready")
+        ax.set_yticks(list(y), names, fontsize=9)
+        ax.set_xlabel("seconds (median)")
+        ax.set_title(f"{model}: {d['files'][model]}", fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=8, loc="lower right")
+    rows = [r for scen in cs.values() for runs in scen.values() for r in runs]
+    fig.suptitle(f"Cold start, {d['runs']} runs per scenario (1-min load average "
+                 f"{_load_span(rows)} during the runs)", fontsize=11)
+    common.save_figure(fig, out, dpi=90, footer=common.figure_footer(d, "make bench-coldstart"))
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def plot(d: dict, out: Path) -> None:
         ax.legend()
     fig.suptitle(f"{d['model']}, {d['max_tokens']} tokens per stream, {d['threads']} threads, "
                  f"flash attention {d['flash_attn']}", fontsize=10)
-    common.save_figure(fig, out)
+    common.save_figure(fig, out, footer=common.figure_footer(d, "make bench-concurrency"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         results[str(n)]["ratio"] = ratios(results[str(n)])
         first_prompt += n * args.rounds
         log(f"N={n} done in {time.perf_counter() - t0:.0f} s")
-    data = {"machine": common.machine_line(), "model": model.name, "streams": streams,
+    data = {**common.run_stamp(), "model": model.name, "streams": streams,
             "rounds": args.rounds, "max_tokens": args.max_tokens, "threads": args.threads,
             "ctx_per_slot": args.ctx_per_slot, "flash_attn": args.flash_attn,
             "omp_wait_policy": args.omp_wait_policy, "results": results}

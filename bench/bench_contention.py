@@ -189,7 +189,7 @@ def plot(d: dict, out: Path) -> None:
                      "quiet, beside a CPU hog, under a 1-CPU cgroup quota (whiskers: min-max)")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3, axis="y")
-        common.save_figure(fig, out)
+        common.save_figure(fig, out, footer=common.figure_footer(d, "make bench-contention"))
         return  # one policy is deployed: the first is the one plotted
 
 
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         theirs.stop()
 
-    data = {"machine": common.machine_line(), "model": model.name, "requests": args.requests,
+    data = {**common.run_stamp(), "model": model.name, "requests": args.requests,
             "max_tokens": args.max_tokens, "threads": args.threads, "n_ctx": args.n_ctx,
             "omp_wait_policy": args.omp_wait_policy, "deployed": deployed,
             "hog_cpu": args.hog_cpu, "cgroup_quota_cpus": args.cgroup_quota,

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res = summarize(timings)
     texts = {name: timings[name]["json"][0].text for name in servers}
-    data = {"machine": common.machine_line(), "model": model.name, "runs": args.runs,
+    data = {**common.run_stamp(), "model": model.name, "runs": args.runs,
             "max_tokens": args.max_tokens, "threads": args.threads, "n_ctx": args.n_ctx,
             "results": res, "memory_kb": memory,
             "same_text_first_run": len(set(texts.values())) == 1}

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         common.log(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{n} {sorted(results[n][-1]['decode_tps'])[len(results[n][-1]['decode_tps']) // 2]:.1f}"
             " tok/s" for n in builds))
-    data = {"machine": common.machine_line(), "model": args.model.name, "rounds": args.rounds,
+    data = {**common.run_stamp(), "model": args.model.name, "rounds": args.rounds,
             "runs": args.runs, "max_tokens": args.max_tokens, "threads": args.threads,
             "results": results}
     common.publish("portable", data, render, no_doc=args.no_doc)

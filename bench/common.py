@@ -237,11 +237,23 @@ def update_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
     doc.write_text(text)
 
 
-def save_figure(fig, out: Path, dpi: int = 100) -> None:
-    """Lay out ``fig``, write it to ``out`` (its folder made) and free it."""
+def figure_footer(d: dict, command: str) -> str:
+    """The line under every plot: when, where and how it was measured (the docs quote plots
+    from several days and machines, so the picture itself says which)."""
+    date = d.get("date", "date not recorded")
+    return f"{date} UTC · {d.get('machine', 'machine not recorded')} · {command}"
+
+
+def save_figure(fig, out: Path, dpi: int = 100, footer: str | None = None) -> None:
+    """Lay out ``fig`` (with ``footer`` in small print along its bottom), write it to ``out``
+    (its folder made) and free it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if footer:
+        fig.text(0.005, 0.005, footer, fontsize=7, color="0.35", ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.035, 1, 1))
+    else:
+        fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
@@ -249,17 +261,24 @@ def save_figure(fig, out: Path, dpi: int = 100) -> None:
 
 
 def machine_line() -> str:
-    """CPU model and core count of this machine, for the tables."""
-    model = "unknown CPU"
+    """CPU model, its widest SIMD (two "AMD EPYC" VMs differed in AVX-512) and core count."""
+    model, flags = "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and model == "unknown CPU":
                     model = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores"
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({simd}), {os.cpu_count()} cores"
+
+
+def run_stamp() -> dict:
+    """Date (UTC) and machine of a run, stored in its JSON for the tables and the plots."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": machine_line()}
 
 
 def write_json(name: str, data: dict) -> Path:

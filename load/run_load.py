@@ -266,9 +266,10 @@ def write_section(profile: str, text: str, doc: Path = DOC) -> None:
     doc.write_text(f"{head}{begin}\n{text}{end}{tail}")
 
 
-def plot(profile: str, out: Path, path: Path) -> None:
-    """Users, requests/s and failures/s over time (locust's history CSV), and each request's
-    latency and TTFT over time (the records)."""
+def plot(profile: str, out: Path, path: Path, meta: dict | None = None) -> None:
+    """Users; requests/s and failures/s; each request's latency and TTFT, over time (locust's
+    history CSV and the records). One quantity per axis, legends beside the axes (never over
+    the data), and the run's date, machine and command in the footer."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -277,14 +278,18 @@ def plot(profile: str, out: Path, path: Path) -> None:
     recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()
             if line.strip()]
     t0 = min([int(r["Timestamp"]) for r in hist] + [x["t"] for x in recs])
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(11, 8), sharex=True,
+                                        gridspec_kw={"height_ratios": [1, 1.3, 2.2]})
     ts = [int(r["Timestamp"]) - t0 for r in hist]
-    ax1.plot(ts, [int(r["User Count"]) for r in hist], label="users", color="black")
+    ax0.step(ts, [int(r["User Count"]) for r in hist], where="post", label="users",
+             color="black")
+    ax0.set_ylabel("users")
+    ax0.set_ylim(0, None)
+    ax0.set_title(f"make load PROFILE={profile}")
     ax1.plot(ts, [float(r["Requests/s"]) for r in hist], label="requests/s (attempts)")
     ax1.plot(ts, [float(r["Failures/s"]) for r in hist], label="failures/s", color="red")
-    ax1.set_ylabel("users, req/s")
-    ax1.legend(loc="upper right", fontsize=8)
-    ax1.set_title(f"make load PROFILE={profile}")
+    ax1.set_ylabel("requests/s")
+    ax1.set_ylim(0, None)
     for name in sorted({x["name"] for x in recs}):
         mine = [x for x in recs if x["name"] == name and x["outcome"] == "ok"]
         ax2.scatter([x["t"] - t0 for x in mine], [x["ms"] for x in mine], s=6, label=name)
@@ -294,13 +299,20 @@ def plot(profile: str, out: Path, path: Path) -> None:
                         label=f"{name}: TTFT")
     bad = [x for x in recs if x["outcome"] != "ok"]
     if bad:
-        ax2.scatter([x["t"] - t0 for x in bad], [x["ms"] for x in bad], s=20, color="red",
+        ax2.scatter([x["t"] - t0 for x in bad], [x["ms"] for x in bad], s=20, color="black",
                     marker="X", label="failed")
     ax2.set_yscale("log")
-    ax2.set_ylabel("latency ms (log)")
-    ax2.set_xlabel("seconds")
-    ax2.legend(loc="upper left", fontsize=7, markerscale=2)
-    fig.tight_layout()
+    ax2.set_ylabel("latency, ms (log scale)")
+    ax2.set_xlabel("seconds since the start")
+    for ax in (ax0, ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, markerscale=2,
+                  borderaxespad=0)
+    if meta:
+        fig.text(0.005, 0.005, f"{meta.get('date', '?')} · {meta.get('cpu', '?')}, "
+                 f"{meta.get('nproc', '?')} cores, load average {meta.get('loadavg_start', '?')}"
+                 f" at the start · make load PROFILE={profile}", fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -348,7 +360,7 @@ def report(profile: str, out: Path, meta: dict, *, docs: bool) -> int:
     text = markdown(profile, summary, meta)
     print(text)
     if docs:
-        plot(profile, out, IMG / f"load-{profile}.png")
+        plot(profile, out, IMG / f"load-{profile}.png", meta)
         write_section(profile, text)
         log(f"wrote docs/load.md ({profile}) and docs/img/load-{profile}.png")
     return 0 if summary["unexpected_failures"] == 0 else 1
