@@ -64,7 +64,7 @@ run: venv services models vendor
 
 # Each function's own tests run in their own pytest process: every function folder has a
 # top-level package named `function`, as func requires, so they cannot share one interpreter.
-test: venv services models vendor test-tools
+test: venv services models vendor test-tools knative
 	$(TEST_ENV) $(VENV)/bin/pytest -q llmfn/tests tests
 	for fn in $(FUNCTIONS); do \
 	  if [ -d "$$fn/tests" ]; then (cd "$$fn" && $(TEST_ENV) $(CURDIR)/$(VENV)/bin/pytest -q -p no:cacheprovider tests); fi; \
