@@ -135,7 +135,9 @@
   function chartData(spec, groups, series) {
     const first = series[0] ? series[0].series : [];
     const x = first.map((b) => Date.parse(b.start) / 1000);
-    const ys = [], defs = [{}];
+    /* Off the chart the legend shows each series' latest value ("latest"), on it the hovered one. */
+    const ys = [], defs = [{value: (u, v, si, idx) => idx == null ? "latest" :
+                                     new Date(v * 1000).toLocaleString()}];
     if (spec.reasons) {
       const reasons = [...new Set(series.flatMap((s) => s.series.flatMap((b) => Object.keys(b.finish_reasons))))].sort();
       reasons.forEach((r, i) => {
@@ -156,7 +158,14 @@
 
   function line(label, color, dashed, format) {
     return {label, stroke: color, width: dashed ? 1.5 : 2, dash: dashed ? [6, 4] : undefined,
-            points: {show: true, size: 5, fill: color}, value: (u, v) => format(v)};
+            points: {show: true, size: 5, fill: color},
+            value: (u, v, si, idx) => format(idx == null ? latest(u.data[si]) : v)};
+  }
+
+  /* The last non-null value of a series (null when it has none). */
+  function latest(values) {
+    for (let i = values.length - 1; i >= 0; i--) if (values[i] != null) return values[i];
+    return null;
   }
 
   function charts(groups, series) {
