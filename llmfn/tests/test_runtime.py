@@ -6,6 +6,7 @@ import threading
 
 from llmfn.model_runtime import Runtime
 from llmfn.origin import Origin
+from llmfn.runtime import MisconfiguredRuntime, build_runtime
 from llmfn.settings import Settings
 from tests.support.eventsink import running_receiver
 
@@ -152,3 +153,32 @@ def test_stop_keeps_answering_for_the_minimum_even_when_idle(tmp_path):
     assert stopper.is_alive()  # ... and still within the minimum
     stopper.join(WAIT_S)
     assert not stopper.is_alive()
+
+
+def test_settings_it_cannot_use_make_a_runtime_that_says_why(tmp_path):
+    """build_runtime: a SettingsError (or an unresolved func.yaml template) while the runtime
+    is built gives one that answers 503 naming the variable on every route, never a 500."""
+    def create(cfg):
+        return Runtime("generate", Settings.from_mapping(cfg), loader=lambda *a: None,
+                       register=lambda app, rt: None)
+
+    for cfg, variable in [({"N_CTX": "lots"}, "N_CTX"),
+                          ({"S3_ENDPOINT_URL": "minio:9000"}, "S3_ENDPOINT_URL"),
+                          ({"API_KEYS": "{{ secret:llmfn-api-keys:API_KEYS }}"}, "API_KEYS")]:
+        rt = build_runtime("generate", create, cfg)
+        assert isinstance(rt, MisconfiguredRuntime)
+        client = rt.app.test_client()
+        for probe in ("readiness", "liveness"):
+            r = client.get(f"/health/{probe}")
+            assert r.status_code == 503 and variable in r.get_data(as_text=True)
+        for method, path in [("POST", "/v1/chat/completions"), ("GET", "/"), ("GET", "/v1/models"),
+                             ("DELETE", "/x/y")]:
+            r = client.open(path, method=method, json={})
+            assert r.status_code == 503, (method, path)
+            assert r.get_json()["error"]["code"] == "invalid_settings"
+            assert variable in r.get_json()["error"]["message"]
+        assert client.get("/metrics").status_code == 200
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF")
+    assert not isinstance(build_runtime("generate", create, {"MODEL_URI": f"file://{weights}"}),
+                          MisconfiguredRuntime)

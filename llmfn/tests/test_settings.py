@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 import config_table  # scripts/config_table.py: every settings class of the project
-from llmfn.settings import ServerSettings, Settings, SettingsError, build
+from llmfn.settings import ServerSettings, Settings, SettingsError, build, check_templates
 
 
 def test_defaults_and_overrides():
@@ -26,6 +26,25 @@ def test_defaults_and_overrides():
 def test_errors_name_the_key(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_mapping(env)
+
+
+@pytest.mark.parametrize("value", ["minio:9000", "http://", "ftp://minio:9000",
+                                   "http://minio:port"])
+def test_s3_endpoint_must_be_a_url(value):
+    with pytest.raises(SettingsError, match="S3_ENDPOINT_URL"):
+        Settings.from_mapping({"S3_ENDPOINT_URL": value})
+    for good in ("", "http://127.0.0.1:9000", "https://s3.example.com"):
+        assert Settings.from_mapping({"S3_ENDPOINT_URL": good}).storage.s3_endpoint_url == good
+
+
+def test_unresolved_func_templates_are_named():
+    """func.yaml's `{{ secret:... }}` / `{{ env:... }}` reach a host run as text."""
+    check_templates({"A": "{{ not a func template }}", "B": "plain", "C": ""})
+    with pytest.raises(SettingsError, match=r"^MONGODB_URI is an unresolved func.yaml "
+                                            r"template .*-e MONGODB_URI="):
+        check_templates({"MONGODB_URI": "{{ secret:llmfn-mongodb:MONGODB_URI }}", "X": "1"})
+    with pytest.raises(SettingsError, match=r"^API_KEYS, K are unresolved"):
+        check_templates({"K": "{{env:HOME}}", "API_KEYS": "{{ secret:keys }}"})
 
 
 def test_require_model():

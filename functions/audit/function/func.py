@@ -63,4 +63,4 @@ def new() -> LLMFunction:
     Its ``start(cfg)`` (before the server listens) connects to the database in the background;
     ``ready()`` turns True once the database answered.
     """
-    return LLMFunction(create_runtime)
+    return LLMFunction(create_runtime, FUNCTION)

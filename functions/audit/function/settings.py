@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from llmfn.settings import build, setting
+from llmfn.settings import SettingsError, build, setting
+from pymongo.errors import ConfigurationError
+from pymongo.uri_parser import parse_uri
 
 FUNCTION = "audit"
 
@@ -61,4 +63,17 @@ class AuditSettings:
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "AuditSettings":
         """Build from ``env`` (unknown keys ignored; errors name the key)."""
-        return build(cls, env)
+        settings = build(cls, env)
+        check_mongodb_uri(settings.mongodb_uri)
+        return settings
+
+
+def check_mongodb_uri(uri: str) -> None:
+    """Raise a SettingsError naming MONGODB_URI unless pymongo can parse it; at start, so a bad
+    URI is a clear start-up error instead of a 500 on the first query. Only the syntax: an SRV
+    URI is parsed as a plain one (no DNS lookup here). The value, a secret, is not repeated."""
+    plain = "mongodb://" + uri[len("mongodb+srv://"):] if uri.startswith("mongodb+srv://") else uri
+    try:
+        parse_uri(plain)
+    except (ConfigurationError, ValueError) as err:  # InvalidURI is a ConfigurationError
+        raise SettingsError(f"MONGODB_URI is not a MongoDB connection string ({err})") from None

@@ -37,4 +37,4 @@ def new() -> LLMFunction:
     The instance's ``start(cfg)`` (called before the server listens) begins the weight pull and
     model load in the background; ``ready()`` turns True once the model is loaded.
     """
-    return LLMFunction(create_runtime)
+    return LLMFunction(create_runtime, FUNCTION)

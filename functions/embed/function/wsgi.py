@@ -3,10 +3,11 @@
 Imported in the worker (no preload), so the model loads after fork; loading runs in the
 background and /health/readiness reports it.
 """
+from llmfn.runtime import build_runtime
 from llmfn.settings import environ_copy
 
-from .func import create_runtime
+from .func import FUNCTION, create_runtime
 
-runtime = create_runtime(environ_copy())
+runtime = build_runtime(FUNCTION, create_runtime, environ_copy())
 runtime.start()
 app = runtime.app

@@ -64,10 +64,14 @@ def test_lifecycle(tiny_model, tmp_path):
 
 
 def test_bad_config_fails_start_clearly(tmp_path):
+    """A setting it cannot use: the process stays up and every answer names it (503)."""
     instance = new()
-    try:
-        instance.start({"MODEL_URI": "s3://b/k", "N_CTX": "many"})
-    except Exception as err:
-        assert "N_CTX must be int" in str(err)
-    else:
-        raise AssertionError("start() accepted N_CTX=many")
+    instance.start({"MODEL_URI": "s3://b/k", "N_CTX": "many"})
+    for probe in (instance.ready, instance.alive):
+        ok, reason = probe()
+        assert not ok and "N_CTX must be int" in reason, reason
+    r = asgi_request(instance, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+    assert r["status"] == 503, r
+    err = json.loads(r["body"])["error"]
+    assert err["code"] == "invalid_settings" and "N_CTX must be int" in err["message"]
+    instance.stop()

@@ -103,6 +103,14 @@ class ShuttingDown(NotReady):
                          retry_after_s=retry_after_s)
 
 
+class InvalidSettings(APIError):
+    """The function was deployed with a setting it cannot use (the message names the variable):
+    every route but health answers this until it is redeployed with a fixed value."""
+    status = 503
+    type = "service_unavailable"
+    code = "invalid_settings"
+
+
 class InternalError(APIError):
     status = 500
     type = "server_error"

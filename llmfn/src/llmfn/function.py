@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Callable, Mapping
 
-from .runtime import BaseRuntime
+from .runtime import BaseRuntime, build_runtime
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 class LLMFunction:
     """A func-python function instance backed by a runtime and a WSGI->ASGI bridge."""
 
-    def __init__(self, create_runtime: Callable[[Mapping[str, str]], BaseRuntime]):
+    def __init__(self, create_runtime: Callable[[Mapping[str, str]], BaseRuntime],
+                 function: str = "function"):
         self._create_runtime = create_runtime
+        self.function = function
         self.runtime: BaseRuntime | None = None
         self._bridge = None  # llmfn.asgi.WSGIBridge once started
         self._draining = False
@@ -32,7 +34,7 @@ class LLMFunction:
         environment as ``cfg``: read config, start background work, return at once."""
         from .asgi import WSGIBridge  # asyncio: only this (func-python's) path needs it
 
-        self.runtime = rt = self._create_runtime(cfg)
+        self.runtime = rt = build_runtime(self.function, self._create_runtime, cfg)
         count = rt.metrics.requests
         self._bridge = WSGIBridge(
             rt.app, max_workers=rt.bridge_threads, max_body_bytes=rt.server.max_request_bytes,

@@ -10,12 +10,17 @@ and gunicorn's (``function.wsgi``). Nothing here is global.
 """
 from __future__ import annotations
 
+import logging
 import time
+from typing import Callable, Mapping
 
 from .auth import BearerAuth, KeyLimiter
+from .errors import InvalidSettings
 from .metrics import HTTPMetrics
-from .settings import ServerSettings
+from .settings import ServerSettings, SettingsError, check_templates
 from .webapp import INFLIGHT, create_base_app
+
+log = logging.getLogger(__name__)
 
 BRIDGE_SPARE_THREADS = 16
 """Threads of func-python's bridge beyond running and queued requests: probes, metrics, 429s."""
@@ -88,3 +93,45 @@ class BaseRuntime:
 
     def _stop(self, grace_s: float) -> None:
         """What a function does on stop; called once."""
+
+
+_ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class MisconfiguredRuntime(BaseRuntime):
+    """The process of a function deployed with a setting it cannot use (a SettingsError while
+    its runtime was built: a bad value, an unresolved func.yaml template). It stays up and says
+    why, naming the variable: readiness and liveness answer 503 with the error (liveness too, so
+    a cluster restarts the pod and shows it crash-looping), the log has it, and every other
+    route answers 503 ``invalid_settings`` in the OpenAI shape, never a 500."""
+
+    def __init__(self, function: str, error: SettingsError):
+        super().__init__(function, ServerSettings(), HTTPMetrics())
+        self.error = error
+        self.reason = f"invalid settings: {error}"
+
+        def refuse(path: str = ""):
+            raise InvalidSettings(f"The function cannot serve: {self.reason}")
+
+        self.app.add_url_rule("/", "invalid_settings", refuse, methods=_ALL_METHODS)
+        self.app.add_url_rule("/<path:path>", "invalid_settings", refuse, methods=_ALL_METHODS)
+
+    def _ready(self) -> tuple[bool, str]:
+        return False, self.reason
+
+    def alive(self) -> tuple[bool, str]:
+        return False, self.reason
+
+
+def build_runtime(function: str, create: Callable[[Mapping[str, str]], BaseRuntime],
+                  cfg: Mapping[str, str]) -> BaseRuntime:
+    """``create(cfg)``, the function's runtime; when its settings cannot be used (an unresolved
+    func.yaml template in ``cfg`` included) a :class:`MisconfiguredRuntime` that says why.
+    Both serving paths call this: func-python's (``LLMFunction.start``) and gunicorn's
+    (``function.wsgi``)."""
+    try:
+        check_templates(cfg)
+        return create(cfg)
+    except SettingsError as err:
+        log.error("%s cannot start: invalid settings: %s", function, err)
+        return MisconfiguredRuntime(function, err)

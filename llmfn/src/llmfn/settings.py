@@ -8,12 +8,46 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
+
+
+FUNC_TEMPLATE = re.compile(r"\{\{\s*(secret|env|configMap)\s*:[^}]*\}\}")
+"""func.yaml's value templates (``{{ secret:NAME:KEY }}``, ``{{ env:NAME }}``, ...): `func deploy`
+resolves them from the cluster, a host run (`func run --builder=host`) passes them as text."""
+
+
+def check_templates(env: Mapping[str, str]) -> None:
+    """Raise naming every variable that still holds a func.yaml template: a value nobody
+    resolved, which would otherwise reach a client library as text (a MongoDB URI, a key)."""
+    found = sorted(k for k, v in env.items() if isinstance(v, str) and FUNC_TEMPLATE.search(v))
+    if found:
+        shown = ", ".join(f"{k}={env[k]!r}" for k in found)
+        raise SettingsError(
+            f"{', '.join(found)} {'is an' if len(found) == 1 else 'are'} unresolved func.yaml "
+            f"template{'s' if len(found) > 1 else ''} ({shown}): only `func deploy` resolves "
+            "these; in a host run (`func run --builder=host`) give the value with "
+            f"-e {found[0]}=...")
+
+
+def check_url(key: str, value: str, schemes: tuple[str, ...] = ("http", "https")) -> None:
+    """Raise unless ``value`` is empty or an absolute URL with one of ``schemes`` and a host."""
+    if not value:
+        return
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError as err:
+        raise SettingsError(f"{key} is not a URL ({err}), got {value!r}") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise SettingsError(f"{key} must be a {' or '.join(f'{s}://' for s in schemes)} URL "
+                            f"with a host, got {value!r}")
 
 
 def setting(key: str, default: Any, doc: str, *, lo: float | None = None,
@@ -89,6 +123,9 @@ class StorageSettings:
                                    lo=1, hi=20)
     verify_attempts: int = setting("MODEL_VERIFY_ATTEMPTS", 3,
                                    "downloads tried before a checksum mismatch is final", lo=1, hi=10)
+
+    def __post_init__(self):
+        check_url("S3_ENDPOINT_URL", self.s3_endpoint_url)
 
 
 @dataclass(frozen=True)
