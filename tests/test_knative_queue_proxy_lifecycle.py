@@ -1,0 +1,295 @@
+"""A pod's life as Knative runs it, with the real queue-proxy (issue 20, section 2).
+
+Cold start: generate with an empty model cache pulls SmolLM2 from MinIO (reached from the
+pod's namespace through a relay on the host side of its veth). The test plays the activator:
+it probes with ``User-Agent: kube-probe/...`` and ``K-Network-Probe: queue`` until 200 (each
+probe waits inside queue-proxy up to its 10 s cap; it probes again after), holding the user
+requests meanwhile, then releases them. Direct starts (the client polls the function's own
+readiness every 50 ms, as queue-proxy does) and proxied starts alternate; start to first
+token through queue-proxy must be within 0.1 s of the direct one (medians). A separate start
+records what requests sent before readiness get.
+
+Drain: two revisions of generate, each queue-proxy + function in its own network namespace,
+run at the same time; >= 400 probes go through a router that sends to the old revision while
+its queue-proxy answers the activator's probe 200, else to the new one. The old pod is deleted
+as the kubelet deletes it: queue-proxy gets SIGTERM at once; the function's preStop calls
+``GET :8022/wait-for-drain`` and the function gets SIGTERM only after that returned. No probe
+may fail and every stream must end with [DONE].
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+import knative_pod
+import run  # scripts/run.py: S3 keys of `make run`
+from tcp_throttle import Throttle
+from tests.support.models import upload_function_models
+from tests.support.queueproxy import function_env, revision_spec, stream
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / ".state" / "knative" / "queue-proxy.json"
+COLD_RUNS = 2  # per path, alternated
+COLD_MARGIN_S = 0.1
+USERS = 2  # user requests held during the cold start
+PROBES = 420
+CONCURRENCY = 6
+LONG_STREAMS = 3
+POLL_S = 0.02
+WAIT_S = 180
+
+
+def record(key: str, value) -> None:
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    data[key] = value
+    REPORT.write_text(json.dumps(data, indent=2))
+    print(key, json.dumps(value, indent=2))
+
+
+# -- cold start -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def s3_pod_env(minio, tmp_path_factory):
+    """A network namespace for the cold starts and the env reaching MinIO from inside it."""
+    upload_function_models(minio)
+    netns = knative_pod.Netns()
+    relay = Throttle(upstream=(minio.host, minio.port), host=netns.host_addr).start()
+    env = {"MODEL_URI": f"s3://{run.BUCKET}/{run.FUNCTIONS['generate'][2]}",
+           "S3_ENDPOINT_URL": relay.url, "AWS_ACCESS_KEY_ID": minio.access_key,
+           "AWS_SECRET_ACCESS_KEY": minio.secret_key, "AWS_REGION": "us-east-1"}
+    try:
+        yield netns, env
+    finally:
+        relay.close()
+        netns.delete()
+
+
+def _cold_pod(netns, env, tmp: Path, tag: str) -> knative_pod.Pod:
+    fn_env = function_env("generate", tmp / tag, model="smollm2", **env)  # empty cache
+    return knative_pod.Pod("generate", revision_spec("generate"), fn_env, tmp, netns=netns,
+                           revision=f"generate-{tag}")
+
+
+REQUEST = {"prompt": "Once upon a time", "max_tokens": 2, "temperature": 0}
+
+
+def _direct_start(pod) -> dict:
+    t0 = time.perf_counter()
+    pod.fn.start()
+    ready = pod.fn.wait_ready(WAIT_S, poll_s=0.05)
+    t_request = time.perf_counter() - t0
+    s = stream(pod.direct_url, REQUEST)
+    assert s.status == 200 and s.done, s.body
+    return {"ready_s": ready, "first_token_s": t_request + s.data[0][0]}
+
+
+def _proxied_start(pod) -> dict:
+    """The activator: probe until 200 (again after each 10 s cap), hold the users, release."""
+    released = threading.Event()
+    t0 = time.perf_counter()
+    firsts: list[float] = []
+
+    def user():
+        released.wait(WAIT_S)
+        s = stream(pod.url, REQUEST, on_first=lambda: firsts.append(time.perf_counter() - t0))
+        return s
+
+    probes = []
+    with ThreadPoolExecutor(USERS) as pool:
+        users = [pool.submit(user) for _ in range(USERS)]
+        pod.start()
+        while time.perf_counter() - t0 < WAIT_S:
+            t = time.perf_counter()
+            status, body = pod.probe()
+            probes.append((round(t - t0, 2), status, body[:40]))
+            if status == 200:
+                break
+            if status is None:
+                time.sleep(0.05)  # queue-proxy not listening yet
+        ready = time.perf_counter() - t0
+        released.set()
+        streams = [u.result(WAIT_S) for u in users]
+    assert all(s.status == 200 and s.done for s in streams), [s.body for s in streams]
+    return {"ready_s": ready, "first_token_s": min(firsts), "probes": probes}
+
+
+def test_cold_start_as_the_activator_does_it(s3_pod_env, tmp_path):
+    netns, env = s3_pod_env
+    runs: dict[str, list[dict]] = {"direct": [], "queue-proxy": []}
+    for i in range(COLD_RUNS):
+        order = ["direct", "queue-proxy"] if i % 2 == 0 else ["queue-proxy", "direct"]
+        for path in order:
+            pod = _cold_pod(netns, env, tmp_path, f"{path[:6]}{i}")
+            try:
+                runs[path].append(_direct_start(pod) if path == "direct"
+                                  else _proxied_start(pod))
+            finally:
+                pod.stop()
+    med = {p: {k: round(statistics.median(r[k] for r in rs), 3)
+               for k in ("ready_s", "first_token_s")} for p, rs in runs.items()}
+    report = {"median": med, "runs": runs}
+    record("cold_start", report)
+    for r in runs["queue-proxy"]:
+        assert r["probes"][-1][1] == 200
+    assert med["queue-proxy"]["first_token_s"] <= med["direct"]["first_token_s"] + COLD_MARGIN_S, \
+        report
+
+
+def test_requests_before_readiness(s3_pod_env, tmp_path):
+    """What a request sent through queue-proxy before the pod is ready gets, in order."""
+    netns, env = s3_pod_env
+    pod = _cold_pod(netns, env, tmp_path, "early")
+    seen: list[tuple[float, int | None, str]] = []
+    try:
+        t0 = time.perf_counter()
+        pod.start()
+        while time.perf_counter() - t0 < WAIT_S:
+            t = time.perf_counter() - t0
+            try:
+                r = requests.post(f"{pod.url}/v1/completions", json=REQUEST, timeout=30)
+                status, text = r.status_code, r.text.strip()
+            except requests.RequestException as err:
+                status, text = None, type(err).__name__
+            if not seen or (seen[-1][1], seen[-1][2][:60]) != (status, text[:60]):
+                seen.append((round(t, 2), status, text[:160]))
+            if status == 200:
+                break
+            time.sleep(0.05)
+    finally:
+        pod.stop()
+    record("before_readiness", seen)
+    statuses = [s for _, s, _ in seen]
+    assert statuses[-1] == 200, seen
+    assert 503 in statuses, seen  # our own not-ready answer, passed through
+    assert set(statuses) <= {None, 200, 502, 503}, seen
+
+
+# -- drain ----------------------------------------------------------------------------------------
+class Router:
+    """The activator's view: the old revision while its queue-proxy answers the probe 200."""
+
+    def __init__(self, old: knative_pod.Pod, new: knative_pod.Pod):
+        self.old, self.new = old, new
+        self.old_ready = True
+        self.flip_s: float | None = None
+        self.t_sigterm: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(20)
+
+    def _watch(self):
+        while not self._stop.is_set():
+            status, _ = self.old.probe(timeout_s=2)
+            self.old_ready = status == 200
+            if not self.old_ready and self.t_sigterm is not None and self.flip_s is None:
+                self.flip_s = time.monotonic() - self.t_sigterm
+            time.sleep(POLL_S)
+
+    def pick(self) -> tuple[str, knative_pod.Pod]:
+        return ("old", self.old) if self.old_ready else ("new", self.new)
+
+
+def _probe(kind: str, i: int, router: Router, session: requests.Session,
+           started: threading.Event | None = None) -> dict:
+    backend, pod = router.pick()
+    t = time.monotonic()
+    try:
+        if kind in ("stream", "long"):
+            s = stream(pod.url, {"prompt": f"{i} Once upon a time", "seed": i,
+                                 "max_tokens": 600 if kind == "long" else 32,
+                                 "temperature": 0.8}, session=session, timeout_s=120,
+                       on_first=started.set if started else None)
+            ok, status = s.status == 200 and s.done, s.status
+        else:
+            r = session.post(f"{pod.url}/v1/completions", timeout=(3, 60),
+                             json={"prompt": f"{i} The answer is", "max_tokens": 8,
+                                   "temperature": 0.8, "seed": i})
+            ok, status = r.status_code == 200 and len(r.json()["choices"]) == 1, r.status_code
+    except requests.RequestException as err:
+        ok, status = False, type(err).__name__
+    finally:
+        if started is not None:
+            started.set()
+    return {"kind": kind, "backend": backend, "ok": ok, "status": status, "t_send": t,
+            "t_end": time.monotonic()}
+
+
+def test_rolling_restart_drains_like_a_cluster(tmp_path):
+    spec = revision_spec("generate")
+    env = {"QUEUE_SIZE": "32"}
+    old = knative_pod.Pod("generate", spec, function_env("generate", tmp_path / "1", **env),
+                          tmp_path, revision="generate-00001")
+    new = knative_pod.Pod("generate", spec, function_env("generate", tmp_path / "2", **env),
+                          tmp_path, revision="generate-00002")
+    results: list[dict] = []
+    lock = threading.Lock()
+    local = threading.local()
+    try:
+        for pod in (old, new):
+            pod.start()
+        for pod in (old, new):
+            pod.wait_ready(WAIT_S)
+        assert old.netns.name != new.netns.name
+        kinds = random.Random(3).choices(["stream", "json"], weights=[0.6, 0.4], k=PROBES)
+
+        def one(i, kind, started=None):
+            local.session = getattr(local, "session", None) or requests.Session()
+            out = _probe(kind, i, router, local.session, started)
+            with lock:
+                results.append(out)
+
+        with Router(old, new) as router, ThreadPoolExecutor(CONCURRENCY + LONG_STREAMS) as pool:
+            half = PROBES // 2
+            futures = [pool.submit(one, i, k) for i, k in enumerate(kinds[:half])]
+            for f in futures[:half - 2 * CONCURRENCY]:
+                f.result(WAIT_S)
+            started = [threading.Event() for _ in range(LONG_STREAMS)]
+            futures += [pool.submit(one, PROBES + j, "long", started[j])
+                        for j in range(LONG_STREAMS)]
+            for ev in started:
+                assert ev.wait(60)
+            futures += [pool.submit(one, half + i, k) for i, k in enumerate(kinds[half:])]
+            router.t_sigterm = time.monotonic()
+            termination = old.terminate()  # SIGTERM queue-proxy; preStop; SIGTERM function
+            for f in futures:
+                f.result(WAIT_S)
+            flip_s = router.flip_s
+    finally:
+        old.stop()
+        new.stop()
+    fn_log = old.fn.log_tail(20000)
+    failed = [r for r in results if not r["ok"]]
+    by = {}
+    for r in results:
+        key = f"{r['kind']}->{r['backend']}"
+        by[key] = by.get(key, 0) + 1
+    long_ends = sorted(round(r["t_end"] - router.t_sigterm, 2) for r in results
+                       if r["kind"] == "long")
+    report = {"probes": len(results), "by_kind_and_revision": by, "failed": failed[:10],
+              "old_probe_not_ready_after_s": None if flip_s is None else round(flip_s, 3),
+              "long_streams_end_after_sigterm_s": long_ends, "termination": termination}
+    record("drain", report)
+    assert len(results) >= 400 + LONG_STREAMS
+    assert not failed, report
+    assert all(r["backend"] == "old" for r in results if r["kind"] == "long")
+    assert any(k.endswith("->new") for k in by) and any(k.endswith("->old") for k in by), by
+    assert termination["wait_for_drain"] == 200, report
+    # the function got its SIGTERM only after every long stream had ended, and exited cleanly
+    assert termination["drained_s"] >= max(long_ends), report
+    assert termination["function_rc"] == 0, (report, fn_log[-3000:])
+    assert "shutting_down" not in fn_log, "the function refused a request while stopping"
