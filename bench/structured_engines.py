@@ -47,6 +47,54 @@ def canonical(data) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+def schema_order(schema, data):
+    """``data`` with each object's keys in the order its schema lists them in ``properties``
+    (through local ``$ref``, ``allOf``/``anyOf``/``oneOf``), other keys after: the order the
+    engines generate in. Used only to tell a valid instance rejected for its key order from
+    one rejected for its content."""
+    def resolve(node, hops=0):
+        while isinstance(node, dict) and str(node.get("$ref", "")).startswith("#") and hops < 20:
+            cur = schema
+            for part in node["$ref"][1:].split("/")[1:]:
+                part = part.replace("~1", "/").replace("~0", "~")
+                cur = cur[int(part)] if isinstance(cur, list) else cur.get(part, {})
+            node, hops = cur, hops + 1
+        return node if isinstance(node, dict) else {}
+
+    def props(node, acc):
+        node = resolve(node)
+        for key, sub in (node.get("properties") or {}).items():
+            acc.setdefault(key, sub)
+        for kw in ("allOf", "anyOf", "oneOf"):
+            for sub in node.get(kw) or []:
+                props(sub, acc)
+        return acc
+
+    def items(node):
+        node = resolve(node)
+        if isinstance(node.get("items"), dict):
+            return node["items"]
+        for kw in ("allOf", "anyOf", "oneOf"):
+            for sub in node.get(kw) or []:
+                if found := items(sub):
+                    return found
+        return {}
+
+    def walk(node, x):
+        if isinstance(x, dict):
+            p = props(node, {})
+            order = {k: i for i, k in enumerate(p)}
+            return {k: walk(p.get(k, {}), x[k])
+                    for k in sorted(x, key=lambda k: order.get(k, len(order)))}
+        if isinstance(x, list):
+            return [walk(items(node), y) for y in x]
+        return x
+    try:
+        return walk(schema, data)
+    except (KeyError, IndexError, TypeError, ValueError, RecursionError):
+        return data
+
+
 def load_sample(path: Path) -> list[dict]:
     with lzma.open(path, "rt") as f:
         return [json.loads(line) for line in f]
@@ -292,6 +340,7 @@ def _baseline_structured():
                           f"{BASELINE_COMMIT}:functions/generate/function/structured.py"],
                          check=True, capture_output=True, text=True).stdout
     mod = types.ModuleType("structured_baseline")
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up
     exec(compile(src, "structured_baseline.py", "exec"), mod.__dict__)  # noqa: S102
     return mod
 
@@ -322,28 +371,35 @@ def check_schema(eng, tokenize, entry: dict) -> dict:
     if out["status"] != "ok":
         return out
     allowed = getattr(eng, "allowed_in", None) or (lambda m, mask, t: eng.allowed(mask, t))
-    for test in entry["tests"]:
+
+    def accepts(text: str, timed: bool) -> bool:
         m = eng.start(compiled)
         ok = True
-        for t in tokenize(canonical(test["data"])) + [None]:
+        for t in tokenize(text) + [None]:
             t1 = time.perf_counter()
             mask = eng.mask(m)
-            if mask is not None:
+            if mask is not None and timed:
                 out["mask_us"].append(round((time.perf_counter() - t1) * 1e6, 1))
             tok = eng.eos if t is None else t
-            if not allowed(m, mask, tok):
-                ok = False
-                break
-            if t is not None and not eng.consume(m, tok):
+            if not allowed(m, mask, tok) or (t is not None and not eng.consume(m, tok)):
                 ok = False
                 break
         if isinstance(eng, Gbnf):
             eng.L.llama_sampler_free(m)
+        return ok
+
+    out["valid_rejected_order"] = 0  # of valid_rejected: accepted with keys in schema order
+    for test in entry["tests"]:
+        ok = accepts(canonical(test["data"]), True)
         key = ("valid_ok" if ok else "valid_rejected") if test["valid"] else \
             ("invalid_accepted" if ok else "invalid_rejected")
         out[key] += 1
         if test["valid"] and not ok:
-            out["rejected_at"].append(test.get("description", "")[:80])
+            reordered = canonical(schema_order(entry["schema"], test["data"]))
+            if reordered != canonical(test["data"]) and accepts(reordered, False):
+                out["valid_rejected_order"] += 1
+            else:
+                out["rejected_at"].append(canonical(test["data"])[:120])
     return out
 
 
@@ -396,10 +452,16 @@ class Runner:
             self.proc.join(5)
 
 
-def run_engine(name: str, sample: list[dict], timeout_s: float, budget_s: float) -> dict:
-    runner, results, t0 = Runner(name, timeout_s), [], time.monotonic()
+def run_engine(name: str, sample: list[dict], timeout_s: float, budget_s: float,
+               done: list[dict] = ()) -> dict:
+    """Every schema of ``sample`` not in ``done`` (the results of a run cut by its budget)."""
+    done = [r for r in done if r["valid_rejected"] == 0 or "valid_rejected_order" in r]
+    runner, results, t0 = Runner(name, timeout_s), list(done), time.monotonic()
+    seen = {(r["dataset"], r["name"]) for r in done}
     try:
         for i, entry in enumerate(sample):
+            if (entry["dataset"], entry["name"]) in seen:
+                continue
             if time.monotonic() - t0 > budget_s:
                 common.log(f"{name}: time budget spent after {i} schemas")
                 break
@@ -425,12 +487,16 @@ def aggregate(data: dict) -> dict:
     rows: dict[str, dict] = {}
     for r in data["results"]:
         for key in (r["dataset"], "all"):
-            a = rows.setdefault(key, {"n": 0, "covered": 0, "refused": 0, "under": 0,
-                                      "under_schemas": 0, "over": 0, "valid": 0, "invalid": 0,
+            a = rows.setdefault(key, {"n": 0, "covered": 0, "covered_order": 0, "refused": 0,
+                                      "under": 0, "under_schemas": 0, "over": 0,
+                                      "over_order": 0, "valid": 0, "invalid": 0,
                                       "compile": [], "mask": []})
+            order = r.get("valid_rejected_order", 0)
             a["n"] += 1
             a["refused"] += r["status"] != "ok"
             a["covered"] += r["status"] == "ok" and r["valid_rejected"] == 0
+            a["covered_order"] += r["status"] == "ok" and r["valid_rejected"] == order
+            a["over_order"] += order
             a["under"] += r["invalid_accepted"]
             a["under_schemas"] += r["invalid_accepted"] > 0
             a["over"] += r["valid_rejected"]
@@ -450,9 +516,37 @@ def render(datas: list[dict]) -> str:
     aggs = {d["engine"]: aggregate(d) for d in datas}
     engines = [d["engine"] for d in datas]
     datasets = sorted({k for a in aggs.values() for k in a if k != "all"}) + ["all"]
-    lines = ["Coverage (compiled and every valid instance accepted) · invalid instances "
-             "accepted (under-constraint) · valid rejected (over-constraint), per engine:", "",
-             "| dataset | schemas | " + " | ".join(
+    runs = "; ".join(f"{d['engine']} {d['version']} on {d['date']} UTC" for d in datas)
+    lines = [
+        f"Measured without a model by `make bench-structured-engines` "
+        f"(`bench/structured_engines.py`; {runs}; {datas[0]['machine']}, shared with other "
+        "jobs): all 1,584 schemas of `../shared/jsonschemabench/sample.jsonl.xz` and their "
+        "4,599 instances, SmolLM2-135M's vocabulary (49,152 tokens, read from the GGUF). Each "
+        "instance is serialized as `json.dumps(data, ensure_ascii=False, separators=(\",\", "
+        "\":\"))`, tokenized, and fed token by token: before each token the engine computes "
+        "the set of allowed tokens, and the instance is accepted when every token and then "
+        "end-of-generation were allowed. A schema the engine refuses, or whose compile and "
+        f"instances take longer than {datas[0]['timeout_s']:.0f} s, is not covered.",
+        "",
+        "- **cov.**: schemas compiled whose valid instances are all accepted; in brackets, the "
+        "same when a valid instance may also be written with its keys in the order the schema "
+        "lists them (the engines generate properties in that order, as a model does with "
+        "them; JSON objects are unordered, so this is the coverage that matters for "
+        "generation).",
+        "- **under**: invalid instances accepted / invalid instances of compiled schemas: a "
+        "silent violation each.",
+        "- **over**: valid instances rejected / valid instances of compiled schemas (in "
+        "brackets, how many of them pass with their keys in the schema's order).",
+        "- **gbnf** is today's path (before issue 22): the keyword check of `structured.py` and "
+        "llama-cpp-python's `json_schema_to_gbnf`, run by llama.cpp's own grammar sampler "
+        "(`llama_sampler_init_grammar`, one candidate at a time; the full-vocabulary apply "
+        f"that generate runs per token is timed on the first {GBNF_FULL_MASKS} steps of each "
+        "worker). llguidance with the options `function/constraint.py` uses (compact, no "
+        "free whitespace, `oneOf` only when provably exclusive, no keyword skipped); "
+        "XGrammar `compile_json_schema(any_whitespace=False, separators=(\",\", \":\"), "
+        "strict_mode=False)` (JSON Schema's own semantics for extra properties), one thread.",
+        "",
+        "| dataset | schemas | " + " | ".join(
                  f"{e} cov. | {e} under | {e} over" for e in engines) + " | paper |",
              "|---|---:|" + "---:|---:|---:|" * len(engines) + "---|"]
     for ds in datasets:
@@ -460,8 +554,11 @@ def render(datas: list[dict]) -> str:
         n = next(a[ds]["n"] for a in aggs.values() if ds in a)
         for e in engines:
             a = aggs[e].get(ds)
-            cells += ([f"{100 * a['covered'] / a['n']:.0f} %", f"{a['under']}/{a['invalid']}",
-                       f"{a['over']}/{a['valid']}"] if a else ["-", "-", "-"])
+            cells += ([f"{100 * a['covered'] / a['n']:.0f} % "
+                       f"({100 * a['covered_order'] / a['n']:.0f} %)",
+                       f"{a['under']}/{a['invalid']}",
+                       f"{a['over']}/{a['valid']} ({a['over_order']})"]
+                      if a else ["-", "-", "-"])
         name = f"**{ds}**" if ds == "all" else ds
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + f" | {PAPER.get(ds, '')} |")
     lines += ["", "| engine | version | compile p50 | compile p95 | compile max | mask p50 | "
@@ -484,6 +581,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N schemas only (0: all)")
     ap.add_argument("--timeout-s", type=float, default=10.0, help="per schema")
     ap.add_argument("--budget-s", type=float, default=900.0, help="per engine")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the schemas an earlier run of the engine did, run the rest")
     ap.add_argument("--report", action="store_true", help="merge the JSON and print the table")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args()
@@ -500,7 +599,9 @@ def main() -> None:
     if args.limit:
         sample = sample[:args.limit]
     for name in args.engines.split(","):
-        data = run_engine(name, sample, args.timeout_s, args.budget_s)
+        path = common.STATE / "bench" / f"structured-engines-{name}.json"
+        done = json.loads(path.read_text())["results"] if args.resume and path.exists() else []
+        data = run_engine(name, sample, args.timeout_s, args.budget_s, done)
         path = common.write_json(f"structured-engines-{name}", data)
         common.log(f"wrote {path}")
         print(render([data]))
