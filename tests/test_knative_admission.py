@@ -1,0 +1,129 @@
+"""deploy/ and eventing/ through Knative's own admission logic (the Serving and Eventing webhooks'
+SetDefaults + Validate, tests/support/kn_validate.py), with the cluster settings that
+docs/deploy.md has admins apply as inputs: deploy/cluster/config-autoscaler.yaml
+(allow-zero-initial-scale) and eventing/features/delivery-retryafter.yaml. The CRD-schema and
+rule checks are tests/test_manifests_*.py; these catch what only the webhooks know (annotation
+value formats, cluster-gated values, feature-flagged fields)."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+from tests.support import kustomize
+from tests.support.kn_validate import AUTOSCALER_CM, CLUSTER, EVENTING_FLAG_CM, ROOT, validate
+from tests.support.manifests import FUNCTIONS, NO_RETRY_AFTER, REQUESTREPLY_YAML, load_docs
+
+SERVING, EVENTING = "kn-validate-serving", "kn-validate-eventing"
+EVENTING_KINDS = ("Broker", "Trigger", "SinkBinding")
+
+
+@pytest.fixture(scope="module")
+def deploy_objs() -> list[dict]:
+    return kustomize.build(ROOT / "deploy")
+
+
+@pytest.fixture(scope="module")
+def eventing_objs() -> list[dict]:
+    return kustomize.build(ROOT / "eventing")
+
+
+def services(objs: list[dict]) -> list[dict]:
+    return [o for o in objs if o["kind"] == "Service"
+            and o["apiVersion"].startswith("serving.knative.dev/")]
+
+
+def test_deploy_services_pass_serving_admission(deploy_objs):
+    verdict = validate(SERVING, deploy_objs, AUTOSCALER_CM)
+    assert verdict.ok, verdict.out
+    assert sorted(s["metadata"]["name"] for s in services(deploy_objs)) == sorted(FUNCTIONS)
+    for name in FUNCTIONS:
+        assert ": valid (" in verdict.line("Service", name)
+    assert f"{len(FUNCTIONS)} Service(s) checked, 0 invalid" in verdict.out
+
+
+def test_without_allow_zero_initial_scale_every_service_is_refused(deploy_objs):
+    """Knative's default cluster configuration refuses `initial-scale: "0"`: the Services only
+    pass with allow-zero-initial-scale: "true" in config-autoscaler (knative-serving), the one
+    non-default cluster setting they need, kept in deploy/cluster/config-autoscaler.yaml."""
+    (cm,) = load_docs(AUTOSCALER_CM)
+    assert (cm["kind"], cm["metadata"], cm["data"]) == (
+        "ConfigMap", {"name": "config-autoscaler", "namespace": "knative-serving"},
+        {"allow-zero-initial-scale": "true"}), "the file sets exactly this one setting"
+    verdict = validate(SERVING, deploy_objs)
+    assert not verdict.ok, ("the Services pass without allow-zero-initial-scale: drop the "
+                            "setting from deploy/cluster/ and docs/deploy.md")
+    for name in FUNCTIONS:
+        assert "initial-scale=0 not allowed by cluster" in verdict.line("Service", name), (
+            f"{name} should be refused without allow-zero-initial-scale: {verdict.out}")
+
+
+def test_serving_negative_control_invalid_autoscaling_value(deploy_objs):
+    """The validator does refuse a bad value: a target that is not a number."""
+    objs = copy.deepcopy(deploy_objs)
+    bad = services(objs)[0]
+    bad["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/target"] = "ten"
+    verdict = validate(SERVING, objs, AUTOSCALER_CM)
+    assert not verdict.ok
+    assert "autoscaling.knative.dev/target" in verdict.line("Service", bad["metadata"]["name"])
+    assert "1 invalid" in verdict.out, verdict.out
+
+
+def test_eventing_passes_eventing_admission(eventing_objs, deploy_objs):
+    """eventing/ alone and as part of deploy/, with the delivery-retryafter flag."""
+    for objs in (eventing_objs, deploy_objs):
+        verdict = validate(EVENTING, objs, EVENTING_FLAG_CM)
+        assert verdict.ok, verdict.out
+        checked = [o for o in objs if o["kind"] in EVENTING_KINDS]
+        assert len(checked) >= 7
+        for o in checked:
+            assert ": valid" in verdict.line(o["kind"], o["metadata"]["name"])
+
+
+def test_eventing_negative_control_retry_after_without_the_flag(eventing_objs):
+    """Without the delivery-retryafter flag the request Triggers (retryAfterMax) are refused."""
+    verdict = validate(EVENTING, eventing_objs)
+    assert not verdict.ok
+    refused = [t["metadata"]["name"] for t in eventing_objs if t["kind"] == "Trigger"
+               and "retryAfterMax" in t["spec"].get("delivery", {})]
+    assert refused
+    for name in refused:
+        assert "must not set the field(s): spec.delivery.retryAfterMax" in verdict.line(
+            "Trigger", name)
+
+
+def test_no_retry_after_overlay_passes_without_the_flag(tmp_path):
+    """Clusters that cannot enable the flag deploy eventing/ with components/no-retry-after."""
+    rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {rel(ROOT / 'eventing')}\n"
+        f"components:\n  - {rel(NO_RETRY_AFTER)}\n")
+    verdict = validate(EVENTING, kustomize.build(tmp_path))
+    assert verdict.ok, verdict.out
+
+
+def test_requestreply_example_passes(eventing_objs):
+    objs = [*eventing_objs, *(dict(d, metadata={**d["metadata"], "namespace": "llmfn"})
+                              for d in load_docs(REQUESTREPLY_YAML))]
+    verdict = validate(EVENTING, objs, EVENTING_FLAG_CM)
+    assert verdict.ok, verdict.out
+    for d in load_docs(REQUESTREPLY_YAML):
+        assert ": valid" in verdict.line(d["kind"], d["metadata"]["name"])
+
+
+def test_cluster_settings_stay_out_of_the_kustomization(deploy_objs):
+    """deploy/cluster/ is applied by a cluster admin, on its own: `kubectl apply -k deploy/`
+    must not pick it up (kustomize would even move it into the llmfn namespace)."""
+    names = {(o["kind"], o["metadata"]["name"]) for o in deploy_objs}
+    for path in CLUSTER.glob("*.yaml"):
+        for doc in load_docs(path):
+            assert (doc["kind"], doc["metadata"]["name"]) not in names
+
+
+def test_docs_apply_the_cluster_files():
+    """docs/deploy.md has admins apply the very files these tests validate with."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    for path in [*sorted(CLUSTER.glob("*.yaml")), EVENTING_FLAG_CM]:
+        assert f"-f {path.relative_to(ROOT)}" in text, path
