@@ -10,6 +10,12 @@ appended to ``.state/logs/replies.jsonl``.
 State and logs: ``.state/`` (logs in ``.state/logs/``). Ports: MINIO_PORT, FERRETDB_PORT,
 BROKER_PORT, GENERATE_PORT, EMBED_PORT, AUDIT_PORT. GUNICORN_CONF overrides the gunicorn config
 file.
+
+``KNATIVE=1`` serves each function as a Knative revision pod does (scripts/knative_pod.py):
+gunicorn and Serving's real queue-proxy (``.state/bin/queue``, configured from ``kustomize
+build deploy``) in the function's own network namespace, since queue-proxy's ports 8022 and
+9090 are fixed; the usual port on 127.0.0.1 is relayed to the queue-proxy's 8012, and MinIO,
+FerretDB and the broker are relayed into the pod from the host side of its veth (needs root).
 """
 from __future__ import annotations
 
@@ -23,10 +29,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import broker  # noqa: E402
+import knative_pod  # noqa: E402
 import procs  # noqa: E402
 import services  # noqa: E402
 import upload_model  # noqa: E402
@@ -66,6 +75,30 @@ def function_server(name: str, port: int, env: dict[str, str]) -> procs.ServerPr
     return procs.gunicorn_server(name, port, host=HOST, conf=os.environ.get("GUNICORN_CONF"),
                                  env={"PYTHONUNBUFFERED": "1", **env}, name=name,
                                  log_path=LOGS / f"{name}.log", die_with_parent=True)
+
+
+def knative_function(name: str, port: int, key: str | None, spec: knative_pod.RevisionSpec,
+                     minio, ferretdb, sink_url: str) -> knative_pod.LocalService:
+    """`KNATIVE=1`: one function in its pod behind its queue-proxy, published on ``port``; the
+    local services it calls are relayed into the pod's namespace."""
+    svc = knative_pod.LocalService(name, spec, host=HOST, port=port, log_dir=LOGS)
+    try:
+        db, sink = ferretdb, ""
+        if key:
+            s3_host, s3_port = svc.reach(minio.host, minio.port)
+            s3 = SimpleNamespace(endpoint_url=f"http://{s3_host}:{s3_port}",
+                                 access_key=minio.access_key, secret_key=minio.secret_key)
+            bus = urlsplit(sink_url)
+            sink = "http://%s:%d" % svc.reach(bus.hostname, bus.port)
+        else:
+            s3 = minio  # audit calls no S3
+            db = SimpleNamespace(
+                uri="mongodb://%s:%d/" % svc.reach(ferretdb.host, ferretdb.port))
+        return svc.start({"PYTHONUNBUFFERED": "1",
+                          **function_env(name, key, s3, db, bool(sink), sink)})
+    except BaseException:
+        svc.stop()
+        raise
 
 
 def local_models() -> dict[str, Path]:
@@ -151,7 +184,8 @@ def print_usage(running: dict[str, procs.ServerProcess], bus: broker.Broker | No
         lines += [f"  {'broker':9s} {bus.url}   (log .state/logs/broker.log)",
                   f"  {'':9s} Triggers: {', '.join(q.trigger.name for q in bus.queues)}"]
     for name, fn in running.items():
-        lines.append(f"  {name:9s} {fn.url}   (log {fn.log_path.relative_to(ROOT)})")
+        via = " through its queue-proxy" if isinstance(fn, knative_pod.LocalService) else ""
+        lines.append(f"  {name:9s} {fn.url}   (log {fn.log_path.relative_to(ROOT)}){via}")
     if "generate" in running:
         url = running["generate"].url
         model = served_model(url)
@@ -217,8 +251,18 @@ def main() -> int:
         ports = {n: int(os.environ.get(FUNCTIONS[n][0], FUNCTIONS[n][1])) for n in FUNCTIONS}
         bus = start_broker(ports, present)  # before the functions: their K_SINK
         log(f"broker on {bus.url} (log {LOGS.relative_to(ROOT)}/broker.log)")
+        knative = os.environ.get("KNATIVE", "") == "1"
+        specs = knative_pod.render_services() if knative else {}
         # audit first, so the sink is up before the first inference event
         for name in sorted(present, key=lambda n: n != "audit"):
+            if knative:
+                running[name] = knative_function(
+                    name, ports[name], FUNCTIONS[name][2],
+                    knative_pod.RevisionSpec.from_service(specs[name]), minio, ferretdb,
+                    bus.url)
+                log(f"started {name} behind queue-proxy on {running[name].url} "
+                    f"(pod {running[name].netns.pod_addr}, netns {running[name].netns.name})")
+                continue
             env = function_env(name, FUNCTIONS[name][2], minio, ferretdb, True, bus.url)
             running[name] = function_server(name, ports[name], env).start()
             log(f"started {name} on {running[name].url}")
