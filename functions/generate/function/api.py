@@ -26,7 +26,7 @@ from llmfn.webapp import check_model, json_body, param
 
 from . import schema, structured
 from .answer import Call, sse_data
-from .engine import Engine, GrammarError
+from .engine import Engine
 from .scheduler import Generation, Scheduler
 from .settings import FUNCTION, GenerateSettings
 
@@ -151,17 +151,15 @@ class GenerateAPI:
 
     @staticmethod
     def _check_request(engine: Engine, req: schema.Request) -> None:
-        """What only the model can tell: token ids in logit_bias, a grammar llama.cpp takes."""
+        """What only the model can tell: token ids in logit_bias; the schema compiled with the
+        model's tokenizer (here, off the scheduler's thread; a 400 if it cannot be enforced)."""
         if any(t >= engine.n_vocab for t in req.params.logit_bias):
             raise InvalidRequest(f"'logit_bias' token ids must be < {engine.n_vocab}.",
                                  param="logit_bias")
-        if req.params.grammar is not None:
-            try:
-                engine.free_sampler(engine.grammar_sampler(req.params.grammar))
-            except GrammarError as err:
-                where = "tools" if req.output.kind == "tool_call" else "response_format"
-                raise InvalidRequest(f"'{where}' cannot be enforced: {err}.",
-                                     param=where) from None
+        output = req.output
+        if output.schema is not None:
+            output.grammar = engine.compiler.compile(output.schema, output.param)
+            req.params.grammar = output.grammar
 
     @staticmethod
     def _fit_context(engine: Engine, tokens: list[int], req: schema.Request, where: str) -> None:
@@ -213,6 +211,12 @@ class GenerateAPI:
             log.exception("generation failed")
             self._finish(call, status=500, error_code="internal_error")
             raise internal_error() from None
+        try:
+            for outcome in outcomes:
+                self._verify(call, outcome)
+        except structured.OutputInvalid as err:
+            self._finish(call, status=err.status, error_code=err.code)
+            raise
         if call.req.best_of > call.req.n:  # the best by log-probability per token
             outcomes = sorted(outcomes, key=lambda o: -o.logprob_sum / max(
                 1, o.completion_tokens))[:call.req.n]
@@ -248,6 +252,12 @@ class GenerateAPI:
                         yield call.chunk(index, value, tokens=pending_tokens.pop(index, None))
                 elif kind == "done":
                     open_choices -= 1
+                    try:
+                        self._verify(call, value)
+                    except structured.OutputInvalid as err:
+                        status, code = err.status, err.code
+                        yield sse_data(err.body())
+                        break
                     for piece in call.last_chunks(index, value, "".join(held[index])):
                         yield piece
                 elif isinstance(value, APIError):  # shutting down before it got a slot
@@ -272,6 +282,26 @@ class GenerateAPI:
                 for job in call.jobs:
                     job.done.wait(30)  # the scheduler stops the slot within one token
             self._finish(call, status=status, error_code=code)
+
+    @staticmethod
+    def _verify(call: Call, outcome) -> None:
+        """The safety net after decoding: a constrained answer that ended ``stop`` must
+        validate against its schema (jsonschema, the schema's dialect and format checker), or
+        the client gets OutputInvalid (500), never a 200 breaking it; one cut short by a
+        cancel (shutdown) that does not validate ends ``length``."""
+        grammar = call.req.output.grammar
+        if grammar is None or outcome.finish_reason not in ("stop", "cancelled"):
+            return
+        why = grammar.violation(outcome.text)
+        if why is None:
+            return
+        if outcome.finish_reason == "cancelled":
+            outcome.finish_reason = "length"
+            return
+        log.error("structured output broke its schema %s: %s", grammar.key[:12], why)
+        raise structured.OutputInvalid(
+            f"The generated answer does not validate against the schema ({why}); it was not "
+            "returned.", param=call.req.output.param)
 
     # -- accounting ---------------------------------------------------------------------------
     def _finish(self, call: Call, *, status: int, error_code: str | None = None,

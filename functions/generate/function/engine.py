@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -43,12 +44,8 @@ class Params:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None  # GBNF the output must match (structured outputs, tools)
+    grammar: object = None  # constraint.Grammar the output must match (structured, tools)
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's and the top k
-
-
-class GrammarError(ValueError):
-    """A grammar llama.cpp cannot parse."""
 
 
 def kv_bytes_per_cell(model) -> int:
@@ -122,8 +119,24 @@ class Engine:
         template = llm.metadata().get("tokenizer.chat_template")
         self._chat = (Jinja2ChatFormatter(template=template, eos_token=eos_text,
                                           bos_token=bos_text) if template else None)
+        self._compiler = None
+        self._compiler_lock = threading.Lock()
+
+    @property
+    def compiler(self):
+        """The schema compiler of this vocabulary (constraint.Compiler), built by the first
+        structured request (about 1 s, not on the cold start's path); request threads."""
+        with self._compiler_lock:
+            if self._compiler is None:
+                from . import constraint  # llguidance: only imported once a schema needs it
+                eog = [t for t in range(self.n_vocab) if self.is_eog(t)]
+                self._compiler = constraint.Compiler(
+                    constraint.tokenizer_from_vocab(self.vocab, eog))
+            return self._compiler
 
     def close(self) -> None:
+        if self._compiler is not None:
+            self._compiler.close()
         self.context.close()
         self.llm.close()
 
@@ -159,24 +172,18 @@ class Engine:
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, i_batch)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
+    def logits_view(self, i_batch: int) -> np.ndarray:
+        """The context's own logits row ``i_batch`` (writable: a mask set here is what the
+        slot's sampler sees); scheduler thread."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, i_batch)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
     def is_eog(self, token: int) -> bool:
         return llama_cpp.llama_vocab_is_eog(self.vocab, token)
 
-    def grammar_sampler(self, grammar: str):
-        """A grammar sampler (start rule ``root``); GrammarError if llama.cpp cannot parse it.
-        Reads the vocabulary only: request threads may call it to check a grammar."""
-        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-        if not sampler:
-            raise GrammarError("llama.cpp could not parse the grammar")
-        return sampler
-
-    @staticmethod
-    def free_sampler(sampler) -> None:
-        llama_cpp.llama_sampler_free(sampler)
-
     def new_sampler(self, params: Params, seed: int):
-        """A sampler chain for one slot, in llama-server's order: logit bias -> penalties ->
-        grammar, then greedy at temperature 0, else top_k -> top_p -> min_p -> temperature ->
+        """A sampler chain for one slot, in llama-server's order: logit bias -> penalties,
+        then greedy at temperature 0, else top_k -> top_p -> min_p -> temperature ->
         dist(seed). Free with ``llama_sampler_free``."""
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
@@ -190,8 +197,6 @@ class Engine:
             add(chain, llama_cpp.llama_sampler_init_penalties(
                 self.n_vocab, params.max_tokens, 1.0, params.frequency_penalty,
                 params.presence_penalty))
-        if params.grammar is not None:
-            add(chain, self.grammar_sampler(params.grammar))
         if params.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain

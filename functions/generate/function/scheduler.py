@@ -18,6 +18,12 @@ model's raw log-softmax (before bias, penalties, grammar and temperature: the di
 OpenAI documents) of the chosen token and the top ``k``; they reach the request thread as
 ``("tokens", [TokenLogprob], index)`` right before the ``("text", str, index)`` they make up.
 
+Structured outputs (constraint.py): a slot whose request carries a compiled grammar has its
+own llguidance matcher. Before its sampler samples, the tokens the matcher forbids get -inf in
+the context's logits row of that slot (so bias, penalties, top-k... only see allowed tokens);
+the sampled token is fed to the matcher, and the slot stops ("stop") when the matcher says
+the JSON is complete. End of generation is allowed only where the JSON may end.
+
 Admission, the wait queue and drain are llmfn's ModelLoop (shared with embed's batcher).
 
 Deadline (``REQUEST_TIMEOUT_S``, ``deadline_s`` here): a request still generating, or still
@@ -43,6 +49,7 @@ from llmfn.errors import ShuttingDown
 from llmfn.llama_batch import Batch
 from llmfn.worker import ModelLoop
 
+from .constraint import apply_mask
 from .engine import Engine, Params
 from .text import StopScanner, decode_complete
 
@@ -141,6 +148,7 @@ class Slot:
         self.next_token: int | None = None  # sampled, not yet decoded
         self.i_batch = -1  # index of this slot's logits row in the current batch
         self.sampler = None
+        self.matcher = None  # llguidance matcher of a structured output, else None
         self.scanner: StopScanner | None = None
         self.raw = bytearray()
         self.decoded = 0
@@ -248,6 +256,8 @@ class Scheduler(ModelLoop):
                     slot.gen.prompt_logits = engine.logits(slot.i_batch)
                 if slot.gen.params.logprobs is not None:
                     slot.row = log_softmax(engine.logits(slot.i_batch))
+                if slot.matcher is not None:
+                    self._mask(engine, slot)
                 token = llama_cpp.llama_sampler_sample(slot.sampler, engine.ctx, slot.i_batch)
                 slot.i_batch = -1
                 self._on_token(engine, slot, token)
@@ -255,6 +265,13 @@ class Scheduler(ModelLoop):
                 log.exception("sampling failed")
                 self._fail(slot, err)
         self._cells_gauge.set(sum(len(s.cache) for s in self.slots))
+
+    @staticmethod
+    def _mask(engine: Engine, slot: Slot) -> None:
+        """Forbid, in the slot's logits row, every token its grammar does not allow next."""
+        apply_mask(slot.matcher, engine.logits_view(slot.i_batch))
+        if slot.matcher.is_error():
+            raise RuntimeError(f"grammar matcher failed: {slot.matcher.get_error()[:200]}")
 
     def _past_deadline(self, gen: Generation) -> bool:
         return bool(self.deadline_s) and time.perf_counter() - gen.t0 >= self.deadline_s
@@ -300,6 +317,8 @@ class Scheduler(ModelLoop):
         self.reused_tokens += keep
         seed = gen.params.seed if gen.params.seed is not None else random.getrandbits(32)
         slot.sampler = engine.new_sampler(gen.params, seed)
+        if gen.params.grammar is not None:
+            slot.matcher = gen.params.grammar.matcher()
         slot.scanner = StopScanner(gen.params.stop)
         slot.t_start = time.perf_counter()
         if gen.params.logprobs is not None:
@@ -341,6 +360,8 @@ class Scheduler(ModelLoop):
             return self._finish(slot, "cancelled")
         if engine.is_eog(token):
             return self._finish(slot, "stop")
+        if slot.matcher is not None and not slot.matcher.consume_token(token):
+            raise RuntimeError(f"grammar matcher refused sampled token {token}")
         out.completion_tokens += 1
         raw = engine.piece(token)
         slot.raw += raw
@@ -350,7 +371,7 @@ class Scheduler(ModelLoop):
         emit, hit = slot.scanner.feed(piece)
         if emit:
             self._emit(slot, emit)
-        if hit:
+        if hit or (slot.matcher is not None and slot.matcher.is_stopped()):
             return self._finish(slot, "stop")
         if out.completion_tokens >= gen.params.max_tokens:
             return self._finish(slot, "length")
@@ -406,7 +427,7 @@ class Scheduler(ModelLoop):
     def _release(self, slot: Slot) -> None:
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
-        slot.next_token, slot.i_batch, slot.sampler = None, -1, None
+        slot.next_token, slot.i_batch, slot.sampler, slot.matcher = None, -1, None, None
         slot.last_used = time.monotonic()
         with self._cond:
             slot.gen = None

@@ -178,10 +178,9 @@ def chat(body: dict, default_max_tokens: int, max_choices: int) -> Request:
         raise InvalidRequest("'modalities' may only be [\"text\"] here.", param="modalities")
     param(body, "parallel_tool_calls", (bool,), True)
     req.output = structured.parse(body)
-    if req.output.grammar is not None and req.params.stop:
+    if req.output.schema is not None and req.params.stop:
         raise InvalidRequest("'stop' cannot be combined with structured output: a stop string "
                              "could cut the JSON.", param="stop")
-    req.params.grammar = req.output.grammar
     return req
 
 

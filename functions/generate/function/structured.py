@@ -1,18 +1,19 @@
-"""Structured outputs and tools: what the output must look like, as a llama.cpp grammar.
+"""Structured outputs and tools: what the output must look like, as a JSON schema.
 
 - ``response_format`` ``json_object``: any JSON object; ``json_schema``: JSON valid against the
-  schema. The grammar comes from llama-cpp-python's JSON-schema converter, after a check that
-  the schema uses only keywords it turns into constraints (:data:`SUPPORTED`); anything else is
-  a 400 naming ``response_format``. Bounds the schema gives (``maxLength``, ``maxItems``,
-  ``enum``...) bound the output.
-- ``tools`` with ``tool_choice`` ``"required"`` or a named function: the grammar forces
+  schema. The schema is checked here (schema_rules: every keyword that constrains instances is
+  enforced, or the request is a 400 naming it and its JSON pointer) and compiled on the request
+  thread with the model's tokenizer (constraint.py); the scheduler masks each slot's logits
+  with it (llguidance), so ``finish_reason`` ``stop`` means the JSON is complete.
+- ``tools`` with ``tool_choice`` ``"required"`` or a named function: the output is forced to
   ``{"name": <a given function>, "arguments": <valid against its parameters>}``, answered as
   OpenAI's ``tool_calls`` with ``finish_reason: "tool_calls"``. ``"auto"``: the tools are
   described in the system message and the model answers freely; an answer that is exactly
   such a call is returned as a tool call, anything else as text (a model whose chat template
   has no tool support, as SmolLM2's, decides by itself). ``"none"``: no call, tools unused.
-- Whenever a grammar applies, the output ends only where the grammar is complete, so a
-  ``finish_reason`` of ``stop`` (or ``tool_calls``) means it parses and validates.
+- Every constrained answer ending ``stop`` is validated again with jsonschema (the schema's
+  dialect, its FORMAT_CHECKER) before it is sent: one that fails is never a 200
+  (:class:`OutputInvalid`, a 500 naming the violation); a cut-short one is ``length``.
 """
 from __future__ import annotations
 
@@ -20,19 +21,19 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from llama_cpp.llama_grammar import json_schema_to_gbnf
+from llmfn.errors import APIError, InvalidRequest
 
-from llmfn.errors import InvalidRequest
+from . import schema_rules
 
-# JSON Schema keywords the converter enforces, and annotations it may ignore.
-SUPPORTED = {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
-             "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions",
-             "minItems", "maxItems", "minLength", "maxLength", "pattern", "format",
-             "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
-ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
-               "nullable", "deprecated", "readOnly", "writeOnly"}
-FORMATS = {"date", "time", "date-time", "uuid"}
 MAX_TOOLS = 64
+
+
+class OutputInvalid(APIError):
+    """A constrained answer that does not validate against its schema (an engine fault: the
+    client gets an error, never a 200 that breaks the schema)."""
+    status = 500
+    type = "server_error"
+    code = "structured_output_invalid"
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class Tool:
 class Output:
     """What the answer must be: ``kind`` text | json_object | json_schema | tool_call."""
     kind: str = "text"
-    grammar: str | None = None
-    schema: dict | None = None
+    schema: dict | bool | None = None  # what the output is constrained to (None: free text)
+    param: str = "response_format"  # the request parameter the schema came from
+    grammar: object = None  # its compiled constraint.Grammar (set by the API with the model)
     tools: list[Tool] = field(default_factory=list)
     tool_choice: str = "none"  # none | auto | required
 
@@ -66,8 +68,8 @@ def parse(body: dict) -> Output:
             raise InvalidRequest("'response_format' cannot be combined with a forced tool "
                                  "call.", param="response_format")
         chosen = [t for t in tools if choice == "required" or choice == f"function:{t.name}"]
-        schema = {"anyOf": [_call_schema(t) for t in chosen]}
-        return Output("tool_call", _grammar(schema, "tools"), schema, tools, "required")
+        schema = {"anyOf": [_call_schema(t) for t in chosen], **_shared_defs(chosen)}
+        return Output("tool_call", schema, "tools", tools=tools, tool_choice="required")
     out = Output(tools=tools, tool_choice=choice)
     if fmt is None:
         return out
@@ -77,19 +79,17 @@ def parse(body: dict) -> Output:
                              "| \"json_schema\"}.", param="response_format")
     if fmt["type"] == "json_object":
         out.kind, out.schema = "json_object", {"type": "object"}
-        out.grammar = _grammar(out.schema, "response_format")
     elif fmt["type"] == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise InvalidRequest("'response_format.json_schema' must be {name, schema, "
                                  "strict}.", param="response_format")
         schema = spec.get("schema", {})
-        if not isinstance(schema, dict):
+        if not isinstance(schema, (dict, bool)):
             raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
                                  param="response_format")
-        check_schema(schema, "response_format")
+        schema_rules.check(schema, "response_format")
         out.kind, out.schema = "json_schema", schema
-        out.grammar = _grammar(schema, "response_format")
     return out
 
 
@@ -110,7 +110,7 @@ def _tools(raw) -> list[Tool]:
         if not isinstance(params, dict):
             raise InvalidRequest(f"'tools[{i}].function.parameters' must be a JSON schema.",
                                  param=f"tools[{i}]")
-        check_schema(params, f"tools[{i}]")
+        schema_rules.check(params, f"tools[{i}]")
         tools.append(Tool(fn["name"], str(fn.get("description") or ""), params))
     return tools
 
@@ -130,41 +130,18 @@ def _tool_choice(raw, tools: list[Tool]) -> str:
     return f"function:{name}"
 
 
-def check_schema(schema, param: str, path: str = "#") -> None:
-    """400 naming ``param`` for a keyword the grammar would not enforce."""
-    if isinstance(schema, bool):
-        return
-    if not isinstance(schema, dict):
-        raise InvalidRequest(f"'{param}': the schema at {path} must be an object.", param=param)
-    for key, value in schema.items():
-        if key not in SUPPORTED and key not in ANNOTATIONS:
-            raise InvalidRequest(f"'{param}': the JSON Schema keyword '{key}' (at {path}) is not "
-                                 "supported.", param=param)
-        if key == "format" and value not in FORMATS:
-            raise InvalidRequest(f"'{param}': format '{value}' (at {path}) is not supported; "
-                                 f"supported: {sorted(FORMATS)}.", param=param)
-        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
-            for name, sub in value.items():
-                check_schema(sub, param, f"{path}/{key}/{name}")
-        elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(value, list):
-            for i, sub in enumerate(value):
-                check_schema(sub, param, f"{path}/{key}/{i}")
-        elif key in ("items", "additionalProperties") and isinstance(value, (dict, bool)):
-            check_schema(value, param, f"{path}/{key}")
-
-
-# The converter's string character allows raw control characters, which JSON does not.
-_LOOSE_CHAR = 'char ::= [^"\\\\]'
-_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F]'
-
-
-def _grammar(schema: dict, param: str) -> str:
-    try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
-    except (ValueError, KeyError, TypeError, AssertionError, RecursionError) as err:
-        raise InvalidRequest(f"'{param}' cannot be turned into a grammar: {err}",
-                             param=param) from None
-    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
+def _shared_defs(tools: list[Tool]) -> dict:
+    """The tools' ``$defs``/``definitions`` at the root of the call schema, where their
+    ``#/$defs/...`` references point once the parameters sit inside it."""
+    shared: dict = {}
+    for tool in tools:
+        for key in ("$defs", "definitions"):
+            for name, sub in (tool.parameters.get(key) or {}).items():
+                if shared.setdefault(key, {}).setdefault(name, sub) != sub:
+                    raise InvalidRequest(f"'tools': two tools define '#/{key}/{name}' "
+                                         "differently; force one tool (named tool_choice).",
+                                         param="tools")
+    return shared
 
 
 def _call_schema(tool: Tool) -> dict:

@@ -22,6 +22,34 @@ def tiny_model() -> Path:
     return model_file("tiny-llama.gguf", "make_tiny_model.py")
 
 
+@pytest.fixture(scope="session")
+def smol_vocab():
+    """SmolLM2's llama.cpp vocabulary (the GGUF loaded vocab only, no weights)."""
+    import llama_cpp
+    from llama_cpp import _internals as internals
+
+    from llmfn.llama_backend import ensure_cpu_backend
+    from model_files import smollm2_path
+
+    ensure_cpu_backend()
+    params = internals.LlamaModel.default_params()
+    params.vocab_only = True
+    model = internals.LlamaModel(path_model=str(smollm2_path()), params=params, verbose=False)
+    yield llama_cpp.llama_model_get_vocab(model.model)
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_vocab):
+    """llguidance's tokenizer of SmolLM2's vocabulary."""
+    import llama_cpp
+
+    from function import constraint
+    n_vocab = llama_cpp.llama_vocab_n_tokens(smol_vocab)
+    eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(smol_vocab, t)]
+    return constraint.tokenizer_from_vocab(smol_vocab, eog)
+
+
 @pytest.fixture
 def make_runtime(tiny_model, tmp_path):
     """Build (and stop at teardown) a started Runtime; keyword args are settings keys."""
