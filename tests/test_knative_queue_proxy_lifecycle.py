@@ -295,7 +295,9 @@ def test_rolling_restart_drains_like_a_cluster(tmp_path):
               "long_streams_end_after_sigterm_s": long_ends, "termination": termination}
     record("drain", report)
     assert len(results) >= 400 + LONG_STREAMS
-    assert not failed, report
+    logs = "\n".join(f"--- {proc.name}\n{proc.log_tail(3000)}"
+                     for pod in (old, new) for proc in (pod.queue, pod.fn))
+    assert not failed, (report, logs)
     assert all(r["backend"] == "old" for r in results if r["kind"] == "long")
     assert any(k.endswith("->new") for k in by) and any(k.endswith("->old") for k in by), by
     assert termination["wait_for_drain"] == 200, report
