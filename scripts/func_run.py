@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,10 +96,14 @@ def ensure_wheelhouse(wheelhouse: Path = WHEELHOUSE, pip: Path = VENV_BIN / "pip
         shutil.copy2(_cached_wheel(NEVER_COMPILED, version, pip), wheelhouse)
     wheel = [str(pip), "wheel", "--quiet", "--wheel-dir", str(wheelhouse), "--find-links",
              str(wheelhouse), f"--only-binary={NEVER_COMPILED}"]
-    for name in FUNCTIONS:
-        log(f"wheelhouse: the pins of {constraints(name).relative_to(ROOT)}")
-        subprocess.run([*wheel, "--no-deps", "-r", str(constraints(name))], check=True,
-                       timeout=1800)
+    pins = sorted({line.strip() for name in FUNCTIONS
+                   for line in constraints(name).read_text().splitlines()
+                   if line.strip() and not line.startswith("#")})
+    log(f"wheelhouse: the {len(pins)} pins of functions/*/constraints.txt and the build backends")
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as union:
+        union.write("\n".join(pins) + "\n")
+        union.flush()  # one pip for all: the three lists share most pins
+        subprocess.run([*wheel, "--no-deps", "-r", union.name], check=True, timeout=1800)
     subprocess.run([*wheel, *BUILD_BACKENDS], check=True, timeout=600)
     stamp.write_text(_stamp())
     return wheelhouse
