@@ -204,7 +204,8 @@ def main(argv: list[str]) -> int:
         port = int(os.environ.get(run.FUNCTIONS[name][0], run.FUNCTIONS[name][1]))
         values = local_values(name, minio, ferretdb, STATE / "cache")
         cmd = func_server(name, port, values, log_path=logs / f"{name}.log").command()
-        log(f"{' '.join(cmd[:8])} -e ... (offline pip from {WHEELHOUSE.relative_to(ROOT)})")
+        log(f"{' '.join(cmd[:7])} -e {'= -e '.join(values)}= (offline pip from "
+            f"{WHEELHOUSE.relative_to(ROOT)})")
         log(f"then, e.g.: .state/bin/func invoke -p functions/{name} "
             f"--target http://{procs.HOST}:{port}/... (Ctrl-C stops everything)")
         func = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **func_environ(name)})
