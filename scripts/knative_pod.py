@@ -212,19 +212,6 @@ def _sweep() -> None:
 
 
 # -- HTTP to a pod --------------------------------------------------------------------------------
-def get(host: str, port: int, path: str, headers: dict | None = None,
-        timeout_s: float = 15.0) -> tuple[int | None, str]:
-    """GET: (status, body text), or (None, error name) when nothing answers."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException) as err:
-        return None, type(err).__name__
-    finally:
-        conn.close()
-
 
 def parse_stat(data: bytes) -> dict:
     """The autoscaler's ``Stat`` protobuf (knative/serving pkg/autoscaler/metrics/stat.proto):
@@ -270,7 +257,7 @@ class QueueProxy(procs.ServerProcess):
     stop_grace_s = 5.0
 
     def readiness(self) -> tuple[int | None, str]:
-        return get(self.host, self.port, "/", PROBE_HEADERS, timeout_s=15.0)
+        return procs.http_status(self.host, self.port, "/", 15.0, PROBE_HEADERS)
 
     def stop(self, grace_s: float | None = None) -> int | None:
         """SIGTERM, then a second one: queue-proxy exits at once instead of after its 30 s
@@ -331,7 +318,7 @@ class Pod:
     def probe(self, timeout_s: float = 15.0) -> tuple[int | None, str]:
         """One activator probe: queue-proxy runs the function's readiness probe (every 50 ms,
         up to 10 s) and answers 200 ``queue`` or 503."""
-        return get(self.netns.pod_addr, QUEUE_PORT, "/", PROBE_HEADERS, timeout_s)
+        return procs.http_status(self.netns.pod_addr, QUEUE_PORT, "/", timeout_s, PROBE_HEADERS)
 
     def stat(self) -> dict:
         """The autoscaler's view of this pod (GET :9090/metrics, as the autoscaler scrapes)."""
@@ -345,7 +332,7 @@ class Pod:
     def wait_for_drain(self, timeout_s: float = 120) -> tuple[int | None, str]:
         """The function container's preStop hook: GET :8022/wait-for-drain, returns once
         queue-proxy has drained."""
-        return get(self.netns.pod_addr, ADMIN_PORT, "/wait-for-drain", timeout_s=timeout_s)
+        return procs.http_status(self.netns.pod_addr, ADMIN_PORT, "/wait-for-drain", timeout_s)
 
     def terminate(self, fn_grace_s: float = 60, queue_grace_s: float = 60) -> dict:
         """Pod deletion as the kubelet does it: SIGTERM to queue-proxy at once; the function's

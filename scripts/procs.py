@@ -46,12 +46,13 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
-def http_status(host: str, port: int, path: str, timeout_s: float = 2.0) -> tuple[int | None, str]:
+def http_status(host: str, port: int, path: str, timeout_s: float = 2.0,
+                headers: dict[str, str] | None = None) -> tuple[int | None, str]:
     """GET ``path``: (status, body text), or (None, error name) when nothing answers.
     Straight to the socket, so no proxy setting of the environment gets in the way."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, resp.read().decode("utf-8", "replace")
     except (OSError, http.client.HTTPException) as err:

@@ -23,25 +23,16 @@ import pytest
 import requests
 
 import knative_pod
-from tests.support.queueproxy import (function_env, metric, percentile, revision_spec,
+from tests.support.queueproxy import (record, function_env, metric, percentile, revision_spec,
                                       stream)
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / ".state" / "knative" / "queue-proxy.json"
 NO_EOS = {"0": -100, "1": -100, "2": -100}  # SmolLM2's end-of-generation tokens
 STREAMS = 4  # per path
 STREAM_TOKENS = 200
 GAP_P95_DIFF_S = 0.010
 WAIT_S = 180
 
-
-def record(key: str, value) -> None:
-    """Add ``key`` to the report of what the queue-proxy answered."""
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    data[key] = value
-    REPORT.write_text(json.dumps(data, indent=2))
-    print(key, json.dumps(value, indent=2))
 
 
 @pytest.fixture(scope="module")

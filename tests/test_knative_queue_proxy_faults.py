@@ -11,32 +11,20 @@ Answers are written to .state/knative/queue-proxy.json for docs/deploy.md.
 """
 from __future__ import annotations
 
-import json
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 import knative_pod
 import procs
-from tests.support.queueproxy import function_env, revision_spec, stream
+from tests.support.queueproxy import record, function_env, revision_spec, stream
 
-ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / ".state" / "knative" / "queue-proxy.json"
 START_TIMEOUT_S = 1  # responseStartTimeoutSeconds, shortened below the prefill below
 HEARTBEAT_S = 0.25  # SSE_HEARTBEAT_S, below it as 5 s is below the manifest's 300 s
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 30  # ~300 tokens: 2-3 s on 1 thread
 WAIT_S = 180
-
-
-def record(key: str, value) -> None:
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    data[key] = value
-    REPORT.write_text(json.dumps(data, indent=2))
-    print(key, json.dumps(value, indent=2))
 
 
 def test_response_start_timeout_heartbeat_vs_plain(tmp_path):

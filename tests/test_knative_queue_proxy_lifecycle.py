@@ -19,7 +19,6 @@ may fail and every stream must end with [DONE].
 """
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import threading
@@ -34,10 +33,8 @@ import knative_pod
 import run  # scripts/run.py: S3 keys of `make run`
 from tcp_throttle import Throttle
 from tests.support.models import upload_function_models
-from tests.support.queueproxy import function_env, revision_spec, stream
+from tests.support.queueproxy import record, function_env, revision_spec, stream
 
-ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / ".state" / "knative" / "queue-proxy.json"
 COLD_RUNS = 2  # starts, each seen direct and through queue-proxy
 COLD_MARGIN_S = 0.1
 USERS = 2  # user requests held during the cold start
@@ -47,13 +44,6 @@ LONG_STREAMS = 3
 POLL_S = 0.02
 WAIT_S = 180
 
-
-def record(key: str, value) -> None:
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    data[key] = value
-    REPORT.write_text(json.dumps(data, indent=2))
-    print(key, json.dumps(value, indent=2))
 
 
 # -- cold start -----------------------------------------------------------------------------------

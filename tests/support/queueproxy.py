@@ -19,6 +19,16 @@ from tests.support import kustomize
 from tests.support.models import model_file
 
 ROOT = Path(__file__).resolve().parents[2]
+REPORT = ROOT / ".state" / "knative" / "queue-proxy.json"  # what the tests saw, for the docs
+
+
+def record(key: str, value) -> None:
+    """Add ``key`` to the report of what the queue-proxy answered (and print it)."""
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    data[key] = value
+    REPORT.write_text(json.dumps(data, indent=2))
+    print(key, json.dumps(value, indent=2))
 
 
 def revision_spec(service: str) -> knative_pod.RevisionSpec:
