@@ -45,6 +45,10 @@ def test_unresolved_func_templates_are_named():
         check_templates({"MONGODB_URI": "{{ secret:llmfn-mongodb:MONGODB_URI }}", "X": "1"})
     with pytest.raises(SettingsError, match=r"^API_KEYS, K are unresolved"):
         check_templates({"K": "{{env:HOME}}", "API_KEYS": "{{ secret:keys }}"})
+    # only the template is shown, never the rest of the value (a URI may carry a password)
+    with pytest.raises(SettingsError) as err:
+        check_templates({"MONGODB_URI": "mongodb://u:hunter2@{{ env:MONGO_HOST }}/db"})
+    assert "{{ env:MONGO_HOST }}" in str(err.value) and "hunter2" not in str(err.value)
 
 
 def test_require_model():

@@ -28,7 +28,8 @@ def check_templates(env: Mapping[str, str]) -> None:
     resolved, which would otherwise reach a client library as text (a MongoDB URI, a key)."""
     found = sorted(k for k, v in env.items() if isinstance(v, str) and FUNC_TEMPLATE.search(v))
     if found:
-        shown = ", ".join(f"{k}={env[k]!r}" for k in found)
+        # the template only, never the value around it (a URI may hold a password)
+        shown = ", ".join(f"{k} holds {FUNC_TEMPLATE.search(env[k]).group(0)!r}" for k in found)
         raise SettingsError(
             f"{', '.join(found)} {'is an' if len(found) == 1 else 'are'} unresolved func.yaml "
             f"template{'s' if len(found) > 1 else ''} ({shown}): only `func deploy` resolves "
