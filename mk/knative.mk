@@ -31,7 +31,7 @@ test-knative: venv services models vendor knative
 
 # scripts/func_run.py checks its own stamp (the constraints files): the tests build it the same way.
 wheelhouse: venv
-	$(PY) -c 'import sys; sys.path.insert(0, "scripts"); import func_run; func_run.ensure_wheelhouse()'
+	$(PY) scripts/func_run.py --wheelhouse
 
 func-run-generate func-run-embed func-run-audit: func-run-%: venv services models vendor knative
 	$(PY) scripts/func_run.py $*

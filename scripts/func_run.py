@@ -19,6 +19,7 @@ template text): the local values go in with ``-e NAME=VALUE``. Tests
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
@@ -150,11 +151,17 @@ def run_dir(name: str, port: int) -> Path:
 
 
 def tidy(name: str, port: int) -> None:
-    """Remove what a run leaves behind: func's run folder (scaffolding and venv) and the
-    in-tree build output of pip's build of the function (``build/``, ``function.egg-info/``)."""
+    """Remove what a run leaves behind: func's run folder (scaffolding and venv), ``.func``
+    itself once nothing else is in it, and the in-tree build output of pip's build of the
+    function (``build/``, ``function.egg-info/``)."""
     folder = ROOT / "functions" / name
     for path in (run_dir(name, port), folder / "build", folder / "function.egg-info"):
         shutil.rmtree(path, ignore_errors=True)
+    for empty in (run_dir(name, port).parent, folder / ".func"):  # runs/, then .func/
+        try:
+            empty.rmdir()
+        except OSError:  # gone, or another run's folder is still in it
+            pass
 
 
 def interrupt(server: procs.ServerProcess, grace_s: float = STOP_GRACE_S) -> int | None:
@@ -180,11 +187,26 @@ def invoke(name: str, target: str, *args: str, timeout_s: float = 120.0
                           timeout=timeout_s, cwd=ROOT)
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in FUNCTIONS:
-        print(f"usage: {argv[0]} {{{'|'.join(FUNCTIONS)}}}", file=sys.stderr)
-        return 2
-    name = argv[1]
+    ap = argparse.ArgumentParser(prog=Path(argv[0]).name, description="One function run by "
+                                 "the real func CLI (func run --builder=host), locally.")
+    ap.add_argument("function", nargs="?", choices=FUNCTIONS, help="the function to run")
+    ap.add_argument("--wheelhouse", action="store_true",
+                    help=f"only build {WHEELHOUSE.relative_to(ROOT)} (`make wheelhouse`)")
+    args = ap.parse_args(argv[1:])
+    if args.wheelhouse:
+        ensure_wheelhouse()
+        return 0
+    if args.function is None:
+        ap.error("name a function, or give --wheelhouse")
+    name = args.function
     state = STATE / "func-run"
     logs = state / "logs"
     services.ensure_binaries()
@@ -208,17 +230,22 @@ def main(argv: list[str]) -> int:
             f"{WHEELHOUSE.relative_to(ROOT)})")
         log(f"then, e.g.: .state/bin/func invoke -p functions/{name} "
             f"--target http://{procs.HOST}:{port}/... (Ctrl-C stops everything)")
-        func = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **func_environ(name)})
+        # its own session: on the way out its whole group (func and the function it started)
+        # is signalled, never left behind
+        func = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **func_environ(name)},
+                                start_new_session=True)
         try:
             return func.wait()
-        except KeyboardInterrupt:  # the terminal's SIGINT reached func and the function too
+        except KeyboardInterrupt:  # Ctrl-C: pass it on to func's group, as the terminal would
+            _signal_group(func, signal.SIGINT)
             return func.wait(timeout=STOP_GRACE_S)
-    except procs.ServerError as err:
+    except (procs.ServerError, subprocess.TimeoutExpired) as err:
         log(str(err))
         return 1
     finally:
         if func is not None and func.poll() is None:
-            func.kill()
+            _signal_group(func, signal.SIGKILL)
+            func.wait(timeout=10)
         for server in (ferretdb, minio):
             server.stop()
         if func is not None:  # func's scaffolding and venv are transient: one per run
