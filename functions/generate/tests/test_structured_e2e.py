@@ -211,8 +211,8 @@ def test_openai_client_parse_with_bounded_field(smol):
         completion = openai.chat.completions.parse(
             model=smol.host.model_id, response_format=Animal, temperature=0.9, seed=seed,
             max_tokens=64, messages=[{"role": "user",
-                                      "content": "A spider has how many legs? And a "
-                                                 "centipede? Answer for a centipede."}])
+                                      "content": "A centipede has 100 legs. Give its "
+                                                 "name and its number of legs."}])
         choice = completion.choices[0]
         assert choice.finish_reason == "stop", choice
         assert isinstance(choice.message.parsed, Animal)
