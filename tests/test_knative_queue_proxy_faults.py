@@ -61,7 +61,10 @@ def test_response_start_timeout_heartbeat_vs_plain(tmp_path):
     assert proxied.status == 200 and proxied.done, result
     assert proxied.comments and proxied.comments[0][0] < START_TIMEOUT_S, result
     assert proxied.t_first_byte == proxied.comments[0][0], "the first byte is the heartbeat"
-    assert plain.status_code != 200 and plain_s < first_token, result
+    # what docs/deploy.md tells clients: queue-proxy's own 504 `request timeout`, plain text,
+    # at the timeout (before the generation would have sent its first byte)
+    assert (plain.status_code, plain.text.strip()) == (504, "request timeout"), result
+    assert START_TIMEOUT_S <= plain_s < first_token, result
     assert after.status == 200 and after.done, result
 
 
