@@ -24,12 +24,12 @@ from pathlib import Path
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "scripts")]
 import knative_pod  # noqa: E402
-from common import percentile, smollm2_path  # noqa: E402
+from common import percentile  # noqa: E402
+from tests.support.queueproxy import function_env  # noqa: E402  (the tests' pod environment)
 
 OUT = REPO_ROOT / ".state" / "bench" / "queue-proxy.json"
-MINILM = REPO_ROOT / ".state" / "models" / "all-minilm-l6-v2-f16.gguf"
 CALLS = {
     "generate": ("/v1/completions", {"prompt": "Hello", "max_tokens": 1, "temperature": 0}),
     "embed": ("/v1/embeddings", {"input": "The quick brown fox jumps over the lazy dog."}),
@@ -64,16 +64,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200, help="per path and function")
     args = ap.parse_args()
-    services = knative_pod.render_services()
-    models = {"generate": smollm2_path(), "embed": MINILM}
+    specs = knative_pod.revision_specs()
     results = {}
     rng = random.Random(1)
     with tempfile.TemporaryDirectory() as tmp:
         for fn, (path, body) in CALLS.items():
-            spec = knative_pod.RevisionSpec.from_service(services[fn])
-            env = {"MODEL_URI": f"file://{models[fn]}", "MODEL_CACHE_DIR": f"{tmp}/cache",
-                   "N_THREADS": "1", "OMP_WAIT_POLICY": "passive", "K_SINK": ""}
-            with knative_pod.Pod(fn, spec, env, Path(tmp)) as pod:
+            env = function_env(fn, Path(tmp), model="smollm2")
+            with knative_pod.Pod(fn, specs[fn], env, Path(tmp)) as pod:
                 pod.start()
                 pod.wait_ready(180)
                 results[fn] = measure(pod, path, body, args.requests, rng)

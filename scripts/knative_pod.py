@@ -23,6 +23,7 @@ KNATIVE=1`` (scripts/run.py).
 """
 from __future__ import annotations
 
+import fcntl
 import http.client
 import ipaddress
 import json
@@ -69,6 +70,13 @@ def ensure_queue() -> Path:
 
 
 # -- the revision as the manifests render it ------------------------------------------------------
+def services(objs: list[dict]) -> dict[str, dict]:
+    """name -> Knative Service among rendered ``objs``."""
+    return {d["metadata"]["name"]: d for d in objs
+            if d.get("kind") == "Service"
+            and d.get("apiVersion", "").startswith("serving.knative.dev/")}
+
+
 def render_services(kdir: Path = ROOT / "deploy") -> dict[str, dict]:
     """name -> Knative Service of ``kustomize build kdir`` (the real binary, ``make services``)."""
     import yaml  # the venv's PyYAML: only the renderer needs it
@@ -77,9 +85,13 @@ def render_services(kdir: Path = ROOT / "deploy") -> dict[str, dict]:
                           timeout=120)
     if proc.returncode != 0:
         raise PodError(f"kustomize build {kdir} exited {proc.returncode}:\n{proc.stderr}")
-    return {d["metadata"]["name"]: d for d in yaml.safe_load_all(proc.stdout)
-            if d and d.get("kind") == "Service"
-            and d.get("apiVersion", "").startswith("serving.knative.dev/")}
+    return services([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+
+def revision_specs(kdir: Path = ROOT / "deploy") -> dict[str, "RevisionSpec"]:
+    """name -> :class:`RevisionSpec` of each Knative Service ``kustomize build kdir`` renders:
+    what every pod here (tests, benchmark, ``make run KNATIVE=1``) configures queue-proxy from."""
+    return {name: RevisionSpec.from_service(svc) for name, svc in render_services(kdir).items()}
 
 
 @dataclass(frozen=True)
@@ -152,7 +164,8 @@ def _ip(*args: str) -> str:
     return proc.stdout
 
 
-_alloc_lock = threading.Lock()
+_alloc_lock = threading.Lock()  # this process's threads; the flock below: other processes
+ALLOC_LOCK = ROOT / ".state" / "knative" / "netns.lock"
 
 
 class Netns:
@@ -164,18 +177,22 @@ class Netns:
     def __init__(self):
         if os.geteuid() != 0:
             raise PodError("a pod's network namespace needs root (ip netns)")
-        with _alloc_lock:
+        ALLOC_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        with _alloc_lock, open(ALLOC_LOCK, "a") as lock:
+            # another process (a second test run, `make run KNATIVE=1`) may be choosing an
+            # address at the same moment: choose and claim it (addr add below) under the lock
+            fcntl.flock(lock, fcntl.LOCK_EX)
             _sweep()
             Netns._count += 1
             self.name = f"{NETNS_PREFIX}-{os.getpid()}-{Netns._count}"
             self.host_if = f"lq{os.getpid() % 100000}h{Netns._count}"[:15]
             pod_if = f"lq{os.getpid() % 100000}p{Netns._count}"[:15]
             used = _ip("-o", "-4", "addr", "show")
-            for net in SUBNET.subnets(new_prefix=30):
-                host, pod = str(net[1]), str(net[2])
-                if f" {host}/" not in used and f" {pod}/" not in used:
-                    break
-            self.host_addr, self.pod_addr = host, pod
+            free = [(str(net[1]), str(net[2])) for net in SUBNET.subnets(new_prefix=30)
+                    if f" {net[1]}/" not in used and f" {net[2]}/" not in used]
+            if not free:
+                raise PodError(f"no free /30 left in {SUBNET} for a pod's veth pair")
+            self.host_addr, self.pod_addr = host, pod = free[0]
             _ip("netns", "add", self.name)
             try:
                 _ip("link", "add", self.host_if, "type", "veth", "peer", "name", pod_if,
@@ -287,14 +304,16 @@ class Pod:
         fn_env = {**spec.container_env, "PYTHONUNBUFFERED": "1", **env}
         cmd = [*self.netns.exec_prefix(),
                *procs.gunicorn_cmd(function, USER_PORT, host="0.0.0.0")]
+        # die_with_parent: no pod outlives a killed test or runner (start it from the main thread)
         self.fn = procs.ServerProcess(cmd, port=USER_PORT, host=addr, env=fn_env,
                                       cwd=ROOT, log_path=log_dir / f"{self.revision}-fn.log",
-                                      name=f"{self.revision}-function")
+                                      name=f"{self.revision}-function", die_with_parent=True)
         self.queue = QueueProxy([*self.netns.exec_prefix(), str(QUEUE)], port=QUEUE_PORT,
                                 host=addr, log_path=log_dir / f"{self.revision}-queue.log",
                                 env=spec.queue_env(revision=self.revision, pod_ip=addr,
                                                    **(queue_override or {})),
-                                name=f"{self.revision}-queue-proxy", poll_s=0.05)
+                                name=f"{self.revision}-queue-proxy", poll_s=0.05,
+                                die_with_parent=True)
 
     @property
     def url(self) -> str:
@@ -337,11 +356,13 @@ class Pod:
     def terminate(self, fn_grace_s: float = 60, queue_grace_s: float = 60) -> dict:
         """Pod deletion as the kubelet does it: SIGTERM to queue-proxy at once; the function's
         preStop (``/wait-for-drain``) first, its SIGTERM only after that returns. Timings (s from
-        the start) and exit codes."""
+        the queue-proxy's SIGTERM, which is ``t0``, a ``time.monotonic()``) and exit codes."""
         t0 = time.monotonic()
         self.queue._signal_group(signal.SIGTERM)
+        t_prestop = time.monotonic() - t0
         status, _ = self.wait_for_drain()
         t_drained = time.monotonic() - t0
+        t_fn_sigterm = time.monotonic() - t0
         fn_rc = self.fn.stop(fn_grace_s)
         t_fn = time.monotonic() - t0
         try:
@@ -349,16 +370,20 @@ class Pod:
         except subprocess.TimeoutExpired:
             pass
         queue_rc = self.queue.proc.poll()
-        return {"wait_for_drain": status, "drained_s": round(t_drained, 2),
+        return {"t0": t0, "queue_sigterm_s": 0.0, "prestop_sent_s": t_prestop,
+                "wait_for_drain": status, "drained_s": round(t_drained, 2),
+                "function_sigterm_s": round(t_fn_sigterm, 2),
                 "function_exit_s": round(t_fn, 2), "function_rc": fn_rc,
                 "queue_exit_s": round(time.monotonic() - t0, 2), "queue_rc": queue_rc}
 
     def stop(self) -> None:
         """Stop both now (queue-proxy with a second signal) and remove the namespace."""
-        self.queue.stop()
-        self.fn.stop(30)
-        if self._own_netns:
-            self.netns.delete()
+        try:
+            self.queue.stop()
+            self.fn.stop(30)
+        finally:
+            if self._own_netns:
+                self.netns.delete()
 
     def __enter__(self) -> "Pod":
         return self
@@ -426,9 +451,11 @@ class LocalService:
 
     def stop(self, grace_s: float | None = None) -> None:
         """Stop the pod (queue-proxy first, without its 30 s drain), the relays, the netns."""
-        if self.pod is not None:
-            self.pod.queue.stop()
-            self.pod.fn.stop(grace_s)
-        for relay in self.relays:
-            relay.close()
-        self.netns.delete()
+        try:
+            if self.pod is not None:
+                self.pod.queue.stop()
+                self.pod.fn.stop(grace_s)
+        finally:
+            for relay in self.relays:
+                relay.close()
+            self.netns.delete()

@@ -252,13 +252,12 @@ def main() -> int:
         bus = start_broker(ports, present)  # before the functions: their K_SINK
         log(f"broker on {bus.url} (log {LOGS.relative_to(ROOT)}/broker.log)")
         knative = os.environ.get("KNATIVE", "") == "1"
-        specs = knative_pod.render_services() if knative else {}
+        specs = knative_pod.revision_specs() if knative else {}
         # audit first, so the sink is up before the first inference event
         for name in sorted(present, key=lambda n: n != "audit"):
             if knative:
                 running[name] = knative_function(
-                    name, ports[name], FUNCTIONS[name][2],
-                    knative_pod.RevisionSpec.from_service(specs[name]), minio, ferretdb,
+                    name, ports[name], FUNCTIONS[name][2], specs[name], minio, ferretdb,
                     bus.url)
                 log(f"started {name} behind queue-proxy on {running[name].url} "
                     f"(pod {running[name].netns.pod_addr}, netns {running[name].netns.name})")
