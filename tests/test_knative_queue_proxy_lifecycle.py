@@ -19,6 +19,7 @@ may fail and every stream must end with [DONE].
 """
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import threading
@@ -35,7 +36,12 @@ from tcp_throttle import Throttle
 from tests.support.models import upload_function_models
 from tests.support.queueproxy import record, function_env, revision_spec, stream
 
-COLD_RUNS = 2  # starts, each seen direct and through queue-proxy
+COLD_RUNS = 2  # starts, each seen direct and through queue-proxy; the first one throttled
+# MinIO through the relay at this many bytes/s per connection (8 ranged GETs at once: ~8 MB/s,
+# SmolLM2's 98 MB in ~12 s): a start slower than queue-proxy's 10 s probe cap, and a worker that
+# answers while the model still downloads
+SLOW_BPS = 1e6
+PROBE_CAP_S = 10  # queue-proxy answers a probe not-ready after retrying this long
 COLD_MARGIN_S = 0.1
 USERS = 2  # user requests held during the cold start
 PROBES = 420
@@ -57,7 +63,7 @@ def s3_pod_env(minio, tmp_path_factory):
            "S3_ENDPOINT_URL": relay.url, "AWS_ACCESS_KEY_ID": minio.access_key,
            "AWS_SECRET_ACCESS_KEY": minio.secret_key, "AWS_REGION": "us-east-1"}
     try:
-        yield netns, env
+        yield netns, env, relay
     finally:
         relay.close()
         netns.delete()
@@ -122,29 +128,39 @@ def _start(pod) -> dict:
 
 
 def test_cold_start_as_the_activator_does_it(s3_pod_env, tmp_path):
-    netns, env = s3_pod_env
+    netns, env, relay = s3_pod_env
     runs = []
     for i in range(COLD_RUNS):
+        relay.rate_bps = SLOW_BPS if i == 0 else 0
         pod = _cold_pod(netns, env, tmp_path, f"cold{i}")
         try:
-            runs.append(_start(pod))
+            runs.append({"throttled": i == 0, **_start(pod)})
         finally:
             pod.stop()
+    relay.rate_bps = 0
     med = {p: {k: round(statistics.median(r[p][k] for r in runs), 3)
                for k in ("ready_s", "first_token_s")} for p in ("direct", "queue-proxy")}
     report = {"median": med, "runs": runs}
     record("cold_start", report)
     for r in runs:
         assert r["probes (sent_s, answered_s, status, body)"][-1][2] == 200
+    # the throttled start: a probe queue-proxy answered not-ready after its 10 s cap, then the
+    # activator probed again and got 200
+    probes = runs[0]["probes (sent_s, answered_s, status, body)"]
+    capped = [i for i, (sent, answered, status, _) in enumerate(probes)
+              if status not in (None, 200) and answered - sent >= PROBE_CAP_S - 0.5]
+    assert runs[0]["queue-proxy"]["ready_s"] > PROBE_CAP_S, report
+    assert capped and capped[0] < len(probes) - 1, ("no probe past the 10 s cap", probes)
     assert med["queue-proxy"]["first_token_s"] <= med["direct"]["first_token_s"] + COLD_MARGIN_S, \
         report
 
 
 def test_requests_before_readiness(s3_pod_env, tmp_path):
     """What a request sent through queue-proxy before the pod is ready gets, in order."""
-    netns, env = s3_pod_env
+    netns, env, relay = s3_pod_env
+    relay.rate_bps = SLOW_BPS  # the worker answers while the model still downloads
     pod = _cold_pod(netns, env, tmp_path, "early")
-    seen: list[tuple[float, int | None, str]] = []
+    seen: list[tuple[float, float, int | None, str]] = []
     try:
         t0 = time.perf_counter()
         pod.start()
@@ -157,19 +173,22 @@ def test_requests_before_readiness(s3_pod_env, tmp_path):
                 status, text = None, type(err).__name__
             if not seen or (seen[-1][2], seen[-1][3][:60]) != (status, text[:60]):
                 seen.append((round(t, 2), round(time.perf_counter() - t0, 2), status,
-                             text[:160]))
+                             text[:400]))
             if status == 200:
                 break
             time.sleep(0.05)
     finally:
         pod.stop()
+        relay.rate_bps = 0
     record("before_readiness (sent_s, answered_s, status, body)", seen)
     statuses = [s for _, _, s, _ in seen]
     assert statuses[-1] == 200, seen
-    # queue-proxy's 502 while nothing listens; then our own 503 while the model loads, or (a
-    # connection the function accepts only once its app is built, with the model already
-    # loaded by then) the answer itself
-    assert set(statuses) <= {None, 200, 502, 503}, seen
+    # in order: nothing listens on 8012 yet; queue-proxy's 502 while the function does not
+    # listen; our own 503 in the OpenAI shape while the model downloads; the answer
+    order = [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
+    assert [s for s in order if s is not None] == [502, 503, 200], seen
+    ours = [body for _, _, s, body in seen if s == 503]
+    assert all(json.loads(b)["error"]["code"] == "model_not_ready" for b in ours), seen
 
 
 # -- drain ----------------------------------------------------------------------------------------
@@ -180,6 +199,7 @@ class Router:
         self.old, self.new = old, new
         self.old_ready = True
         self.flip_s: float | None = None
+        self.flip_answer: tuple[int | None, str] | None = None  # the first non-200 probe
         self.t_sigterm: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -194,10 +214,11 @@ class Router:
 
     def _watch(self):
         while not self._stop.is_set():
-            status, _ = self.old.probe(timeout_s=2)
+            status, body = self.old.probe(timeout_s=2)
             self.old_ready = status == 200
             if not self.old_ready and self.t_sigterm is not None and self.flip_s is None:
                 self.flip_s = time.monotonic() - self.t_sigterm
+                self.flip_answer = (status, body.strip()[:100])
             time.sleep(POLL_S)
 
     def pick(self) -> tuple[str, knative_pod.Pod]:
@@ -230,16 +251,19 @@ def _probe(kind: str, i: int, router: Router, session: requests.Session,
 
 
 def test_rolling_restart_drains_like_a_cluster(tmp_path):
+    """The function's environment is the manifest's (containerConcurrency, SLOTS, QUEUE_SIZE as
+    deployed) plus the local model file."""
     spec = revision_spec("generate")
-    env = {"QUEUE_SIZE": "32"}
-    old = knative_pod.Pod("generate", spec, function_env("generate", tmp_path / "1", **env),
-                          tmp_path, revision="generate-00001")
-    new = knative_pod.Pod("generate", spec, function_env("generate", tmp_path / "2", **env),
-                          tmp_path, revision="generate-00002")
     results: list[dict] = []
     lock = threading.Lock()
     local = threading.local()
+    pods: list[knative_pod.Pod] = []
     try:
+        for n in (1, 2):
+            pods.append(knative_pod.Pod("generate", spec,
+                                        function_env("generate", tmp_path / str(n)), tmp_path,
+                                        revision=f"generate-0000{n}"))
+        old, new = pods
         for pod in (old, new):
             pod.start()
         for pod in (old, new):
@@ -268,21 +292,25 @@ def test_rolling_restart_drains_like_a_cluster(tmp_path):
             termination = old.terminate()  # SIGTERM queue-proxy; preStop; SIGTERM function
             for f in futures:
                 f.result(WAIT_S)
-            flip_s = router.flip_s
+            flip_s, flip_answer = router.flip_s, router.flip_answer
     finally:
-        old.stop()
-        new.stop()
+        for pod in pods:
+            pod.stop()
     fn_log = old.fn.log_tail(20000)
     failed = [r for r in results if not r["ok"]]
     by = {}
     for r in results:
         key = f"{r['kind']}->{r['backend']}"
         by[key] = by.get(key, 0) + 1
-    long_ends = sorted(round(r["t_end"] - router.t_sigterm, 2) for r in results
-                       if r["kind"] == "long")
+    t0 = termination["t0"]  # the queue-proxy's SIGTERM (time.monotonic())
+    long_ends = sorted(round(r["t_end"] - t0, 2) for r in results if r["kind"] == "long")
+    old_last_end = max(r["t_end"] for r in results if r["backend"] == "old") - t0
     report = {"probes": len(results), "by_kind_and_revision": by, "failed": failed[:10],
               "old_probe_not_ready_after_s": None if flip_s is None else round(flip_s, 3),
-              "long_streams_end_after_sigterm_s": long_ends, "termination": termination}
+              "old_probe_first_not_ready_answer": flip_answer,
+              "long_streams_end_after_sigterm_s": long_ends,
+              "last_request_to_old_ended_s": round(old_last_end, 2),
+              "termination": {k: v for k, v in termination.items() if k != "t0"}}
     record("drain", report)
     assert len(results) >= 400 + LONG_STREAMS
     logs = "\n".join(f"--- {proc.name}\n{proc.log_tail(3000)}"
@@ -290,8 +318,17 @@ def test_rolling_restart_drains_like_a_cluster(tmp_path):
     assert not failed, (report, logs)
     assert all(r["backend"] == "old" for r in results if r["kind"] == "long")
     assert any(k.endswith("->new") for k in by) and any(k.endswith("->old") for k in by), by
+    # the kubelet's order: queue-proxy's SIGTERM first (t = 0), its probe answers not-ready
+    # before its drain ends; the preStop's /wait-for-drain returns; only then the function's
+    # SIGTERM, after the last request the router sent the old revision had ended (the long
+    # streams ran across the start of the drain)
+    assert termination["queue_sigterm_s"] == 0 < termination["prestop_sent_s"], report
+    assert flip_s is not None and flip_s < termination["drained_s"], report
+    assert flip_answer is not None and flip_answer[0] == 503, report
+    assert flip_answer[1] == "shutting down", report  # what docs/deploy.md says
     assert termination["wait_for_drain"] == 200, report
-    # the function got its SIGTERM only after every long stream had ended, and exited cleanly
-    assert termination["drained_s"] >= max(long_ends), report
+    assert min(long_ends) > 0, ("a long stream ended before the drain began", report)
+    assert old_last_end < termination["drained_s"] <= termination["function_sigterm_s"], report
     assert termination["function_rc"] == 0, (report, fn_log[-3000:])
+    assert termination["queue_rc"] == 0, (report, old.queue.log_tail(3000))
     assert "shutting_down" not in fn_log, "the function refused a request while stopping"
