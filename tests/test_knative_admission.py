@@ -11,9 +11,12 @@ import os
 
 import pytest
 
+import knative_pod  # scripts/knative_pod.py
 from tests.support import kustomize
 from tests.support.kn_validate import AUTOSCALER_CM, CLUSTER, EVENTING_FLAG_CM, ROOT, validate
-from tests.support.manifests import FUNCTIONS, NO_RETRY_AFTER, REQUESTREPLY_YAML, load_docs
+from tests.support.manifests import (FUNCTIONS, NO_RETRY_AFTER, REQUESTREPLY_YAML, load_docs,
+                                     SETTING_DEFAULTS, load_func, patch_for,
+                                     service_setting)
 
 SERVING, EVENTING = "kn-validate-serving", "kn-validate-eventing"
 EVENTING_KINDS = ("Broker", "Trigger", "SinkBinding")
@@ -30,8 +33,43 @@ def eventing_objs() -> list[dict]:
 
 
 def services(objs: list[dict]) -> list[dict]:
-    return [o for o in objs if o["kind"] == "Service"
-            and o["apiVersion"].startswith("serving.knative.dev/")]
+    return list(knative_pod.services(objs).values())
+
+
+# What each function admits before answering 429 (its own admission), from its settings: the
+# requests that run at once + QUEUE_SIZE waiting. generate runs SLOTS streams; embed's running
+# model call may hold a single request (several inputs), so count 1; audit refuses nothing
+# (requests wait for their commit: no QueueFull in functions/audit).
+RUNNING = {"generate": lambda svc: int(service_setting(svc, "SLOTS")),
+           "embed": lambda svc: 1}
+
+
+def test_our_admission_holds_what_queue_proxy_admits(deploy_objs):
+    """queue-proxy lets containerConcurrency requests through to the function at once: the
+    function must take them all (run or queue them), never 429 one queue-proxy admitted."""
+    assert "QueueFull" not in "".join(
+        p.read_text() for p in (ROOT / "functions" / "audit" / "function").glob("*.py"))
+    for svc in services(deploy_objs):
+        name = svc["metadata"]["name"]
+        cc = svc["spec"]["template"]["spec"]["containerConcurrency"]
+        assert cc > 0, name
+        if name in RUNNING:
+            admits = RUNNING[name](svc) + int(service_setting(svc, "QUEUE_SIZE"))
+            assert admits >= cc, (name, "SLOTS + QUEUE_SIZE", admits, "containerConcurrency", cc)
+
+
+def test_sse_heartbeat_comes_before_the_response_start_timeout(deploy_objs):
+    """A stream's first byte is its SSE heartbeat: it must come before queue-proxy's
+    responseStartTimeoutSeconds (504 otherwise), for the Services of deploy/ and for the
+    func-deployed ones (func.yaml's env, deploy/patches' timeouts)."""
+    for svc in services(deploy_objs):
+        name = svc["metadata"]["name"]
+        start_s = svc["spec"]["template"]["spec"]["responseStartTimeoutSeconds"]
+        assert float(service_setting(svc, "SSE_HEARTBEAT_S")) < start_s, name
+        func_env = {e["name"]: e.get("value") for e in load_func(name)["run"]["envs"]}
+        heartbeat = func_env.get("SSE_HEARTBEAT_S", SETTING_DEFAULTS["SSE_HEARTBEAT_S"])
+        patched_s = patch_for(name)["spec"]["template"]["spec"]["responseStartTimeoutSeconds"]
+        assert float(heartbeat) < patched_s, name
 
 
 def test_deploy_services_pass_serving_admission(deploy_objs):

@@ -23,6 +23,7 @@ import pytest
 import requests
 
 import knative_pod
+from tests.support import kustomize
 from tests.support.queueproxy import (record, function_env, metric, percentile, revision_spec,
                                       stream)
 
@@ -51,17 +52,30 @@ def pod(spec, tmp_path_factory):
         yield p
 
 
-def test_queue_proxy_is_configured_from_the_manifest(pod, spec):
+def test_queue_proxy_is_configured_from_the_manifest(pod):
+    """The running queue-proxy's environment against the raw fields of the Service that
+    `kustomize build deploy` renders (read here from the YAML, not through RevisionSpec)."""
+    (svc,) = [o for o in kustomize.build(ROOT / "deploy") if o["kind"] == "Service"
+              and o["metadata"]["name"] == "generate"]
+    raw = svc["spec"]["template"]["spec"]
+    (container,) = raw["containers"]
     env = pod.queue.env
-    assert env["CONTAINER_CONCURRENCY"] == str(spec.container_concurrency)
-    assert env["REVISION_TIMEOUT_SECONDS"] == str(spec.timeout_s)
-    assert env["REVISION_RESPONSE_START_TIMEOUT_SECONDS"] == str(spec.response_start_timeout_s)
-    assert env["REVISION_IDLE_TIMEOUT_SECONDS"] == str(spec.idle_timeout_s)
+    assert env["CONTAINER_CONCURRENCY"] == str(raw["containerConcurrency"])
+    assert env["REVISION_TIMEOUT_SECONDS"] == str(raw["timeoutSeconds"])
+    assert env["REVISION_RESPONSE_START_TIMEOUT_SECONDS"] == str(
+        raw["responseStartTimeoutSeconds"])
+    assert env["REVISION_IDLE_TIMEOUT_SECONDS"] == str(raw["idleTimeoutSeconds"])
     probe = json.loads(env["SERVING_READINESS_PROBE"])
-    assert probe["httpGet"]["path"] == spec.readiness_probe["httpGet"]["path"]
-    assert probe["httpGet"]["port"] == knative_pod.USER_PORT
+    assert probe["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"]
+    assert probe["httpGet"]["port"] == container["ports"][0]["containerPort"]
+    assert {"name": "K-Kubelet-Probe", "value": "queue"} in probe["httpGet"]["httpHeaders"]
+    assert env["USER_PORT"] == str(container["ports"][0]["containerPort"])
+    # the function got the manifest's literal env (SLOTS included)
+    fn_env = {e["name"]: str(e["value"]) for e in container["env"] if "value" in e}
+    local = set(function_env("generate", Path("/nonexistent"), model="smollm2"))  # overrides
+    assert all(pod.fn.env[k] == v for k, v in fn_env.items() if k not in local), fn_env
     # containerConcurrency = SLOTS (docs/deploy.md "Tuning scale"): what the tests below rely on
-    assert spec.container_concurrency == int(spec.container_env["SLOTS"])
+    assert raw["containerConcurrency"] == int(fn_env["SLOTS"])
     assert pod.probe() == (200, "queue")
 
 
@@ -211,13 +225,19 @@ def test_past_the_queue_proxy_limit_is_503(pod, spec):
         queued = [pool.submit(requests.post, f"{pod.url}/v1/completions", timeout=WAIT_S,
                               json={"prompt": f"{i}", "max_tokens": 1})
                   for i in range(10 * cc)]
-        time.sleep(2.0)  # they reached queue-proxy's breaker
+        # wait (bounded) until queue-proxy counts them all: its autoscaler stat (1 s average
+        # of the requests it holds, running + queued) reaches cc + 10 x cc
+        full, end, stat = cc + 10 * cc, time.monotonic() + 60, 0.0
+        while stat < full - 0.01 and time.monotonic() < end:
+            time.sleep(0.2)
+            stat = pod.stat()["average_concurrent_requests"]
+        assert stat >= full - 0.01, ("queue-proxy never held them all", stat, full)
         over = requests.post(f"{pod.url}/v1/completions", timeout=30,
                              json={"prompt": "one too many", "max_tokens": 1})
         for h in holders:  # the client goes away: the slots free, the queue runs
             h.result()[0].close()
         queued_status = sorted({f.result().status_code for f in queued})
-    record("queue_full", {"container_concurrency": cc, "queued": 10 * cc,
+    record("queue_full", {"container_concurrency": cc, "queued": 10 * cc, "stat_held": stat,
                           "over_limit": {"status": over.status_code, "body": over.text.strip()},
                           "queued_statuses": queued_status})
     assert over.status_code == 503 and "pending request queue full" in over.text, over.text

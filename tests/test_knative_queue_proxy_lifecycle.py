@@ -7,8 +7,10 @@ probe waits inside queue-proxy up to its 10 s cap; it probes again after), holdi
 requests meanwhile, then releases them. In the same start a direct client polls the function's
 own readiness every 50 ms (as queue-proxy does) and sends the same request straight to it, so
 both figures come from one start (on a shared machine two starts differ by seconds); start to
-first token through queue-proxy must be within 0.1 s of the direct one (medians). A separate
-start records what requests sent before readiness get.
+first token through queue-proxy must be within 0.1 s of the direct one (medians). The first
+start has the relay capped (SLOW_BPS) so it outlasts queue-proxy's 10 s probe cap: a probe must
+be answered not-ready at the cap and the next one 200. A separate start, capped too, records
+what requests sent before readiness get, in order (queue-proxy's 502, our own 503, 200).
 
 Drain: two revisions of generate, each queue-proxy + function in its own network namespace,
 run at the same time; >= 400 probes go through a router that sends to the old revision while
