@@ -5,9 +5,11 @@
     .venv/bin/python scripts/screenshot_pages.py
 
 Drives Debian's chromium (`make test-tools`) with Playwright, against the running stack only:
-a two-turn chat in generate's playground (SmolLM2-135M, temperature 0), a comparison in embed's
-playground, then audit's dashboard over the last 15 minutes, charting the requests those pages
-(and whatever else used the stack) made. Nothing is sent to audit directly: the events are the
+a two-turn chat in generate's playground (SmolLM2-135M, its temperature slider set to 0), a
+comparison in embed's playground, then audit's dashboard over the last 15 minutes, charting the
+requests those pages (and whatever else used the stack) made; for the dashboard the page's
+1400 px width cap is lifted and the window widened until its "By function and model" table
+fits, so no column is cut. Nothing is sent to audit directly: the events are the
 ones generate and embed emitted. Writes docs/img/pages-{generate,embed}-playground.png and
 docs/img/pages-dashboard.png (`--out` elsewhere). Every wait has a deadline.
 """
@@ -45,6 +47,10 @@ def generate_playground(page, base: str, out: Path) -> None:
     page.goto(base + "/")
     page.fill("#system", "You are a helpful assistant.")
     page.fill("#max-tokens", "48")
+    # The slider's own input event updates the label beside it (generate.js), as a drag does.
+    page.evaluate("""() => { const t = document.getElementById('temperature');
+        t.value = '0'; t.dispatchEvent(new Event('input', {bubbles: true})); }""")
+    wait_js(page, "document.getElementById('temperature-value').value === '0'", 5)
     for i, question in enumerate(QUESTIONS, 1):
         page.fill("#prompt", question)
         page.click("#send")
@@ -67,6 +73,20 @@ def dashboard(page, base: str, out: Path, settle_s: float) -> None:
     before = page.evaluate("window.dashboard.refreshes")
     wait_js(page, f"window.dashboard.refreshes > {before} && !!window.dashboard.charts.requests",
             30)
+    # The groups table scrolls sideways when narrower than its columns, even in a wide window
+    # (pages.css caps <main> at 1400 px): lift the cap (a style set from script, which the
+    # CSP allows), widen the window by what is hidden (bounded), let the charts re-layout on
+    # the resize, and capture the whole page.
+    page.evaluate("() => { document.querySelector('main').style.maxWidth = 'none'; }")
+    for _ in range(3):
+        hidden = page.evaluate("""() => { const w = document.querySelector('.table-wrap');
+            return w.scrollWidth - w.clientWidth; }""")
+        if hidden <= 0:
+            break
+        size = page.viewport_size
+        page.set_viewport_size({"width": min(size["width"] + hidden + 40, 2400),
+                                "height": size["height"]})
+        page.wait_for_timeout(500)
     page.screenshot(path=str(out), full_page=True)
 
 
