@@ -6,7 +6,7 @@ JSONSchemaBench sample.
 Both servers start once with 4 slots on SmolLM2-135M-Instruct Q4_1 (same context per slot,
 threads, batch and flash-attention setting; llama-server built from the llama.cpp source that
 llama-cpp-python vendors). Schemas: ``--schemas`` from the sample, taken round-robin across
-datasets in file order, keeping those both servers accept (a probe request each).
+twelve datasets in file order, keeping those both servers accept (a probe request each).
 Prompt: "Answer with one JSON document that follows this JSON schema: <the schema>" (the
 schema's JSON cut at 600 characters), greedy, ``--max-tokens`` per answer, chat SSE.
 
@@ -122,13 +122,21 @@ def post_chat(port: int, payload: dict, *, timeout_s: float = 300.0) -> tuple[in
         conn.close()
 
 
+# Datasets the schemas are taken from, in turn (real-world JSON documents first, then
+# function-call arguments).
+DATASETS = ("Glaiveai2K", "Github_easy", "Kubernetes", "WashingtonPost", "Snowplow",
+            "Github_medium", "JsonSchemaStore", "BFCL_simple", "MCPspec", "Github_trivial",
+            "Github_hard", "BFCL_multiple")
+
+
 def pick_schemas(sample: list[dict], ports: dict[str, int], n: int) -> list[dict]:
-    """Round-robin over datasets in file order; kept when both servers accept the schema."""
+    """Round-robin over :data:`DATASETS` in file order; kept when both servers accept the
+    schema."""
     by_ds: dict[str, list[dict]] = {}
     for e in sample:
-        if isinstance(e["schema"], dict):
+        if isinstance(e["schema"], dict) and e["dataset"] in DATASETS:
             by_ds.setdefault(e["dataset"], []).append(e)
-    order = [e for row in zip(*[v[:15] for v in by_ds.values()]) for e in row]
+    order = [e for row in zip(*[by_ds[d][:10] for d in DATASETS]) for e in row]
     picked, tried = [], 0
     for e in order:
         if len(picked) >= n or tried >= 120:
