@@ -136,7 +136,7 @@ def _shared_defs(tools: list[Tool]) -> dict:
     shared: dict = {}
     for tool in tools:
         for key in ("$defs", "definitions"):
-            for name, sub in (tool.parameters.get(key) or {}).items():
+            for name, sub in (_closed(tool.parameters).get(key) or {}).items():
                 if shared.setdefault(key, {}).setdefault(name, sub) != sub:
                     raise InvalidRequest(f"'tools': two tools define '#/{key}/{name}' "
                                          "differently; force one tool (named tool_choice).",
@@ -144,9 +144,38 @@ def _shared_defs(tools: list[Tool]) -> dict:
     return shared
 
 
+def _closed(node, has_all_of: bool | None = None):
+    """Tool arguments as a call needs them: an object schema that lists ``properties`` and
+    says nothing of ``additionalProperties``/``patternProperties`` takes no others (as
+    llama.cpp's converter and XGrammar do; a small model otherwise rambles into made-up
+    arguments). Narrower than the schema, never wider; left alone if any ``allOf`` (whose
+    branches closed one by one would exclude each other's properties)."""
+    if has_all_of is None:
+        has_all_of = '"allOf"' in json.dumps(node)
+    if has_all_of:
+        return node
+    if isinstance(node, list):
+        return [_closed(x, False) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(
+                value, dict):
+            out[key] = {k: _closed(v, False) for k, v in value.items()}
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "prefixItems"):
+            out[key] = _closed(value, False)
+        else:
+            out[key] = value
+    if (isinstance(out.get("properties"), dict) and "additionalProperties" not in out
+            and "patternProperties" not in out):
+        out["additionalProperties"] = False
+    return out
+
+
 def _call_schema(tool: Tool) -> dict:
     return {"type": "object", "properties": {"name": {"const": tool.name},
-                                             "arguments": tool.parameters},
+                                             "arguments": _closed(tool.parameters)},
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
