@@ -336,6 +336,7 @@ def report(res: Result, baseline: dict | None = None) -> str:
     lines.append(f"{'all':24} {total:7} {sum(res.covered.values()):7} "
                  f"{sum(res.covered.values()) / max(1, total):6.0%}")
     lines.append(f"valid instances rejected (over-constraint): {len(res.over)} of "
-                 f"{res.valid_tested}; invalid accepted: {len(res.under)}; set aside "
+                 f"{res.valid_tested}, besides {len(res.key_order)} taken once their keys are "
+                 f"in the schema's order; invalid accepted: {len(res.under)}; set aside "
                  f"(file and jsonschema disagree): {len(res.disagree)}")
     return "\n".join(lines)
