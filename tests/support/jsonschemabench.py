@@ -12,10 +12,12 @@ used by functions/generate/tests (where that package is on the path).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llmfn.errors import InvalidRequest
 
@@ -55,12 +57,13 @@ class Result:
 
 
 def accepts(tokenizer, matcher, text: str) -> tuple[bool, str]:
-    """Whether ``matcher`` takes ``text`` token by token and then end of generation."""
+    """Whether ``matcher`` takes ``text`` token by token and then end of generation (one call
+    into the engine: it stops at the first token its mask forbids)."""
     tokens = tokenizer.tokenize_str(text)
-    for i, token in enumerate(tokens):
-        if not matcher.consume_token(token):
-            done = tokenizer.decode_str(tokens[:i])
-            return False, f"token {i} ({tokenizer.decode_str([token])!r}) after {done[-40:]!r}"
+    i = matcher.try_consume_tokens(tokens)
+    if i < len(tokens):
+        done = tokenizer.decode_str(tokens[:i])
+        return False, f"token {i} ({tokenizer.decode_str([tokens[i]])!r}) after {done[-40:]!r}"
     if not matcher.is_accepting():
         return False, "incomplete at the end"
     return True, ""
@@ -138,22 +141,42 @@ def random_walk(tokenizer, matcher, rng, max_tokens: int) -> str | None:
     uniform over the allowed tokens, or (half the steps) over the allowed one-byte tokens, so
     punctuation that ends a part (``@``, ``.``, ``:``, the closing quote) comes up often."""
     import numpy as np
+    not_eos, one_byte = _token_classes(tokenizer)
     out = []
     for _ in range(max_tokens):
         if matcher.is_stopped():
             break
         bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
-        allowed = np.flatnonzero(np.unpackbits(bits, bitorder="little")[:tokenizer.vocab_size])
-        allowed = [t for t in allowed.tolist() if t not in tokenizer.eos_tokens]
+        mask = np.unpackbits(bits, bitorder="little")[:tokenizer.vocab_size].astype(bool)
+        mask &= not_eos
+        allowed = np.flatnonzero(mask).tolist()
         if matcher.is_accepting() and (not allowed or rng.random() < 0.1):
             break
-        short = [t for t in allowed if len(tokenizer.decode_bytes([t])) == 1]
+        short = np.flatnonzero(mask & one_byte).tolist()
         token = rng.choice(short if short and rng.random() < 0.5 else allowed)
         assert matcher.consume_token(token)
         out.append(token)
     if not matcher.is_accepting():
         return None
     return tokenizer.decode_str(out)
+
+
+_TOKEN_CLASSES: dict[int, tuple] = {}
+
+
+def _token_classes(tokenizer) -> tuple:
+    """Boolean arrays over the vocabulary: not an end-of-generation token, one byte long
+    (computed once per tokenizer: a Python pass over the vocabulary per step was the walk's
+    cost)."""
+    import numpy as np
+    key = id(tokenizer)
+    if key not in _TOKEN_CLASSES:
+        n = tokenizer.vocab_size
+        not_eos = np.ones(n, dtype=bool)
+        not_eos[[t for t in tokenizer.eos_tokens if t < n]] = False
+        one_byte = np.array([len(tokenizer.decode_bytes([t])) == 1 for t in range(n)])
+        _TOKEN_CLASSES[key] = (tokenizer, not_eos, one_byte)  # the tokenizer keeps id unique
+    return _TOKEN_CLASSES[key][1:]
 
 
 def _in_children(n: int, judge) -> list[bool]:
@@ -219,11 +242,13 @@ def _old_check(schema) -> bool:
     return True
 
 
-def old_converter_coverage(path: str, vocab, tokenize) -> dict[str, float]:
-    """Per dataset, the coverage of generate's converter before issue 22: its keyword check,
-    llama-cpp-python's json_schema_to_gbnf and llama.cpp's grammar sampler, checked token by
-    token like ours (each token applied alone to the sampler: allowed or -inf). ``tokenize``
-    is the tokenizer's ``str -> [token]``."""
+def old_converter_counts(path: str, vocab, tokenize) -> dict[str, list[int]]:
+    """Per dataset, ``[covered, schemas]`` of generate's converter before issue 22: its
+    keyword check, llama-cpp-python's json_schema_to_gbnf and llama.cpp's grammar sampler,
+    checked token by token like ours (each token applied alone to the sampler: allowed or
+    -inf). ``tokenize`` is the tokenizer's ``str -> [token]``. Slow (forked children, a
+    grammar sampler per schema): the conformance test reads its result from
+    :data:`BASELINE_FILE`, written by ``--baseline`` (see :func:`main`)."""
     import ctypes
     import math
 
@@ -264,11 +289,39 @@ def old_converter_coverage(path: str, vocab, tokenize) -> dict[str, float]:
 
     rows = read(path)
     verdicts = _in_children(len(rows), lambda i: covers(rows[i]))
-    total, covered = defaultdict(int), defaultdict(int)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for row, ok in zip(rows, verdicts):
-        total[row["dataset"]] += 1
-        covered[row["dataset"]] += ok
-    return {ds: covered[ds] / total[ds] for ds in total}
+        counts[row["dataset"]][0] += ok
+        counts[row["dataset"]][1] += 1
+    return dict(counts)
+
+
+# The old converter's coverage of the default sample, computed once (it is no longer the
+# product's code): written by ``--baseline``, read by the conformance test, which first checks
+# that the file's sha256 is the sample's.
+BASELINE_FILE = Path(__file__).resolve().parents[2] / "functions" / "generate" / "tests" / \
+    "data" / "gbnf_coverage.json"
+BASELINE_COMMAND = ("PYTHONPATH=.:scripts:functions/generate .venv/bin/python -m "
+                    "tests.support.jsonschemabench --baseline [SAMPLE]")
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stored_baseline(path: str) -> dict[str, float] | None:
+    """The old converter's coverage per dataset from :data:`BASELINE_FILE` if it was computed
+    on this very file (same sha256), else None."""
+    if not BASELINE_FILE.exists():
+        return None
+    data = json.loads(BASELINE_FILE.read_text())
+    if data["sha256"] != sha256_of(path):
+        return None
+    return {ds: covered / total for ds, (covered, total) in data["coverage"].items()}
 
 
 def check_file(path: str, tokenizer, engine_view=None) -> Result:
@@ -295,7 +348,7 @@ def _check_row(row: dict, compiler, tokenizer, res: Result, engine_view=None) ->
         res.refused[ds].append((name, err.message))
         return
     ok = True
-    validator = schema_rules.validator(schema)
+    validator = grammar.validator if engine_view is None else schema_rules.validator(schema)
     for test in row["tests"]:
         text = canonical(test["data"])
         try:
@@ -340,3 +393,55 @@ def report(res: Result, baseline: dict | None = None) -> str:
                  f"in the schema's order; invalid accepted: {len(res.under)}; set aside "
                  f"(file and jsonschema disagree): {len(res.disagree)}")
     return "\n".join(lines)
+
+
+def _smol_vocab_and_tokenizer():
+    """SmolLM2's llama.cpp vocabulary (no weights) and llguidance's tokenizer of it, as the
+    tests' fixtures build them (functions/generate/tests/conftest.py)."""
+    import llama_cpp
+    from llama_cpp import _internals as internals
+
+    from llmfn.llama_backend import ensure_cpu_backend
+    from model_files import smollm2_path
+
+    ensure_cpu_backend()
+    params = internals.LlamaModel.default_params()
+    params.vocab_only = True
+    model = internals.LlamaModel(path_model=str(smollm2_path()), params=params, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(model.model)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    return model, vocab, constraint.tokenizer_from_vocab(vocab, eog)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``--baseline [SAMPLE]``: compute the old converter's coverage of SAMPLE (default: the
+    shared sample) and write :data:`BASELINE_FILE` with the sample's sha256."""
+    import argparse
+    from importlib.metadata import version
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--baseline", action="store_true", required=True)
+    parser.add_argument("sample", nargs="?", default=str(
+        Path(__file__).resolve().parents[3] / "shared" / "jsonschemabench" /
+        "sample.jsonl.xz"))
+    args = parser.parse_args(argv)
+    model, vocab, tokenizer = _smol_vocab_and_tokenizer()
+    counts = old_converter_counts(args.sample, vocab, tokenizer.tokenize_str)
+    model.close()
+    BASELINE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    BASELINE_FILE.write_text(json.dumps({
+        "what": "coverage per dataset [covered, schemas] of generate's converter before "
+                "issue 22 (keyword check, llama-cpp-python's json_schema_to_gbnf, llama.cpp's "
+                "grammar sampler), token by token with SmolLM2's tokenizer; generated, do not "
+                "edit",
+        "command": BASELINE_COMMAND,
+        "sample": Path(args.sample).name, "sha256": sha256_of(args.sample),
+        "llama_cpp_python": version("llama_cpp_python"),
+        "coverage": dict(sorted(counts.items()))}, indent=1) + "\n")
+    print(f"wrote {BASELINE_FILE}")
+    for ds, (covered, total) in sorted(counts.items()):
+        print(f"{ds:24} {covered:4}/{total:<4} {covered / total:5.0%}")
+
+
+if __name__ == "__main__":
+    main()
