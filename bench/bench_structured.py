@@ -20,6 +20,20 @@ aggregate tok/s of a burst (all tokens / wall time; median over bursts).
 Targets: generate constrained >= 0.90 x generate unconstrained (at 1 and 4 streams);
 generate json_schema >= 1.0 x llama-server json_schema.
 
+Paired arms (``--pairs``, generate only, before the modes above): generate ``json_schema``
+(A) and the same prompts unconstrained (B) with the same number of generated tokens: a
+calibration pass runs A with ``--max-tokens`` and keeps each schema's answer length n; then
+both arms ask for ``max_tokens`` n with every end-of-generation token banned by ``logit_bias``
+-100 (in both arms, so the sampler chains are the same; the grammar alone ends A), so B runs
+exactly n tokens as A does (the token counts are reported). Each request (1 stream) and each
+burst of 4 of one arm runs right beside the same one of the other arm, in the order A B, then
+B A, and so on (a shared machine's load changes over seconds: both arms see it alike); per
+round and arm: decode tok/s per stream at 1 stream (median), the aggregate of
+4 streams (all tokens / burst wall time), and tokens per CPU-second of generate's processes
+(gunicorn master and worker: utime + stime from /proc around the arm), which a shared
+machine's other load does not change as much as wall time. Reported: the median B/A ratio over
+rounds and its range.
+
 Compile time: generate's own compile (function/constraint.py ``compile_matcher`` with the
 llama.cpp vocabulary; before that integration, the GBNF converter of structured.py) over every
 schema of the sample, in this process; refusals are counted apart.
@@ -35,6 +49,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -64,11 +79,14 @@ def prompt(schema) -> list[dict]:
                                         f"schema:\n{text}"}]
 
 
-def body(schema, *, constrained: bool, max_tokens: int, stream: bool = True) -> dict:
+def body(schema, *, constrained: bool, max_tokens: int, stream: bool = True,
+         ban: list[int] | None = None) -> dict:
     b = {"messages": prompt(schema), "max_tokens": max_tokens, "temperature": 0, "seed": 42,
          "stream": stream}
     if stream:
         b["stream_options"] = {"include_usage": True}
+    if ban:
+        b["logit_bias"] = {str(t): -100 for t in ban}
     if constrained:
         b["response_format"] = {"type": "json_schema",
                                 "json_schema": {"name": "answer", "schema": schema}}
@@ -166,7 +184,10 @@ def burst(port: int, payloads: list[dict]) -> dict:
     with ThreadPoolExecutor(len(payloads)) as pool:
         done = [f.result(timeout=900) for f in [pool.submit(one, p) for p in payloads]]
     wall = max(s + t.total_s for s, t in done) - min(s for s, _ in done)
+    spans = [(s + t.ttft_s, s + t.last_token_s) for s, t in done if t.ttft_s is not None]
+    decode_wall = (max(b for _, b in spans) - min(a for a, _ in spans)) if spans else 0.0
     return {"wall_s": wall, "tokens": [t.completion_tokens for _, t in done],
+            "decode_wall_s": decode_wall,
             "decode_tps": [t.decode_tps for _, t in done], "texts": [t.text for _, t in done]}
 
 
@@ -207,6 +228,135 @@ def figures(res: dict) -> dict:
                 f["aggregate_tps"] = _median([sum(b["tokens"]) / b["wall_s"] for b in bursts])
             out[mode][n] = f
     return out
+
+
+# -- paired arms: same prompts, same token counts, CPU-seconds -----------------------------------
+def eog_tokens() -> list[int]:
+    """SmolLM2's end-of-generation token ids (banned in the paired arms)."""
+    import llama_cpp as L  # noqa: PLC0415
+
+    params = L.llama_model_default_params()
+    params.vocab_only = True
+    model = L.llama_model_load_from_file(str(common.smollm2_path()).encode(), params)
+    vocab = L.llama_model_get_vocab(model)
+    out = [t for t in range(L.llama_vocab_n_tokens(vocab)) if L.llama_vocab_is_eog(vocab, t)]
+    L.llama_model_free(model)
+    return out
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime (s) of ``pid`` and its descendants (gunicorn's master and worker)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+PAIR_A, PAIR_B = "json_schema", "unconstrained"
+
+
+def paired(port: int, pid: int, schemas: list[dict], args) -> dict:
+    ban = eog_tokens()
+    lengths = []
+    for e in schemas:  # calibration (and compile-cache warm-up), not measured
+        status, t = post_chat(port, body(e["schema"], constrained=True,
+                                         max_tokens=args.max_tokens, ban=ban))
+        if status != 200:
+            raise SystemExit(f"calibration: HTTP {status}: {t.text}")
+        lengths.append(max(2, t.completion_tokens))
+    log(f"paired arms: answer lengths {lengths}, end-of-generation tokens {ban} banned")
+    by_place = {"first": [], "second": []}  # decode tok/s at 1 stream by place in its pair
+
+    def run(x: dict, arm: str, group: list, n: int, place: str) -> None:
+        payloads = [body(e["schema"], constrained=arm == PAIR_A, max_tokens=k, ban=ban)
+                    for e, k in group]
+        c0, w0 = cpu_s(pid), time.perf_counter()
+        b = burst(port, payloads)
+        c1, w1 = cpu_s(pid), time.perf_counter()
+        x[f"tokens_{n}"] += sum(b["tokens"])
+        x[f"wall_{n}"] += w1 - w0
+        x[f"cpu_{n}"] += c1 - c0
+        x[f"tps_{n}"] += [v for v in b["decode_tps"] if v is not None]
+        if n == 1:
+            by_place[place] += [v for v in b["decode_tps"] if v is not None]
+        x[f"decode_tokens_{n}"] += sum(t - 1 for t in b["tokens"] if t > 1)
+        x[f"decode_wall_{n}"] += b["decode_wall_s"]
+
+    rounds = []
+    for r in range(args.pairs):
+        row = {arm: {f"{k}_{n}": 0 for k in ("tokens", "wall", "cpu", "decode_tokens",
+                                            "decode_wall") for n in (1, 4)}
+               for arm in (PAIR_A, PAIR_B)}
+        for x in row.values():
+            x.update(tps_1=[], tps_4=[])
+
+        pairs_1 = [[(e, n)] for e, n in zip(schemas, lengths)]
+        pairs_4 = [list(zip(schemas, lengths))[k:k + SLOTS]
+                   for k in range(0, len(schemas) - SLOTS + 1, SLOTS)]
+        for k, group in enumerate(pairs_1 + pairs_4):  # A B, then B A: same load for both
+            arms = (PAIR_A, PAIR_B) if (r + k) % 2 == 0 else (PAIR_B, PAIR_A)
+            for arm, place in zip(arms, ("first", "second")):
+                run(row[arm], arm, group, len(group), place)
+        for x in row.values():
+            x.update({"stream_tps_1": _median(x.pop("tps_1")),
+                      "wall_tps_1": x["tokens_1"] / x["wall_1"],
+                      "cpu_tps_1": x["tokens_1"] / max(x["cpu_1"], 1e-9),
+                      "stream_tps_4": _median(x.pop("tps_4")),
+                      "aggregate_tps_4": x["tokens_4"] / x["wall_4"],
+                      "aggregate_decode_tps_4": x["decode_tokens_4"] / x["decode_wall_4"],
+                      "cpu_tps_4": x["tokens_4"] / max(x["cpu_4"], 1e-9)})
+        rounds.append(row)
+        a, b = row[PAIR_A], row[PAIR_B]
+        log(f"pair round {r + 1}/{args.pairs}, json_schema vs unconstrained: 1 stream "
+            f"{a['stream_tps_1']:.1f} vs {b['stream_tps_1']:.1f} tok/s, "
+            f"{a['cpu_tps_1']:.1f} vs {b['cpu_tps_1']:.1f} tok/cpu-s; 4 streams aggregate "
+            f"{a['aggregate_tps_4']:.1f} vs {b['aggregate_tps_4']:.1f} tok/s, "
+            f"{a['cpu_tps_4']:.1f} vs {b['cpu_tps_4']:.1f} tok/cpu-s; tokens {a['tokens_1']}/"
+            f"{b['tokens_1']}, {a['tokens_4']}/{b['tokens_4']}")
+    ratios = {}
+    for key in PAIR_LABELS:
+        xs = [r[PAIR_A][key] / r[PAIR_B][key] for r in rounds]
+        ratios[key] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs),
+                       "rounds": xs}
+    log("1 stream decode tok/s by place in the pair (both arms): first "
+        f"{_median(by_place['first']):.1f}, second {_median(by_place['second']):.1f}")
+    return {"lengths": lengths, "banned": ban, "rounds": rounds, "ratios": ratios,
+            "by_place": {k: _median(v) for k, v in by_place.items()}}
+
+
+PAIR_LABELS = {"stream_tps_1": "1 stream, decode tok/s",
+               "wall_tps_1": "1 stream, tokens / wall time of the requests",
+               "cpu_tps_1": "1 stream, tokens per CPU-second of generate",
+               "stream_tps_4": "4 streams, decode tok/s per stream",
+               "aggregate_tps_4": "4 streams, aggregate tok/s (tokens / burst wall time)",
+               "aggregate_decode_tps_4": "4 streams, aggregate decode tok/s (tokens after "
+                                         "the first / first to last token of the burst)",
+               "cpu_tps_4": "4 streams, tokens per CPU-second of generate"}
+
+
+def render_pairs(p: dict) -> list[str]:
+    rows = ["| json_schema / unconstrained, same prompts and token counts | median | range "
+            "(rounds) | json_schema | unconstrained (medians) |", "|---|---:|---:|---:|---:|"]
+    for key, label in PAIR_LABELS.items():
+        r = p["ratios"][key]
+        a = statistics.median(x[PAIR_A][key] for x in p["rounds"])
+        b = statistics.median(x[PAIR_B][key] for x in p["rounds"])
+        rows.append(f"| {label} | {r['median']:.2f} x | {r['min']:.2f}-{r['max']:.2f} x | "
+                    f"{a:.1f} | {b:.1f} |")
+    toks = p["rounds"][0]
+    return [f"Paired arms ({len(p['rounds'])} rounds; each request and burst of one arm "
+            "beside the same of the other, alternating which goes first; end-of-generation tokens banned in both, max_tokens = the json_schema "
+            f"answer's length per schema, {sum(p['lengths'])} tokens per arm at 1 stream: "
+            f"json_schema {toks[PAIR_A]['tokens_1']}, unconstrained {toks[PAIR_B]['tokens_1']} "
+            f"in round 1; at 4 streams {toks[PAIR_A]['tokens_4']} and "
+            f"{toks[PAIR_B]['tokens_4']}):", "", *rows]
 
 
 # -- compile time across the sample ---------------------------------------------------------------
@@ -363,6 +513,7 @@ def render(d: dict) -> str:
         "after the first / first to last text chunk, median over streams; aggregate: all "
         "tokens of a burst of 4 / its wall time, median over bursts.",
         "", *rows, "", *checks, "",
+        *(render_pairs(d["pairs"]) + [""] if d.get("pairs") else []),
         f"Compile time across the sample ({c['engine']}, in-process, keyword check included): "
         f"p50 {c['p50_ms']:.2f} ms, p95 {c['p95_ms']:.2f} ms, max {c['max_ms']:.0f} ms over "
         f"{c['compiled']} schemas compiled ({c['refused']} refused) of {c['of']}.",
@@ -382,8 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=Path, default=SAMPLE)
     ap.add_argument("--rev", help="run generate as of this git revision (default: the work "
                                   "tree)")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="rounds of the paired arms (0: skip them)")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
+    if not 0 <= args.pairs <= 9:
+        ap.error("--pairs 0..9")
     if not 1 <= args.rounds <= 5 or not 4 <= args.schemas <= 24 or args.schemas % 4:
         ap.error("--rounds 1..5, --schemas a multiple of 4 in 4..24")
     sample = load_sample(args.sample)
@@ -407,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         schemas = schemas[:len(schemas) // SLOTS * SLOTS]
         if not schemas:
             raise SystemExit("no schema accepted by both servers")
+        pairs = (paired(servers["ours"].port, servers["ours"].proc.pid, schemas, args)
+                 if args.pairs else None)
         res = measure(ports, schemas, args)
     finally:
         for srv in servers.values():
@@ -416,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": " ".join(argv if argv is not None else sys.argv[1:]),
             "max_tokens": args.max_tokens, "rounds": args.rounds, "threads": args.threads,
             "schemas": [f"{e['dataset']}/{e['name']}" for e in schemas],
-            "figures": figures(res), "raw": res,
+            "figures": figures(res), "raw": res, "pairs": pairs,
             "compile": compile_times(sample, args.compile_budget_s,
                                      rev_tree(args.rev) if args.rev else common.REPO_ROOT)}
     data["ratios"] = ratios(data)
