@@ -17,6 +17,8 @@ the Knative Service as ``kustomize build deploy`` renders it (:class:`RevisionSp
 containerConcurrency, timeoutSeconds, responseStartTimeoutSeconds, idleTimeoutSeconds and the
 container's readiness probe as ``SERVING_READINESS_PROBE`` (host 127.0.0.1, the user port,
 scheme HTTP, plus the ``K-Kubelet-Probe: queue`` header, as ``applyReadinessProbeDefaults``).
+The template's ``features.knative.dev/http-full-duplex`` annotation becomes
+``ENABLE_HTTP_FULL_DUPLEX`` as Serving sets it.
 
 Used by tests/test_knative_queue_proxy*.py, bench/bench_queue_proxy.py and ``make run
 KNATIVE=1`` (scripts/run.py).
@@ -52,6 +54,13 @@ METRICS_PORT = 9090  # networking.AutoscalingQueueMetricsPort: the autoscaler's 
 # function's readiness probe passed.
 PROBE_HEADERS = {"User-Agent": "kube-probe/1.31", "K-Network-Probe": "queue"}
 NETNS_PREFIX = "llmfn-qp"
+# The revision annotation Serving turns into queue-proxy's ENABLE_HTTP_FULL_DUPLEX (value
+# "Enabled", case-insensitive). Without it Go's HTTP/1 server drains and closes the request body
+# when the response starts, and the transport's last read of that body (its check that nothing
+# follows Content-Length) then fails and closes the connection to the function mid-response
+# (golang/go#40747): "ReverseProxy read error during body copy: ... use of closed network
+# connection", and the client's stream is cut.
+FULL_DUPLEX_ANNOTATION = "features.knative.dev/http-full-duplex"
 SUBNET = ipaddress.ip_network("10.213.0.0/16")  # one /30 per pod: host side .1, pod side .2
 
 
@@ -104,10 +113,12 @@ class RevisionSpec:
     idle_timeout_s: int | None
     readiness_probe: dict
     container_env: dict  # the literal env values of the user container (valueFrom left out)
+    full_duplex: bool = False  # features.knative.dev/http-full-duplex: Enabled on the template
 
     @classmethod
     def from_service(cls, svc: dict) -> "RevisionSpec":
         spec = svc["spec"]["template"]["spec"]
+        annotations = svc["spec"]["template"].get("metadata", {}).get("annotations", {})
         (container,) = spec["containers"]
         return cls(service=svc["metadata"]["name"],
                    container_concurrency=int(spec.get("containerConcurrency", 0)),
@@ -116,7 +127,9 @@ class RevisionSpec:
                    idle_timeout_s=spec.get("idleTimeoutSeconds"),
                    readiness_probe=container.get("readinessProbe") or {},
                    container_env={e["name"]: str(e["value"]) for e in container.get("env", [])
-                                  if "value" in e})
+                                  if "value" in e},
+                   full_duplex=str(annotations.get(FULL_DUPLEX_ANNOTATION, "")).lower()
+                   == "enabled")
 
     def probe_json(self, user_port: int = USER_PORT) -> str:
         """``SERVING_READINESS_PROBE``: the container's probe with Serving's defaults applied
@@ -147,6 +160,7 @@ class RevisionSpec:
                "CONTAINER_CONCURRENCY": str(self.container_concurrency),
                "REVISION_TIMEOUT_SECONDS": str(self.timeout_s),
                "SERVING_LOGGING_CONFIG": "", "SERVING_LOGGING_LEVEL": "",
+               "ENABLE_HTTP_FULL_DUPLEX": str(self.full_duplex).lower(),
                "SERVING_READINESS_PROBE": self.probe_json(user_port)}
         if self.response_start_timeout_s is not None:
             env["REVISION_RESPONSE_START_TIMEOUT_SECONDS"] = str(self.response_start_timeout_s)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import statistics
 import threading
 import time
@@ -36,7 +37,7 @@ import knative_pod
 import run  # scripts/run.py: S3 keys of `make run`
 from tcp_throttle import Throttle
 from tests.support.models import upload_function_models
-from tests.support.queueproxy import record, function_env, revision_spec, stream
+from tests.support.queueproxy import REPORT, record, function_env, revision_spec, stream
 
 COLD_RUNS = 1  # starts, each seen direct and through queue-proxy; the first one throttled
 # MinIO through the relay at this many bytes/s per connection: SmolLM2's 12 ranges of 8 MiB,
@@ -193,6 +194,66 @@ def test_requests_before_readiness(s3_pod_env, tmp_path):
     assert all(json.loads(b)["error"]["code"] == "model_not_ready" for b in ours), seen
 
 
+# -- streams cut by queue-proxy ------------------------------------------------------------------
+SHORT_THREADS = 6
+SHORT_PER_THREAD = 200  # ~0.2 % of streams were cut without full duplex: ~2 expected in 1200
+
+
+@pytest.mark.parametrize("function", ["generate", "embed", "audit"])
+def test_queue_proxy_runs_full_duplex_as_deployed(function):
+    """Every revision asks Serving for queue-proxy's full-duplex HTTP/1 (what
+    test_short_streams_are_never_cut needs), and the pods here get it as Serving sets it."""
+    spec = revision_spec(function)
+    assert spec.full_duplex, f"{function}: {knative_pod.FULL_DUPLEX_ANNOTATION} is not Enabled"
+    assert spec.queue_env(revision="r", pod_ip="10.0.0.2")["ENABLE_HTTP_FULL_DUPLEX"] == "true"
+
+
+def test_short_streams_are_never_cut(tmp_path):
+    """Many short streams through one pod, keep-alive sessions on several threads: none may be
+    cut. Without full duplex Go's server closes the request body when the response starts and
+    the transport's last read of it then closes the connection to the function mid-stream
+    (``ReverseProxy read error during body copy: ... use of closed network connection``)."""
+    pod = knative_pod.Pod("generate", revision_spec("generate"),
+                          function_env("generate", tmp_path / "fn"), tmp_path,
+                          revision="generate-short")
+    results: list[tuple[bool, int | str, dict]] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        session = requests.Session()
+        for j in range(SHORT_PER_THREAD):
+            seen: dict = {}
+            try:
+                ok, status = _stream(pod.url, {"prompt": f"{j} Once upon a time", "seed": j,
+                                               "max_tokens": 32, "temperature": 0.8},
+                                     session, None, seen)
+            except requests.RequestException as err:
+                ok, status = False, type(err).__name__
+                seen["error"] = f"{type(err).__name__}: {err}"[:300]
+            with lock:
+                results.append((ok, status, seen))
+
+    try:
+        pod.start()
+        pod.wait_ready(WAIT_S)
+        with ThreadPoolExecutor(SHORT_THREADS) as pool:
+            for f in [pool.submit(client, k) for k in range(SHORT_THREADS)]:
+                f.result(WAIT_S)
+    finally:
+        pod.stop()
+    failed = [(status, seen) for ok, status, seen in results if not ok]
+    assert len(results) == SHORT_THREADS * SHORT_PER_THREAD
+    if failed:
+        paths = _save_logs(tmp_path, [pod])
+        for status, seen in failed:
+            print("failed:", status, json.dumps(seen, default=str)[:2000])
+        errors = [line for path in paths if "queue" in path.name
+                  for line in path.read_text(errors="replace").splitlines()
+                  if "error" in line.lower()]
+        assert not failed, {"failed": len(failed), "first": failed[:3],
+                            "proxy_errors": errors[:10], "logs": [str(p) for p in paths]}
+
+
 # -- drain ----------------------------------------------------------------------------------------
 class Router:
     """The activator's view: the old revision while its queue-proxy answers the probe 200."""
@@ -231,13 +292,13 @@ def _probe(kind: str, i: int, router: Router, session: requests.Session,
            started: threading.Event | None = None) -> dict:
     backend, pod = router.pick()
     t = time.monotonic()
+    seen: dict = {}
     try:
         if kind in ("stream", "long"):
-            s = stream(pod.url, {"prompt": f"{i} Once upon a time", "seed": i,
-                                 "max_tokens": 600 if kind == "long" else 32,
-                                 "temperature": 0.8}, session=session, timeout_s=120,
-                       on_first=started.set if started else None)
-            ok, status = s.status == 200 and s.done, s.status
+            ok, status = _stream(pod.url, {"prompt": f"{i} Once upon a time", "seed": i,
+                                           "max_tokens": 600 if kind == "long" else 32,
+                                           "temperature": 0.8}, session,
+                                 started.set if started else None, seen)
         else:
             r = session.post(f"{pod.url}/v1/completions", timeout=(3, 60),
                              json={"prompt": f"{i} The answer is", "max_tokens": 8,
@@ -245,11 +306,57 @@ def _probe(kind: str, i: int, router: Router, session: requests.Session,
             ok, status = r.status_code == 200 and len(r.json()["choices"]) == 1, r.status_code
     except requests.RequestException as err:
         ok, status = False, type(err).__name__
+        seen["error"] = f"{type(err).__name__}: {err}"[:300]
     finally:
         if started is not None:
             started.set()
-    return {"kind": kind, "backend": backend, "ok": ok, "status": status, "t_send": t,
-            "t_end": time.monotonic()}
+    out = {"kind": kind, "backend": backend, "ok": ok, "status": status, "t_send": t,
+           "t_end": time.monotonic()}
+    if not ok:
+        out["seen"] = seen  # what arrived before the failure
+    return out
+
+
+def _stream(url: str, body: dict, session: requests.Session, on_first, seen: dict
+            ) -> tuple[bool, int]:
+    """POST a streamed request and read it to [DONE], recording into ``seen`` what arrived
+    (status, headers, each line with its time after sending) for the report of a failure."""
+    t0 = time.monotonic()
+    resp = session.post(f"{url}/v1/completions", json={**body, "stream": True}, stream=True,
+                        timeout=(5, 120))
+    seen.update(status=resp.status_code, headers=dict(resp.headers), lines=[])
+    if resp.status_code != 200:
+        seen["body"] = resp.text[:400]
+        return False, resp.status_code
+    last = b""
+    for line in resp.iter_lines(chunk_size=None):
+        if not line:
+            continue
+        seen["lines"].append((round(time.monotonic() - t0, 3), line[:100].decode(errors="replace")))
+        if line.startswith(b"data: ") and on_first is not None:
+            on_first()
+            on_first = None
+        last = line
+    resp.close()
+    return last == b"data: [DONE]", resp.status_code
+
+
+def _save_logs(tmp_path: Path, pods) -> list[Path]:
+    """Copy every process log of ``pods`` beside the test's files and to .state/knative/ (pytest
+    truncates an assertion message, so logs in it go unread); the paths."""
+    paths = []
+    for pod in pods:
+        for proc in (pod.queue, pod.fn):
+            src = Path(proc.log_path)
+            if not src.exists():
+                continue
+            for dst_dir in (tmp_path / "logs", REPORT.parent / "lifecycle-logs"):
+                dst_dir.mkdir(parents=True, exist_ok=True)
+                dst = dst_dir / src.name
+                shutil.copyfile(src, dst)
+                paths.append(dst)
+    print("process logs:", *map(str, paths), sep="\n  ")
+    return paths
 
 
 def test_rolling_restart_drains_like_a_cluster(tmp_path):
@@ -315,9 +422,16 @@ def test_rolling_restart_drains_like_a_cluster(tmp_path):
               "termination": {k: v for k, v in termination.items() if k != "t0"}}
     record("drain", report)
     assert len(results) >= 400 + LONG_STREAMS
-    logs = "\n".join(f"--- {proc.name}\n{proc.log_tail(3000)}"
-                     for pod in (old, new) for proc in (pod.queue, pod.fn))
-    assert not failed, (report, logs)
+    if failed:
+        log_paths = _save_logs(tmp_path, (old, new))
+        for r in failed:
+            print("failed:", json.dumps({k: (round(v - t0, 3) if k.startswith("t_") else v)
+                                         for k, v in r.items()}, default=str))
+        proxy_errors = [line for path in log_paths if "queue" in path.name
+                        for line in path.read_text(errors="replace").splitlines()
+                        if "error" in line.lower()]
+        assert not failed, ({"failed": len(failed), "proxy_errors": proxy_errors[:10],
+                             "logs": [str(p) for p in log_paths]}, report)
     assert all(r["backend"] == "old" for r in results if r["kind"] == "long")
     assert any(k.endswith("->new") for k in by) and any(k.endswith("->old") for k in by), by
     # the kubelet's order: queue-proxy's SIGTERM first (t = 0), its probe answers not-ready
