@@ -70,7 +70,10 @@ def test_stream_chunk_structure(client):
     assert all(c["usage"] is None for c in chunks[:-1])
     assert len({c["id"] for c in chunks}) == 1
     content = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
-    assert len(content) == 4  # one chunk per token for this byte-level model
+    # One chunk per token for this byte-level model, except that text which may begin a stop
+    # string (e.g. the "<" of the chat template's end marker) is held back and sent with the
+    # next token's: the random tiny model sampled "<" and "d" as one chunk "<d" once in CI.
+    assert 1 <= len(content) <= 4 and all(content)
 
 
 def test_heartbeat_comment_while_waiting(make_runtime, hold_first_step):
