@@ -131,16 +131,33 @@ def local_values(name: str, minio, ferretdb, cache_dir: Path) -> dict[str, str]:
     return values
 
 
+class FuncRun(procs.ServerProcess):
+    """A ``func run``: ready when the function's readiness answers 200 *and* func has said so
+    (``Function running on ...``, printed once its own readiness poll, every 500 ms, saw 200).
+    Until then func is still starting the function, and a Ctrl-C makes it exit with 130
+    ("the operation was canceled") rather than 0."""
+
+    RUNNING = b"Function running on "
+
+    def is_ready(self) -> bool:
+        if not super().is_ready():
+            return False
+        try:
+            return self.RUNNING in self.log_path.read_bytes()
+        except OSError:
+            return False
+
+
 def func_server(name: str, port: int, values: dict[str, str], *, log_path: Path,
-                wheelhouse: Path = WHEELHOUSE) -> procs.ServerProcess:
+                wheelhouse: Path = WHEELHOUSE) -> FuncRun:
     """``func run --builder=host -p functions/<name> --address 127.0.0.1:<port> -e K=V ...``;
-    ready when the function's readiness answers 200."""
+    ready as :class:`FuncRun` says."""
     cmd = [str(FUNC), "run", "--builder=host", "-p", str(ROOT / "functions" / name),
            "--address", f"{procs.HOST}:{port}"]
     for key, value in values.items():
         cmd += ["-e", f"{key}={value}"]
-    server = procs.ServerProcess(cmd, port=port, log_path=log_path, cwd=ROOT,
-                                 env=func_environ(name, wheelhouse), name=f"func-run-{name}")
+    server = FuncRun(cmd, port=port, log_path=log_path, cwd=ROOT,
+                     env=func_environ(name, wheelhouse), name=f"func-run-{name}")
     server.ready_deadline_s = READY_DEADLINE_S
     return server
 
