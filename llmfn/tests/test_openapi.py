@@ -1,36 +1,93 @@
-"""llmfn.openapi: a function's document merged with the shared parts, written once."""
-import json
+"""llmfn.openapi: a function's document built from its protocol types and the shared parts."""
+from typing import Annotated, Literal
 
 import pytest
 from openapi_spec_validator import validate
 
 from llmfn import openapi
+from llmfn.openapi import HTML, Operation, Param
+from llmfn.protocol import UNSET, Meta, Model, Request, UnsetType
 
 
-def write(tmp_path, doc) -> str:
-    path = tmp_path / "openapi.json"
-    path.write_text(json.dumps(doc))
-    return path
+class EchoRequest(Request):
+    """What to echo."""
+    prompt: Annotated[str, Meta(description="the text")]
+    n: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
 
 
-BASE = {"openapi": "3.1.0", "info": {"title": "t", "version": "1"}}
+class Echo(Model):
+    """The echo."""
+    text: str
+    object: Literal["echo"] = "echo"
+    note: str | UnsetType = UNSET
 
 
-def test_shared_groups_and_components_are_merged(tmp_path):
-    doc = openapi.load(write(tmp_path, {
-        **BASE, "x-llmfn-include": ["base", "models", "event-requests"],
-        "paths": {"/": {"get": {"responses": {"200": {"description": "page"}}}}},
-        "components": {"schemas": {"Own": {"type": "object"}}}}))
+class EchoChunk(Model):
+    delta: str
+
+
+OPS = [
+    Operation("/", "get", "playground", "HTML playground", ("docs",), public=True, errors=(),
+              content=HTML, returns="an HTML page"),
+    Operation("/echo", "post", "echo", "Echo", ("echo",), request=EchoRequest, response=Echo,
+              stream=EchoChunk, errors=(400, 401, 404, 429, 503), returns="the echo",
+              headers=("X-Request-Id",)),
+    Operation("/count", "get", "count", "Count", ("echo",), errors=(401,),
+              parameters=(Param("since", description="ISO 8601"),),
+              responses={400: openapi.error_response("a bad query (`code: invalid_query`)")}),
+]
+
+
+def test_document_is_valid_openapi_with_the_shared_groups():
+    doc = openapi.document("t", "An echo.", OPS)
     validate(doc)
+    assert doc["openapi"] == "3.1.0" and doc["info"]["description"].startswith("An echo.")
     assert set(doc["paths"]["/"]) == {"get", "post"}  # the page beside the request events
-    assert {"/v1/models", "/v1/models/{model}", "/health/readiness"} <= set(doc["paths"])
-    assert {"Own", "Error"} <= set(doc["components"]["schemas"])
-    assert not [k for k in doc if k.startswith("x-llmfn")]
+    assert {"/", "/v1/models", "/v1/models/{model}", "/health/liveness", "/health/readiness",
+            "/metrics", "/docs", "/openapi.json", "/echo", "/count"} == set(doc["paths"])
+    assert {"Error", "ModelCard", "ModelList", "StructuredCloudEvent", "EchoRequest", "Echo",
+            "EchoChunk"} <= set(doc["components"]["schemas"])
 
 
-@pytest.mark.parametrize("extra", [
-    {"paths": {"/metrics": {"get": {"responses": {}}}}},
-    {"components": {"schemas": {"Error": {}}}}])
-def test_a_shared_part_is_not_redefined(tmp_path, extra):
-    with pytest.raises(ValueError):
-        openapi.load(write(tmp_path, {**BASE, "x-llmfn-include": ["base"], **extra}))
+def test_an_operation_is_described_from_its_types():
+    doc = openapi.document("t", "An echo.", OPS, groups=())
+    op = doc["paths"]["/echo"]["post"]
+    assert op["security"] == [{}, {"bearerAuth": []}]
+    assert op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EchoRequest"}
+    ok = op["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Echo"}
+    assert "text/event-stream" in ok["content"] and "`data: [DONE]`" in ok["description"]
+    assert ok["headers"]["X-Request-Id"] == {"$ref": "#/components/headers/XRequestId"}
+    assert set(op["responses"]) == {"200", "400", "401", "404", "413", "415", "429", "500",
+                                    "503"}
+    schemas = doc["components"]["schemas"]
+    assert schemas["EchoRequest"]["required"] == ["prompt"]
+    assert schemas["EchoRequest"]["properties"]["prompt"]["description"] == "the text"
+    assert schemas["EchoRequest"]["properties"]["n"]["minimum"] == 1
+    assert schemas["Echo"]["required"] == ["text", "object"]  # a constant is always written
+    assert schemas["Echo"]["description"] == "The echo."
+    page = doc["paths"]["/"]["get"]
+    assert "security" not in page and set(page["responses"]) == {"200"}
+    count = doc["paths"]["/count"]["get"]
+    assert count["parameters"] == [{"name": "since", "in": "query", "required": False,
+                                    "schema": {"type": "string"}, "description": "ISO 8601"}]
+    assert count["responses"]["400"]["description"].startswith("a bad query")
+    assert set(doc["components"]["responses"]) == {
+        "BadRequest", "Unauthorized", "NotFound", "RequestTooLarge", "UnsupportedMediaType",
+        "TooManyRequests", "ServerError", "Unavailable"}
+    validate(doc)
+
+
+def test_a_route_is_described_once():
+    with pytest.raises(ValueError, match="GET /metrics described twice"):
+        openapi.document("t", "", [Operation("/metrics", "get", "m", "m", ("x",))])
+
+
+def test_attach_serves_the_document():
+    from flask import Flask
+
+    app = Flask("t")
+    doc = openapi.document("t", "", OPS)
+    assert openapi.attach(app, doc) is doc
+    assert app.extensions[openapi.EXTENSION_KEY] is doc

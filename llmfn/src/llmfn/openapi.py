@@ -1,58 +1,338 @@
-"""Each function's OpenAPI 3.1 document: its own file plus the parts every function shares.
+"""Each function's OpenAPI 3.1 document, built from its protocol types.
 
-A function's ``function/openapi.json`` describes its own routes and lists, under
-``x-llmfn-include``, the shared path groups of ``openapi_common.json`` its app has: ``base``
-(health, /metrics, /openapi.json, /docs: the base app's), ``models`` (/v1/models) and
-``event-requests`` (``POST /``). The shared components (the OpenAI error shape, the error
-responses, headers) are merged in, so each is written once. The base app serves the result at
-``GET /openapi.json`` (:func:`attach`); each function's tests check it against the app's routes.
+A function's ``function/protocol.py`` lists its routes as :class:`Operation` s (``OPERATIONS``)
+whose bodies are protocol types (``llmfn.protocol``). :func:`document` adds the path groups the
+base app gives every function (:data:`GROUPS`: ``base`` for health, /metrics, /openapi.json and
+/docs; ``models`` for /v1/models; ``event-requests`` for ``POST /``), the shared components (the
+OpenAI error shape and the error responses, the ``Retry-After`` header, ``bearerAuth``), and the
+JSON Schemas of every type named (``protocol.schemas``). Nothing of it is written twice: the
+types are the validation and the document. The base app serves the result at
+``GET /openapi.json`` (:func:`attach`); each function's tests hold it against the app's routes.
 """
 from __future__ import annotations
 
-import copy
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from flask import Flask
 
-COMMON = Path(__file__).with_name("openapi_common.json")
-INCLUDE = "x-llmfn-include"
-GROUPS = "x-llmfn-paths"
+from . import protocol
+from .shapes import Error, ModelCard, ModelList, StructuredCloudEvent, Usage
+
 EXTENSION_KEY = "llmfn.openapi"
 """``app.extensions`` key of the document the base app serves at ``/openapi.json``."""
+VERSION = "0.1.0"
+SSE = ("the SSE stream of its chunks (`data: {chunk}` events, `: keep-alive` comments, "
+       "`data: [DONE]` at the end)")
+
+HTML = {"text/html": {"type": "string"}}
+"""``content`` of an operation that answers an HTML page."""
+TEXT = {"text/plain": {"type": "string"}}
+"""``content`` of an operation that answers plain text."""
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """The function's document at ``path`` with the shared path groups and components merged."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    common = json.loads(COMMON.read_text(encoding="utf-8"))
-    paths: dict[str, dict] = {}
-    for group in doc.pop(INCLUDE, []):
-        _merge_paths(paths, copy.deepcopy(common[GROUPS][group]))
-    _merge_paths(paths, doc.get("paths", {}))
-    doc["paths"] = paths
-    components = doc.setdefault("components", {})
-    for section, items in common.get("components", {}).items():
-        own = components.get(section, {})
-        clash = set(own) & set(items)
-        if clash:
-            raise ValueError(f"{path}: components.{section} redefines shared {sorted(clash)}")
-        components[section] = {**items, **own}
+@dataclass(frozen=True)
+class Param:
+    """A query, header or path parameter (a string unless ``schema`` says otherwise)."""
+    name: str
+    where: str = "query"
+    description: str = ""
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+    def spec(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "in": self.where,
+                               "required": self.required or self.where == "path",
+                               "schema": dict(self.schema)}
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route of a function's API, as its document describes it.
+
+    ``request`` is the JSON body's :class:`~llmfn.protocol.Request` type, ``response`` the 200's
+    :class:`~llmfn.protocol.Model` type, ``stream`` the type of an SSE ``data:`` chunk when the
+    client asks for ``stream: true``. ``public`` routes answer without a bearer key. ``errors``
+    are the error statuses the route answers in OpenAI's shape (413/415 are added for a JSON
+    body, 500 for every route but a page). ``content`` maps a media type to its JSON Schema for
+    a 200 that is not (only) a ``response`` type (:data:`HTML`, :data:`TEXT`).
+
+    The rest is for routes the above does not cover: ``returns`` describes the 200,
+    ``parameters`` are its query/header/path parameters, ``event`` (a ``ce-type`` example) makes
+    the body a CloudEvent in binary or structured mode, ``headers`` names shared headers of the
+    200 (``X-Request-Id``), and ``responses`` are OpenAPI response objects by status that replace
+    the generated ones (an error whose meaning is the route's own: :func:`error_response`).
+    """
+    path: str
+    method: str
+    operation_id: str
+    summary: str
+    tags: tuple[str, ...]
+    request: type | None = None
+    response: type | None = None
+    stream: type | None = None
+    public: bool = False
+    errors: tuple[int, ...] = (400, 401, 429, 503)
+    description: str = ""
+    content: Mapping[str, Mapping[str, Any]] | None = None
+    returns: str = ""
+    parameters: tuple[Param, ...] = ()
+    event: str = ""
+    headers: tuple[str, ...] = ()
+    responses: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+
+    def types(self) -> list[type]:
+        return [t for t in (self.request, self.response, self.stream) if t is not None]
+
+
+# -- shared components ----------------------------------------------------------------------------
+_ERROR_RESPONSES = {
+    400: ("BadRequest", "invalid JSON, a wrong type or value (`param` names it), or over the "
+          "context length (`code: context_length_exceeded`)"),
+    401: ("Unauthorized", "`API_KEYS`/`API_KEYS_FILE` set and no or a wrong `Authorization: "
+          "Bearer` (`code: invalid_api_key`)"),
+    404: ("NotFound", "unknown model (`code: model_not_found`)"),
+    413: ("RequestTooLarge", "body over `MAX_REQUEST_BYTES` (`code: request_too_large`)"),
+    415: ("UnsupportedMediaType", "body not `application/json` (`code: unsupported_media_type`)"),
+    429: ("TooManyRequests", "queue full, or a key's concurrent requests over "
+          "`MAX_CONCURRENT_PER_KEY`"),
+    500: ("ServerError", "unexpected error (`code: internal_error`; the traceback is logged, "
+          "never sent)"),
+    503: ("Unavailable", "not ready yet (`model_not_ready`: downloading, loading, no database) "
+          "or shutting down"),
+}
+_RETRY = (429, 503)
+_HEADERS = {
+    "Retry-After": ("RetryAfter", {"description": "seconds to wait before retrying",
+                                   "schema": {"type": "string", "pattern": "^[0-9]+$"}}),
+    "X-Request-Id": ("XRequestId", {"description": "the id of the request's CloudEvent",
+                                    "schema": {"type": "string"}}),
+}
+_SECURITY = {"bearerAuth": {"type": "http", "scheme": "bearer",
+                            "description": "Only when `API_KEYS` or `API_KEYS_FILE` is set."}}
+
+
+def _schema_ref(kind: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{kind.__name__}"}
+
+
+def _header_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/headers/{_HEADERS[name][0]}"}
+
+
+def error_response(description: str, status: int = 400) -> dict[str, Any]:
+    """An error response in OpenAI's shape whose ``description`` is the route's own."""
+    out: dict[str, Any] = {"description": description,
+                           "content": {"application/json": {"schema": _schema_ref(Error)}}}
+    if status in _RETRY:
+        out["headers"] = {"Retry-After": _header_ref("Retry-After")}
+    return out
+
+
+def event_parameters(example_type: str, *, correlation: bool = False) -> tuple[Param, ...]:
+    """The ``ce-*`` headers of a CloudEvent in binary mode (all optional: structured mode has
+    them in the body)."""
+    names = ["ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time"]
+    if correlation:
+        names.append("ce-correlationid")
+    out = []
+    for name in names:
+        schema: dict[str, Any] = {"type": "string"}
+        if name == "ce-specversion":
+            schema["enum"] = ["1.0"]
+        out.append(Param(name, "header", f"e.g. `{example_type}`" if name == "ce-type" else "",
+                         schema))
+    return tuple(out)
+
+
+# -- the shared path groups -----------------------------------------------------------------------
+def _plain(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+GROUPS: dict[str, tuple[Operation, ...]] = {
+    "base": (
+        Operation("/health/liveness", "get", "liveness", "Liveness probe", ("health",),
+                  public=True, errors=(), content=TEXT, returns="alive",
+                  description="200 while the process can serve or recover; 500 only when it "
+                  "cannot (the model failed to load for good), so the pod restarts.",
+                  responses={500: _plain("the reason the process cannot recover")}),
+        Operation("/health/readiness", "get", "readiness", "Readiness probe", ("health",),
+                  public=True, errors=(), content=TEXT, returns="ready",
+                  description="200 once the function can serve; 500 with the reason (such as "
+                  "`downloading 41 %`, `loading`, `waiting for the database`, `stopping`) until "
+                  "then.", responses={500: _plain("why the function is not ready")}),
+        Operation("/metrics", "get", "metrics", "Prometheus metrics", ("health",), public=True,
+                  errors=(), content=TEXT, returns="Prometheus text exposition format",
+                  responses={500: {}}),
+        Operation("/openapi.json", "get", "openapi", "This OpenAPI 3.1 document", ("docs",),
+                  public=True, errors=(), returns="the document", responses={500: {}},
+                  content={"application/json": {"type": "object",
+                                                "required": ["openapi", "paths"]}}),
+        Operation("/docs", "get", "docs", "This document rendered as HTML", ("docs",),
+                  public=True, errors=(), content=HTML,
+                  returns="an HTML page rendering /openapi.json"),
+    ),
+    "models": (
+        Operation("/v1/models", "get", "listModels", "The one model this function serves",
+                  ("models",), response=ModelList, errors=(401, 429),
+                  returns="OpenAI's model list"),
+        Operation("/v1/models/{model}", "get", "retrieveModel", "The served model, by id",
+                  ("models",), response=ModelCard, errors=(401, 404, 429),
+                  returns="OpenAI's model object",
+                  parameters=(Param("model", "path", "the model id (may contain `/`)"),)),
+    ),
+    "event-requests": (
+        Operation("/", "post", "requestEvent",
+                  "An OpenAI request as a CloudEvent; the answer is the reply event", ("events",),
+                  public=True, errors=(413, 429, 503),
+                  event="dev.llmfn.chat.completion.requested.v1",
+                  parameters=event_parameters("dev.llmfn.chat.completion.requested.v1",
+                                              correlation=True),
+                  description="A request event (`dev.llmfn.*.requested.v1`, docs/events.md) in "
+                  "binary mode (`ce-*` headers, the OpenAI request body as the body) or "
+                  "structured mode (`application/cloudevents+json`). Public: `API_KEYS` does not "
+                  "apply. A request that can never succeed is answered **200** with a "
+                  "`dev.llmfn.request.failed.v1` reply whose data is the OpenAI error body; 429 "
+                  "and 503 (with `Retry-After`) and 5xx are retried by the Broker; a body that is "
+                  "not a CloudEvent is a plain 400.",
+                  responses={
+                      200: {"description": "The reply event in binary mode: `ce-*` headers, its "
+                            "data (the OpenAI response object, or for "
+                            "`dev.llmfn.request.failed.v1` the OpenAI error body) as the body.",
+                            "headers": {name: {"schema": {"type": "string"}}
+                                        for name in ("ce-type", "ce-id", "ce-source")},
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                      400: error_response("not a CloudEvent (nothing to reply to)")}),
+    ),
+}
+
+
+# -- the document ---------------------------------------------------------------------------------
+def document(title: str, description: str, operations: Iterable[Operation],
+             groups: Iterable[str] = ("base", "models", "event-requests"), *,
+             version: str = VERSION) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a function: the shared ``groups`` (:data:`GROUPS`) and its
+    own ``operations``, each (path, method) described once."""
+    ops = [op for group in groups for op in GROUPS[group]] + list(operations)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        item = paths.setdefault(op.path, {})
+        method = op.method.lower()
+        if method in item:
+            raise ValueError(f"{op.method.upper()} {op.path} described twice")
+        item[method] = _operation(op)
+    kinds = [Error] + [kind for op in ops for kind in op.types()]
+    if any(op.event for op in ops):
+        kinds.append(StructuredCloudEvent)
+    _, schemas = protocol.schemas(dict.fromkeys(kinds))
+    used = {status for op in ops for status in _statuses(op)}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version,
+                 "description": f"{description} Errors have OpenAI's shape "
+                                '`{"error": {"message", "type", "param", "code"}}`.'},
+        "paths": paths,
+        "components": {
+            "securitySchemes": _SECURITY,
+            "headers": {ref: spec for ref, spec in _HEADERS.values()},
+            "schemas": dict(sorted(schemas.items())),
+            "responses": {name: error_response(text, status)
+                          for status, (name, text) in _ERROR_RESPONSES.items() if status in used},
+        },
+    }
+
+
+def _statuses(op: Operation) -> list[int]:
+    """The error statuses answered from the shared responses."""
+    statuses = set(op.errors)
+    if op.request is not None or op.event:
+        statuses |= {413, 415} if op.request is not None else {413}
+    if op.content != HTML:
+        statuses.add(500)
+    return sorted(s for s in statuses if s not in op.responses)
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": op.operation_id, "tags": list(op.tags),
+                           "summary": op.summary}
+    if op.description:
+        out["description"] = op.description
+    if not op.public:
+        out["security"] = [{}, {"bearerAuth": []}]
+    if op.parameters:
+        out["parameters"] = [p.spec() for p in op.parameters]
+    if op.request is not None:
+        out["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _schema_ref(op.request)}}}
+    elif op.event:
+        out["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": {"type": "object",
+                                            "description": "binary mode: the event's data"}},
+            "application/cloudevents+json": {"schema": _schema_ref(StructuredCloudEvent)}}}
+    responses: dict[str, Any] = {"200": _ok(op)}
+    for status in _statuses(op):
+        responses[str(status)] = {"$ref": f"#/components/responses/{_ERROR_RESPONSES[status][0]}"}
+    for status, response in op.responses.items():
+        if response:  # an empty one removes a shared response (500 of a route that cannot fail)
+            responses[str(status)] = dict(response)
+    out["responses"] = dict(sorted(responses.items()))
+    return out
+
+
+def _ok(op: Operation) -> dict[str, Any]:
+    """The 200 response: the ``response`` type as JSON, the SSE stream, ``content``."""
+    content: dict[str, Any] = {}
+    if op.response is not None:
+        content["application/json"] = {"schema": _schema_ref(op.response)}
+    if op.stream is not None:
+        content["text/event-stream"] = {
+            "schema": {"type": "string",
+                       "description": f"`data:` events of {op.stream.__name__} JSON"},
+            "x-llmfn-chunk": _schema_ref(op.stream)}
+    for media, schema in (op.content or {}).items():
+        content[media] = {"schema": dict(schema)}
+    text = op.returns or "OK"
+    if op.stream is not None:
+        text = f"{text}, or with `stream: true` {SSE}"
+    out: dict[str, Any] = {"description": text}
+    if op.headers:
+        out["headers"] = {name: _header_ref(name) for name in op.headers}
+    if content:
+        out["content"] = content
+    return out
+
+
+def attach(app: Flask, doc: dict[str, Any] | str | Path) -> dict[str, Any]:
+    """Serve ``doc`` (built by :func:`document`) at ``/openapi.json``."""
+    if not isinstance(doc, dict):
+        doc = load(doc)
+    app.extensions[EXTENSION_KEY] = doc
     return doc
 
 
-def _merge_paths(into: dict[str, dict], paths: dict[str, dict]) -> None:
-    for route, item in paths.items():
-        have = into.setdefault(route, {})
+# -- TEMPORARY (issue 21): a function whose protocol.py is not written yet keeps its hand-written
+# ``function/openapi.json``; it gets the shared groups and components here. Goes with the last one.
+def load(path: str | Path) -> dict[str, Any]:
+    """The hand-written document at ``path`` (its ``x-llmfn-include`` groups) made whole."""
+    own = json.loads(Path(path).read_text(encoding="utf-8"))
+    doc = document("", "", [], own.pop("x-llmfn-include", []))
+    doc["info"] = own["info"]
+    for route, item in own.get("paths", {}).items():
+        have = doc["paths"].setdefault(route, {})
         clash = set(have) & set(item)
         if clash:
             raise ValueError(f"{route}: {sorted(clash)} described twice")
         have.update(item)
-
-
-def attach(app: Flask, path: str | Path) -> dict[str, Any]:
-    """Serve the function's document (``path``, merged by :func:`load`) at ``/openapi.json``."""
-    doc = load(path)
-    app.extensions[EXTENSION_KEY] = doc
+    _, shared = protocol.schemas([Usage])
+    doc["components"]["schemas"].update(shared)
+    for section, items in own.get("components", {}).items():
+        doc["components"].setdefault(section, {}).update(items)
+    doc["components"]["responses"] = {name: error_response(text, status)
+                                      for status, (name, text) in _ERROR_RESPONSES.items()}
     return doc

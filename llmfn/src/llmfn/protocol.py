@@ -24,6 +24,7 @@ import re
 from typing import Any, Iterable, TypeVar
 
 import msgspec
+import msgspec.inspect
 from msgspec import UNSET, Meta, UnsetType, field
 
 from .errors import InvalidRequest
@@ -40,9 +41,10 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw
     client sends as ``null``."""
 
 
-class Model(msgspec.Struct, omit_defaults=True, kw_only=True):
+class Model(msgspec.Struct, kw_only=True):
     """A shape we send (a response, a stream chunk, an event's data). Fields left
-    :data:`UNSET` are not written."""
+    :data:`UNSET` are not written; every other field is, its default included (a constant such
+    as ``object: Literal["list"] = "list"`` is part of the shape)."""
 
 
 def is_set(value: Any) -> bool:
@@ -74,8 +76,39 @@ def to_builtins(value: Any) -> Any:
 def schemas(kinds: Iterable[type], ref_template: str = "#/components/schemas/{name}"
             ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """JSON Schemas (2020-12, as OpenAPI 3.1 takes them) of ``kinds``: one per kind (mostly a
-    ``$ref``) and the named components they refer to."""
-    return msgspec.json.schema_components(list(kinds), ref_template=ref_template)
+    ``$ref``) and the named components they refer to.
+
+    A :class:`Model` always writes a field that has a default (only :data:`UNSET` ones are left
+    out), so its schema lists those as required too."""
+    kinds = list(kinds)
+    refs, components = msgspec.json.schema_components(kinds, ref_template=ref_template)
+    for cls in _structs(msgspec.inspect.multi_type_info(kinds)):
+        schema = components.get(cls.__name__)
+        if schema is None or not issubclass(cls, Model):
+            continue
+        written = [f.encode_name for f in msgspec.structs.fields(cls) if f.default is not UNSET]
+        schema["required"] = [name for name in schema.get("properties", {}) if name in written]
+    return refs, components
+
+
+def _structs(infos: Iterable[Any], seen: set[type] | None = None) -> list[type]:
+    """The Struct classes in msgspec type infos, nested ones included."""
+    seen = set() if seen is None else seen
+    out = []
+    for info in infos:
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in seen:
+                continue
+            seen.add(info.cls)
+            out.append(info.cls)
+            out += _structs([f.type for f in info.fields], seen)
+        else:
+            nested = [getattr(info, name) for name in ("item_type", "key_type", "value_type")
+                      if isinstance(getattr(info, name, None), msgspec.inspect.Type)]
+            nested += list(getattr(info, "types", ()) or ())
+            nested += list(getattr(info, "item_types", ()) or ())
+            out += _structs([t for t in nested if isinstance(t, msgspec.inspect.Type)], seen)
+    return out
 
 
 # -- msgspec's messages in OpenAI's words ---------------------------------------------------------
