@@ -19,7 +19,6 @@ Without ``K_SINK`` the emitter is disabled: no thread, ``emit`` returns False.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import queue
@@ -33,8 +32,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from llmfn.protocol import UNSET, Model, UnsetType, field, to_builtins
 from llmfn.settings import EventSettings, SettingsError
 
 if typing.TYPE_CHECKING:  # imported where used, on the sender thread, not at start
@@ -59,11 +60,12 @@ def utc_now_rfc3339() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(kw_only=True)
-class InferenceRecord:
+class InferenceRecord(Model, kw_only=True):
     """``data`` of a ``dev.llmfn.inference.completed.v1`` event (docs/architecture.md).
 
-    Fields in the order of the table; keyword-only, so defaults may sit between them.
+    Fields in the order of the table; keyword-only, so defaults may sit between them. The
+    defaults are the emitter's: an event received (:func:`validate_inference_data`) must carry
+    every field but :data:`_OPTIONAL`.
     """
     request_id: str
     function: str
@@ -85,13 +87,13 @@ class InferenceRecord:
     stream: bool
     output_format: str = "text"
     key_id: str | None = None  # llmfn.auth.key_id of the caller's bearer key (never the key)
-    time: str = dataclasses.field(default_factory=utc_now_rfc3339)
+    time: str = field(default_factory=utc_now_rfc3339)
     prompt: str | None = None
     output: str | None = None
 
     def to_data(self, include_text: bool) -> dict[str, Any]:
         """The event data; ``prompt`` and ``output`` only when ``include_text`` (and set)."""
-        data = dataclasses.asdict(self)
+        data = to_builtins(self)
         for key in _TEXT_FIELDS:
             if not include_text or data[key] is None:
                 del data[key]
@@ -99,50 +101,58 @@ class InferenceRecord:
 
 
 _TEXT_FIELDS = ("prompt", "output")
-_INT, _FLOAT, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
-_KINDS = {int: _INT, float: _FLOAT, str: _STR, bool: _BOOL}
-
-
-def _schema_of(record: type) -> dict[str, tuple[tuple[type, ...], bool]]:
-    """field -> (accepted JSON types, null allowed), from the dataclass's annotations. The text
-    fields are left out when unset, never sent as null."""
-    schema = {}
-    hints = typing.get_type_hints(record)
-    for f in dataclasses.fields(record):
-        hint = hints[f.name]
-        args = typing.get_args(hint)
-        base = next(a for a in args if a is not type(None)) if args else hint
-        schema[f.name] = (_KINDS[base], type(None) in args and f.name not in _TEXT_FIELDS)
-    return schema
-
-
-# All fields but these are required (output_format and key_id came later: older events lack
-# them).
+# All fields but these are required in an event received (output_format and key_id came later:
+# older events lack them; the text fields are left out when not sent, never sent as null).
 _OPTIONAL = (*_TEXT_FIELDS, "output_format", "key_id")
-_SCHEMA = _schema_of(InferenceRecord)
-_NAMES = {_INT: "int", _FLOAT: "number", _STR: "str", _BOOL: "bool"}
+
+
+def _received(record: type[Model]) -> type[Model]:
+    """The record's fields as an event received must carry them: all required but
+    :data:`_OPTIONAL`, the text fields a string when present; other keys pass."""
+    fields = []
+    for f in msgspec.structs.fields(record):
+        if f.name in _TEXT_FIELDS:
+            fields.append((f.name, str | UnsetType, UNSET))
+        elif f.name in _OPTIONAL:
+            fields.append((f.name, f.type | UnsetType, UNSET))
+        else:
+            fields.append((f.name, f.type))
+    return msgspec.defstruct("InferenceData", fields, bases=(Model,), kw_only=True)
+
+
+InferenceData = _received(InferenceRecord)
+"""An inference event's ``data`` as audit accepts it (:func:`validate_inference_data`)."""
+_GOT = {"array": "list", "object": "dict", "null": "NoneType", "float": "float"}
+_WANT = {"int": "int", "float": "number", "str": "str", "bool": "bool"}
 
 
 def validate_inference_data(data: Any) -> list[str]:
-    """Problems with an inference event's ``data``: missing fields, wrong types (extras pass)."""
-    if not isinstance(data, dict):
-        return [f"data must be a JSON object, got {type(data).__name__}"]
-    problems = []
-    for key, (kinds, nullable) in _SCHEMA.items():
-        if key not in data:
-            if key not in _OPTIONAL:
-                problems.append(f"{key} is missing")
-            continue
-        value = data[key]
-        if value is None and nullable:
-            continue
-        # bool is a subclass of int in Python but not a JSON number.
-        if isinstance(value, bool) != (kinds is _BOOL) or not isinstance(value, kinds):
-            want = _NAMES[kinds] + (" or null" if nullable else "")
-            problems.append(f"{key} must be {want}, got {type(value).__name__}")
-        elif key == "time" and not _is_rfc3339(value):
-            problems.append(f"time must be an RFC 3339 timestamp, got {value!r}")
-    return problems
+    """Problems with an inference event's ``data``: a missing field or a wrong type (the first
+    one found), or a ``time`` that is not RFC 3339; extras pass."""
+    try:
+        msgspec.convert(data, InferenceData, strict=True)
+    except msgspec.ValidationError as err:
+        return [_problem(str(err))]
+    if not _is_rfc3339(data["time"]):
+        return [f"time must be an RFC 3339 timestamp, got {data['time']!r}"]
+    return []
+
+
+def _problem(error: str) -> str:
+    """msgspec's message in this module's words (``status is missing``)."""
+    found = re.fullmatch(r"Object missing required field `(?P<key>[^`]+)`", error)
+    if found:
+        return f"{found['key']} is missing"
+    found = re.fullmatch(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`"
+                         r"(?: - at `\$\.?(?P<key>[^`]*)`)?", error)
+    if found and not found["key"]:
+        return f"data must be a JSON object, got {_GOT.get(found['got'], found['got'])}"
+    if found:
+        want = " or ".join(_WANT.get(w, w) for w in found["want"].split(" | ") if w != "null")
+        if "null" in found["want"].split(" | "):
+            want += " or null"
+        return f"{found['key']} must be {want}, got {_GOT.get(found['got'], found['got'])}"
+    return error
 
 
 def _is_rfc3339(value: str) -> bool:

@@ -26,18 +26,18 @@ class Error(Model):
     error: ErrorDetail
 
 
-class ModelCard(Model):
+class ModelCard(Model, kw_only=True):
     """OpenAI's model object: the one model the function serves."""
     id: str
-    created: int
     object: Literal["model"] = "model"
+    created: int
     owned_by: str = "llmfn"
 
 
-class ModelList(Model):
+class ModelList(Model, kw_only=True):
     """OpenAI's model list."""
-    data: list[ModelCard]
     object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class StructuredCloudEvent(Model):
@@ -55,8 +55,8 @@ class StructuredCloudEvent(Model):
 Count = Annotated[int, Meta(ge=0)]
 
 
-class Usage(Model):
+class Usage(Model, kw_only=True):
     """Tokens the request used."""
     prompt_tokens: Count
-    total_tokens: Count
     completion_tokens: Count | UnsetType = UNSET
+    total_tokens: Count

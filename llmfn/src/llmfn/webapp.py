@@ -21,6 +21,8 @@ from .errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from .metrics import HTTPMetrics
 from .openapi import EXTENSION_KEY as OPENAPI_KEY
 from .origin import KEY_ID_KEY
+from .protocol import to_builtins
+from .shapes import ModelCard, ModelList
 
 if TYPE_CHECKING:  # audit imports this module and no model code
     from .host import ModelHost
@@ -160,18 +162,18 @@ def add_model_routes(app: Flask, host: "ModelHost") -> None:
 
     @app.get("/v1/models")
     def models():
-        return jsonify({"object": "list", "data": [model_card(host, created)]})
+        return jsonify(to_builtins(ModelList(data=[model_card(host, created)])))
 
     @app.get("/v1/models/<path:model>")
     def model(model: str):
         if model != host.model_id:
             raise errors.ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        return jsonify(model_card(host, created))
+        return jsonify(to_builtins(model_card(host, created)))
 
 
-def model_card(host: "ModelHost", created: int) -> dict:
+def model_card(host: "ModelHost", created: int) -> ModelCard:
     """One entry of /v1/models in OpenAI's shape."""
-    return {"id": host.model_id, "object": "model", "created": created, "owned_by": "llmfn"}
+    return ModelCard(id=host.model_id, created=created)
 
 
 def json_body() -> dict[str, Any]:
