@@ -1,5 +1,6 @@
-"""The shapes of generate's answers, each built by one function: OpenAI's completion objects,
-their SSE chunks, choices with text, messages, tool calls and log-probabilities.
+"""generate's answers, each built by one function from the protocol's types (protocol.py):
+OpenAI's completion objects, their SSE chunks, choices with text, messages, tool calls and
+log-probabilities.
 
 One :class:`Call` per admitted request; its ``choices`` (``n``, or ``best_of`` candidates) are
 generations of the scheduler.
@@ -7,8 +8,15 @@ generations of the scheduler.
 from __future__ import annotations
 
 import json
+from typing import Any
+
+from llmfn.protocol import UNSET, Model, to_builtins
 
 from . import structured
+from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatLogprobs,
+                       ChatMessage, ChatTokenLogprob, ChunkChoice, Completion, CompletionChoice,
+                       CompletionChunk, CompletionLogprobs, CompletionUsage, Delta,
+                       FunctionCallOut, ToolCallDelta, ToolCallOut, TopLogprob)
 from .scheduler import Generation, Outcome, TokenLogprob
 
 
@@ -24,6 +32,7 @@ class Call:
         self.echo_text = echo_text  # completions with echo: the prompt, before each text
         self.prompt_text: str | None = None  # only with EVENTS_INCLUDE_TEXT
         self.events = jobs[0].events  # shared by the choices
+        self.first_finish: str | None = None  # the finish_reason choice 0 was answered with
 
     @property
     def route(self) -> str:
@@ -35,93 +44,113 @@ class Call:
         been one) in one piece."""
         return self.chat and self.req.output.may_call
 
-    def head(self, *, stream: bool) -> dict:
-        """id, object, created and model: what every body and chunk of this request carries."""
-        if self.chat:
-            head = {"id": f"chatcmpl-{self.rid}",
-                    "object": "chat.completion.chunk" if stream else "chat.completion"}
-        else:
-            head = {"id": f"cmpl-{self.rid}", "object": "text_completion"}
-        head.update({"created": self.created, "model": self.model})
-        return head
+    def head(self) -> dict[str, Any]:
+        """id, created and model: what every body and chunk of this request carries."""
+        prefix = "chatcmpl" if self.chat else "cmpl"
+        return {"id": f"{prefix}-{self.rid}", "created": self.created, "model": self.model}
 
     # -- whole answers --------------------------------------------------------------------
-    def response(self, outcomes: list[Outcome]) -> dict:
+    def response(self, outcomes: list[Outcome]) -> Completion | ChatCompletion:
         """The answer of a non-streamed request; ``outcomes`` are the returned choices."""
-        choices = [self.choice(i, o) for i, o in enumerate(outcomes)]
-        return {**self.head(stream=False), "choices": choices, "usage": self.usage()}
+        usage = self.usage()
+        if self.chat:
+            chat = [self.chat_choice(i, o) for i, o in enumerate(outcomes)]
+            self.first_finish = chat[0].finish_reason
+            return ChatCompletion(choices=chat, usage=usage,
+                                  **self.head())
+        choices = [CompletionChoice(text=self.echo_text + o.text, index=i,
+                                    logprobs=self.completion_logprobs(o.tokens, self.echo_text)
+                                    if self.req.params.logprobs is not None else None,
+                                    finish_reason=finish(o))
+                   for i, o in enumerate(outcomes)]
+        self.first_finish = choices[0].finish_reason
+        return Completion(choices=choices, usage=usage, **self.head())
 
-    def choice(self, index: int, outcome: Outcome) -> dict:
-        logprobs = self.logprobs(outcome.tokens or [], self.echo_text) \
+    def chat_choice(self, index: int, outcome: Outcome) -> ChatChoice:
+        logprobs = self.chat_logprobs(outcome.tokens) \
             if self.req.params.logprobs is not None and outcome.tokens is not None else None
-        if not self.chat:
-            return {"text": self.echo_text + outcome.text, "index": index,
-                    "logprobs": logprobs, "finish_reason": finish(outcome)}
         calls = self.tool_calls(outcome, index)
-        message = {"role": "assistant", "content": None if calls else outcome.text,
-                   "refusal": None}
-        if calls:
-            message["tool_calls"] = calls
-        return {"index": index, "message": message, "logprobs": logprobs,
-                "finish_reason": "tool_calls" if calls else finish(outcome)}
+        message = ChatMessage(content=None, tool_calls=calls) if calls else ChatMessage(
+            content=outcome.text)
+        return ChatChoice(index=index, message=message, logprobs=logprobs,
+                          finish_reason="tool_calls" if calls else finish(outcome))
 
-    def tool_calls(self, outcome: Outcome, index: int) -> list[dict] | None:
+    def tool_calls(self, outcome: Outcome, index: int) -> list[ToolCallOut] | None:
         if outcome.finish_reason != "stop":
             return None
-        return structured.tool_calls(outcome.text, self.req.output, f"{self.rid}\x1f{index}")
+        calls = structured.tool_calls(outcome.text, self.req.output, f"{self.rid}\x1f{index}")
+        return None if calls is None else [
+            ToolCallOut(id=c["id"], function=FunctionCallOut(**c["function"]))
+            for c in calls]
 
-    def usage(self, completion_tokens: int | None = None) -> dict:
+    def usage(self, completion_tokens: int | None = None) -> CompletionUsage:
         done = completion_tokens if completion_tokens is not None else sum(
             j.outcome.completion_tokens for j in self.jobs if j.outcome is not None)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done,
-                "total_tokens": self.prompt_tokens + done}
+        return CompletionUsage(prompt_tokens=self.prompt_tokens, completion_tokens=done,
+                               total_tokens=self.prompt_tokens + done)
 
-    def logprobs(self, tokens: list[TokenLogprob], before: str = "") -> dict:
-        """OpenAI's logprobs object: chat ``{content: [...]}``, completions' four arrays."""
-        if self.chat:
-            return {"content": [_chat_entry(t) for t in tokens], "refusal": None}
+    @staticmethod
+    def completion_logprobs(tokens: list[TokenLogprob] | None,
+                            before: str = "") -> CompletionLogprobs | None:
+        """Completions' four arrays; offsets count from the end of ``before``."""
+        if tokens is None:
+            return None
         offsets, at = [], len(before)
         for t in tokens:
             offsets.append(at)
-            at += len(t.piece.decode("utf-8", errors="replace"))
-        return {"tokens": [_text(t.piece) for t in tokens],
-                "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [{_text(p): lp for _, p, lp in t.top} for t in tokens],
-                "text_offset": offsets}
+            at += len(_text(t.piece))
+        return CompletionLogprobs(tokens=[_text(t.piece) for t in tokens],
+                                  token_logprobs=[t.logprob for t in tokens],
+                                  top_logprobs=[{_text(p): lp for _, p, lp in t.top}
+                                                for t in tokens],
+                                  text_offset=offsets)
+
+    @staticmethod
+    def chat_logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:
+        return ChatLogprobs(content=[_chat_entry(t) for t in tokens])
 
     # -- SSE chunks -----------------------------------------------------------------------
-    def chunk(self, index: int, delta, finish_reason: str | None = None,
+    def chunk(self, index: int, delta: str | Delta, finish_reason: str | None = None,
               tokens: list[TokenLogprob] | None = None) -> bytes:
         """One SSE chunk of choice ``index``: ``delta`` is new text (or a ready chat delta)."""
-        logprobs = self.logprobs(tokens) if tokens else None
         if self.chat:
-            delta = {"content": delta} if isinstance(delta, str) else delta
-            choice = {"index": index, "delta": delta, "logprobs": logprobs,
-                      "finish_reason": finish_reason}
-        else:
-            choice = {"text": delta, "index": index, "logprobs": logprobs,
-                      "finish_reason": finish_reason}
-        body = {**self.head(stream=True), "choices": [choice]}
-        if self.req.include_usage:
-            body["usage"] = None
-        return sse_data(body)
+            logprobs = self.chat_logprobs(tokens) if tokens else None
+            delta = Delta(content=delta) if isinstance(delta, str) else delta
+            return sse_data(ChatCompletionChunk(
+                **self.head(),
+                choices=[ChunkChoice(index=index, delta=delta, logprobs=logprobs,
+                                     finish_reason=finish_reason)],
+                usage=None if self.req.include_usage else UNSET))
+        assert isinstance(delta, str)
+        logprobs = self.completion_logprobs(tokens) if tokens else None
+        return sse_data(CompletionChunk(
+            **self.head(),
+            choices=[CompletionChoice(text=delta, index=index, logprobs=logprobs,
+                                      finish_reason=finish_reason)]))
 
     def last_chunks(self, index: int, outcome: Outcome, text: str) -> list[bytes]:
         """The end of choice ``index``: a buffered answer, then its finish reason."""
         out = []
         calls = self.tool_calls(outcome, index) if self.buffered else None
         if calls:
-            out.append(self.chunk(index, {"tool_calls": [{"index": i, **c}
-                                                         for i, c in enumerate(calls)]}))
+            out.append(self.chunk(index, Delta(tool_calls=[
+                ToolCallDelta(index=i, id=c.id, type=c.type, function=c.function)
+                for i, c in enumerate(calls)])))
         elif self.buffered and text:
             out.append(self.chunk(index, text, tokens=outcome.tokens))
-        out.append(self.chunk(index, {} if self.chat else "",
-                              "tool_calls" if calls else finish(outcome)))
+        reason = "tool_calls" if calls else finish(outcome)
+        if index == 0:
+            self.first_finish = reason
+        out.append(self.chunk(index, Delta() if self.chat else "", reason))
         return out
 
     def usage_chunk(self) -> bytes:
         """The last chunk with `stream_options.include_usage`: no choices, the usage."""
-        return sse_data({**self.head(stream=True), "choices": [], "usage": self.usage()})
+        if self.chat:
+            return sse_data(ChatCompletionChunk(**self.head(),
+                                                choices=[], usage=self.usage()))
+        return sse_data(CompletionChunk(**self.head(), choices=[],
+                                        usage=self.usage()))
 
 
 def finish(outcome: Outcome) -> str:
@@ -134,11 +163,12 @@ def _text(piece: bytes) -> str:
     return piece.decode("utf-8", errors="replace")
 
 
-def _chat_entry(t: TokenLogprob) -> dict:
-    return {"token": _text(t.piece), "logprob": t.logprob, "bytes": list(t.piece),
-            "top_logprobs": [{"token": _text(p), "logprob": lp, "bytes": list(p)}
-                             for _, p, lp in t.top]}
+def _chat_entry(t: TokenLogprob) -> ChatTokenLogprob:
+    return ChatTokenLogprob(token=_text(t.piece), logprob=t.logprob, bytes=list(t.piece),
+                            top_logprobs=[TopLogprob(token=_text(p), logprob=lp, bytes=list(p))
+                                          for _, p, lp in t.top])
 
 
-def sse_data(body: dict) -> bytes:
-    return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+def sse_data(body: Model | dict) -> bytes:
+    """One SSE ``data:`` event (written as json.dumps does, as the recorded streams have it)."""
+    return b"data: " + json.dumps(to_builtins(body), ensure_ascii=False).encode() + b"\n\n"

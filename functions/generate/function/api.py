@@ -16,18 +16,20 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 
 from llmfn import event_requests, openapi, pages
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
 from llmfn.model_runtime import Runtime
 from llmfn.origin import Origin, current_origin
-from llmfn.webapp import check_model, json_body, param
+from llmfn.protocol import Model, encode
+from llmfn.webapp import check_model, json_body
 
-from . import schema, structured
+from . import protocol, schema, structured
 from .answer import Call, sse_data
 from .engine import Engine
-from .scheduler import Generation, Scheduler
+from .protocol import Delta
+from .scheduler import Done, Event, Failed, Generation, Scheduler, Text, Tokens
 from .settings import FUNCTION, GenerateSettings
 
 log = logging.getLogger(__name__)
@@ -70,25 +72,24 @@ class GenerateAPI:
     def tokenize(self):
         """``{"content": str, "add_special": bool, "with_pieces": bool}`` -> ``{"tokens"}``."""
         engine: Engine = self.rt.model()
-        body = json_body()
-        content = param(body, "content", (str,))
-        special = param(body, "add_special", (bool,), False)
-        tokens = engine.llm.tokenize(content.encode("utf-8"), add_bos=special, special=True)
-        if param(body, "with_pieces", (bool,), False):
-            return jsonify({"tokens": [{"id": t, "piece": engine.piece(t).decode(
-                "utf-8", errors="replace")} for t in tokens]})
-        return jsonify({"tokens": tokens})
+        req = protocol.decode(protocol.TokenizeRequest, json_body())
+        tokens = engine.llm.tokenize(req.content.encode("utf-8"), add_bos=bool(req.add_special),
+                                     special=True)
+        if req.with_pieces:
+            return _json_response(protocol.TokenizeResponse(tokens=[protocol.TokenPiece(
+                id=t, piece=engine.piece(t).decode("utf-8", errors="replace")) for t in tokens]))
+        return _json_response(protocol.TokenizeResponse(tokens=list(tokens)))
 
     def detokenize(self):
         """``{"tokens": [int]}`` -> ``{"content": str}``."""
         engine: Engine = self.rt.model()
-        tokens = param(json_body(), "tokens", (list,))
-        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < engine.n_vocab
-                   for t in tokens):
+        tokens = protocol.decode(protocol.DetokenizeRequest, json_body()).tokens
+        if any(t >= engine.n_vocab for t in tokens):
             raise InvalidRequest(f"'tokens' must be token ids below {engine.n_vocab}.",
                                  param="tokens")
         text = b"".join(engine.piece(t) for t in tokens)
-        return jsonify({"content": text.decode("utf-8", errors="replace")})
+        return _json_response(protocol.DetokenizeResponse(
+            content=text.decode("utf-8", errors="replace")))
 
     # -- request flow -------------------------------------------------------------------------
     def _serve(self, *, chat: bool):
@@ -224,8 +225,8 @@ class GenerateAPI:
                 for o in outcomes:
                     o.tokens = None
         body = call.response(outcomes)
-        self._finish(call, status=200, body=body)
-        return jsonify(body)
+        self._finish(call, status=200)
+        return _json_response(body)
 
     def _sse(self, call: Call) -> Iterator[bytes]:
         """The SSE body; closing it (client gone) cancels the generations."""
@@ -235,40 +236,40 @@ class GenerateAPI:
         try:
             if call.chat:
                 for i in range(open_choices):
-                    yield call.chunk(i, {"role": "assistant", "content": ""})
+                    yield call.chunk(i, Delta(role="assistant", content=""))
             pending_tokens: dict[int, list] = {}
             while open_choices:
                 try:
-                    kind, value, index = call.events.get(timeout=heartbeat_s)
+                    event: Event = call.events.get(timeout=heartbeat_s)
                 except queue.Empty:
                     yield HEARTBEAT
                     continue
-                if kind == "tokens":
-                    pending_tokens.setdefault(index, []).extend(value)
-                elif kind == "text":
-                    if call.buffered:
-                        held[index].append(value)
-                    else:
-                        yield call.chunk(index, value, tokens=pending_tokens.pop(index, None))
-                elif kind == "done":
-                    open_choices -= 1
-                    try:
-                        self._verify(call, value)
-                    except structured.OutputInvalid as err:
-                        status, code = err.status, err.code
-                        yield sse_data(err.body())
+                match event:
+                    case Tokens(tokens, index):
+                        pending_tokens.setdefault(index, []).extend(tokens)
+                    case Text(text, index) if call.buffered:
+                        held[index].append(text)
+                    case Text(text, index):
+                        yield call.chunk(index, text, tokens=pending_tokens.pop(index, None))
+                    case Done(outcome, index):
+                        open_choices -= 1
+                        try:
+                            self._verify(call, outcome)
+                        except structured.OutputInvalid as err:
+                            status, code = err.status, err.code
+                            yield sse_data(err.body())
+                            break
+                        for piece in call.last_chunks(index, outcome, "".join(held[index])):
+                            yield piece
+                    case Failed(APIError() as error):  # shutting down before it got a slot
+                        status, code = error.status, error.code
+                        yield sse_data(error.body())
                         break
-                    for piece in call.last_chunks(index, value, "".join(held[index])):
-                        yield piece
-                elif isinstance(value, APIError):  # shutting down before it got a slot
-                    status, code = value.status, value.code
-                    yield sse_data(value.body())
-                    break
-                else:
-                    log.error("generation failed", exc_info=value)
-                    status, code = 500, "internal_error"
-                    yield sse_data(internal_error().body())
-                    break
+                    case Failed(error):
+                        log.error("generation failed", exc_info=error)
+                        status, code = 500, "internal_error"
+                        yield sse_data(internal_error().body())
+                        break
             if status == 200 and call.req.include_usage:
                 yield call.usage_chunk()
             yield DONE
@@ -304,8 +305,7 @@ class GenerateAPI:
             "returned.", param=call.req.output.param)
 
     # -- accounting ---------------------------------------------------------------------------
-    def _finish(self, call: Call, *, status: int, error_code: str | None = None,
-                body: dict | None = None) -> None:
+    def _finish(self, call: Call, *, status: int, error_code: str | None = None) -> None:
         m, model = self.rt.metrics, call.model
         m.prompt_tokens.labels(model=model).inc(call.prompt_tokens)
         outcomes = [j.outcome for j in call.jobs if j.outcome is not None]
@@ -319,9 +319,7 @@ class GenerateAPI:
             m.request_duration.labels(route=call.route).observe(duration)
         first = outcomes[0] if outcomes else None
         reason = "error" if first is None else first.finish_reason
-        if body is not None and body["choices"][0]["finish_reason"] == "tool_calls":
-            reason = "tool_calls"
-        elif first is not None and call.buffered and call.tool_calls(first, 0):
+        if call.first_finish == "tool_calls":  # as the answer said
             reason = "tool_calls"
         if any(o.deadline for o in outcomes):  # answered "length"; the event says why
             reason = "deadline"
@@ -342,6 +340,11 @@ class GenerateAPI:
                                duration_s=time.perf_counter() - t0, finish_reason="error",
                                stream=stream,
                                output_format=req.output.kind if req is not None else "text")
+
+
+def _json_response(answer: Model) -> Response:
+    """A 200 with ``answer`` as JSON."""
+    return Response(encode(answer), mimetype="application/json")
 
 
 def _prompt_text(engine: Engine, req: schema.Request, tokens: list[int]) -> str:

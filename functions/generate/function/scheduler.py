@@ -16,7 +16,7 @@ chat) is given that slot and only its new tokens are processed.
 With ``logprobs`` a slot also reads its logits row and records, per generated token, the
 model's raw log-softmax (before bias, penalties, grammar and temperature: the distribution
 OpenAI documents) of the chosen token and the top ``k``; they reach the request thread as
-``("tokens", [TokenLogprob], index)`` right before the ``("text", str, index)`` they make up.
+:class:`Tokens` right before the :class:`Text` they make up.
 
 Structured outputs (constraint.py): a slot whose request carries a compiled grammar has its
 own llguidance matcher. Before its sampler samples, the tokens the matcher forbids get -inf in
@@ -80,6 +80,39 @@ class TokenLogprob:
     top: list[tuple[int, bytes, float]]
 
 
+# -- what a generation sends to its request thread (on ``Generation.events``) -------------------
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """The log-probabilities of the tokens that make up the next :class:`Text`."""
+    tokens: list[TokenLogprob]
+    index: int  # the choice
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """New text of choice ``index``."""
+    text: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Choice ``index`` ended (its last event)."""
+    outcome: Outcome
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Choice ``index`` ended with an error (its last event): ShuttingDown before it got a
+    slot, or an engine fault."""
+    error: BaseException
+    index: int
+
+
+Event = Tokens | Text | Done | Failed
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """log p of every token from one logits row (float64, numerically stable)."""
     x = logits.astype(np.float64)
@@ -88,8 +121,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Generation:
-    """One request in the scheduler. Its text pieces, then ("done", Outcome) or ("error", err),
-    arrive on ``events``; ``cancel()`` (or the ``disconnected`` event) stops it."""
+    """One request in the scheduler. Its :class:`Text` pieces, then :class:`Done` or
+    :class:`Failed`, arrive on ``events``; ``cancel()`` (or the ``disconnected`` event) stops it."""
 
     def __init__(self, tokens: list[int], params: Params, *, t0: float | None = None,
                  disconnected: threading.Event | None = None, index: int = 0,
@@ -128,8 +161,8 @@ class Generation:
 
     def _end(self, outcome: Outcome | None, error: BaseException | None = None) -> None:
         self.outcome, self.error = outcome, error
-        self.events.put(("error", error, self.index) if error is not None
-                        else ("done", outcome, self.index))
+        self.events.put(Failed(error, self.index) if error is not None
+                        else Done(outcome, self.index))
         self.done.set()
 
 
@@ -396,11 +429,11 @@ class Scheduler(ModelLoop):
         gen = slot.gen
         if slot.held:
             slot.outcome.tokens.extend(slot.held)
-            gen.events.put(("tokens", slot.held, gen.index))
+            gen.events.put(Tokens(slot.held, gen.index))
             slot.held = []
         if text:
             slot.parts.append(text)
-            gen.events.put(("text", text, gen.index))
+            gen.events.put(Text(text, gen.index))
 
     def _finish(self, slot: Slot, reason: str) -> None:
         """End the slot's request: flush held-back text, drop the generated tokens' KV."""

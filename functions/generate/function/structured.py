@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 
 from llmfn.errors import APIError, InvalidRequest
 
-from . import schema_rules
-
-MAX_TOOLS = 64
+from . import protocol, schema_rules
 
 
 class OutputInvalid(APIError):
@@ -58,76 +56,48 @@ class Output:
         return self.tool_choice in ("auto", "required") and bool(self.tools)
 
 
-def parse(body: dict) -> Output:
+def parse(req: protocol.ChatCompletionRequest) -> Output:
     """The ``response_format``, ``tools`` and ``tool_choice`` of a chat request."""
-    tools = _tools(body.get("tools"))
-    choice = _tool_choice(body.get("tool_choice"), tools)
-    fmt = body.get("response_format")
+    tools = _tools(req.tools or [])
+    choice = _tool_choice(req.tool_choice, tools)
+    fmt = req.response_format
     if choice in ("required",) or choice.startswith("function:"):
-        if fmt not in (None, {"type": "text"}):
+        if not isinstance(fmt, (type(None), protocol.ResponseFormatText)):
             raise InvalidRequest("'response_format' cannot be combined with a forced tool "
                                  "call.", param="response_format")
         chosen = [t for t in tools if choice == "required" or choice == f"function:{t.name}"]
         schema = {"anyOf": [_call_schema(t) for t in chosen], **_shared_defs(chosen)}
         return Output("tool_call", schema, "tools", tools=tools, tool_choice="required")
     out = Output(tools=tools, tool_choice=choice)
-    if fmt is None:
-        return out
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object",
-                                                             "json_schema"):
-        raise InvalidRequest("'response_format' must be {\"type\": \"text\" | \"json_object\" "
-                             "| \"json_schema\"}.", param="response_format")
-    if fmt["type"] == "json_object":
+    if isinstance(fmt, protocol.ResponseFormatJSONObject):
         out.kind, out.schema = "json_object", {"type": "object"}
-    elif fmt["type"] == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise InvalidRequest("'response_format.json_schema' must be {name, schema, "
-                                 "strict}.", param="response_format")
-        schema = spec.get("schema", {})
-        if not isinstance(schema, (dict, bool)):
-            raise InvalidRequest("'response_format.json_schema.schema' must be an object.",
-                                 param="response_format")
-        schema_rules.check(schema, "response_format")
-        out.kind, out.schema = "json_schema", schema
+    elif isinstance(fmt, protocol.ResponseFormatJSONSchema):
+        schema_rules.check(fmt.json_schema.schema, "response_format")
+        out.kind, out.schema = "json_schema", fmt.json_schema.schema
     return out
 
 
-def _tools(raw) -> list[Tool]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
-        raise InvalidRequest(f"'tools' must be an array of up to {MAX_TOOLS} tools.",
-                             param="tools")
+def _tools(raw: list[protocol.Tool]) -> list[Tool]:
     tools = []
     for i, tool in enumerate(raw):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not (isinstance(tool, dict) and tool.get("type") == "function"
-                and isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]):
-            raise InvalidRequest(f"'tools[{i}]' must be {{\"type\": \"function\", \"function\": "
-                                 "{name, description, parameters}}.", param=f"tools[{i}]")
-        params = fn.get("parameters") or {"type": "object", "properties": {}}
-        if not isinstance(params, dict):
-            raise InvalidRequest(f"'tools[{i}].function.parameters' must be a JSON schema.",
-                                 param=f"tools[{i}]")
+        params = tool.function.parameters or {"type": "object", "properties": {}}
         schema_rules.check(params, f"tools[{i}]")
-        tools.append(Tool(fn["name"], str(fn.get("description") or ""), params))
+        tools.append(Tool(tool.function.name, tool.function.description or "", params))
     return tools
 
 
-def _tool_choice(raw, tools: list[Tool]) -> str:
+def _tool_choice(raw: str | protocol.NamedToolChoice | None, tools: list[Tool]) -> str:
     if raw is None:
         return "auto" if tools else "none"
-    if raw in ("none", "auto", "required"):
+    if isinstance(raw, str):
         if raw != "none" and not tools:
             raise InvalidRequest(f"'tool_choice' {raw!r} needs 'tools'.", param="tool_choice")
         return raw
-    name = raw.get("function", {}).get("name") if isinstance(raw, dict) else None
-    if not isinstance(name, str) or name not in {t.name for t in tools}:
+    if raw.function.name not in {t.name for t in tools}:
         raise InvalidRequest("'tool_choice' must be none, auto, required or {\"type\": "
                              "\"function\", \"function\": {\"name\": <one of tools>}}.",
                              param="tool_choice")
-    return f"function:{name}"
+    return f"function:{raw.function.name}"
 
 
 def _shared_defs(tools: list[Tool]) -> dict:
@@ -211,23 +181,19 @@ def render_messages(messages: list[dict], output: Output) -> list[dict]:
     return rendered
 
 
-def message_tool_calls(raw, where: str) -> list[dict]:
-    """An assistant message's ``tool_calls`` as sent back in a conversation."""
-    if not isinstance(raw, list):
-        raise InvalidRequest(f"'{where}' must be an array.", param=where)
+def message_tool_calls(raw: list[protocol.ToolCall], where: str) -> list[dict]:
+    """An assistant message's ``tool_calls`` as sent back in a conversation (arguments must
+    be JSON text)."""
     calls = []
     for i, call in enumerate(raw):
-        fn = call.get("function") if isinstance(call, dict) else None
         try:
-            json.loads(fn["arguments"])
-            ok = isinstance(fn["name"], str) and isinstance(call.get("id"), str)
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
+            json.loads(call.function.arguments)
+        except ValueError:
             raise InvalidRequest(f"'{where}[{i}]' must be {{id, type: function, function: "
-                                 "{name, arguments: JSON text}}.", param=f"{where}[{i}]")
-        calls.append({"id": call["id"], "type": "function",
-                      "function": {"name": fn["name"], "arguments": fn["arguments"]}})
+                                 "{name, arguments: JSON text}}.", param=f"{where}[{i}]") from None
+        calls.append({"id": call.id, "type": "function",
+                      "function": {"name": call.function.name,
+                                   "arguments": call.function.arguments}})
     return calls
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from function.engine import Params, load_engine
-from function.scheduler import Generation, Scheduler
+from function.scheduler import Generation, Scheduler, Text
 from function.settings import GenerateSettings
 from llmfn.settings import ModelSettings, SettingsError
 from model_files import smollm2_path
@@ -170,7 +170,7 @@ def cancel_at(gen: Generation, n: int) -> Generation:
     texts = []
 
     def on_put(item):
-        if item[0] == "text":
+        if isinstance(item, Text):
             texts.append(item)
             if len(texts) == n:
                 gen.cancel()

@@ -203,8 +203,10 @@ class CancelAfter(queue.Queue):
         self.gen, self.n, self.texts = gen, n, 0
 
     def put(self, item, *args, **kwargs):
+        from function.scheduler import Text
+
         super().put(item, *args, **kwargs)
-        if item[0] == "text":
+        if isinstance(item, Text):
             self.texts += 1
             if self.texts == self.n:
                 self.gen.cancel()
