@@ -7,15 +7,13 @@ import re
 
 import requests
 
-from llmfn import openapi
-from procs import REPO_ROOT as ROOT  # scripts/procs.py
-from tests.support.openapi_routes import METHODS
+from tests.support.openapi_routes import METHODS, function_document
 
 
 def operations(function: str) -> list[tuple[str, str]]:
     """(METHOD, path) of every operation of the function's OpenAPI document (the one it serves
     at /openapi.json: its own paths and llmfn's shared ones), path parameters filled in."""
-    doc = openapi.load(ROOT / "functions" / function / "function" / "openapi.json")
+    doc = function_document(function)
     return sorted((m.upper(), re.sub(r"\{[^}]+\}", "x", path))
                   for path, item in doc["paths"].items() for m in item if m in METHODS)
 

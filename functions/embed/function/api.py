@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 from flask import Flask, jsonify
@@ -17,17 +16,17 @@ from flask import Flask, jsonify
 from llmfn import event_requests, openapi, pages
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
 from llmfn.origin import Origin, current_origin
+from llmfn.protocol import to_builtins
 from llmfn.model_runtime import Runtime
+from llmfn.shapes import Usage
 from llmfn.webapp import json_body
 
-from . import schema
+from . import protocol, schema
 from .batcher import Batcher
 from .engine import Embedder
 from .settings import FUNCTION, EmbedSettings
 
 log = logging.getLogger(__name__)
-
-OPENAPI = Path(__file__).with_name("openapi.json")
 
 ENDPOINT = "/v1/embeddings"
 
@@ -43,7 +42,7 @@ def register(app: Flask, runtime: Runtime, *, embed: EmbedSettings) -> Batcher:
     api = EmbeddingsAPI(runtime, batcher, embed)
     app.add_url_rule(ENDPOINT, "embeddings", api.embeddings, methods=["POST"])
     event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
-    openapi.attach(app, OPENAPI)
+    openapi.attach(app, openapi.function_document(protocol))
     pages.register_playground(app, "embed")  # GET / (POST / stays the events'), /docs
     return batcher
 
@@ -74,13 +73,12 @@ class EmbeddingsAPI:
         except APIError as err:
             self._event(origin, t0, req, seqs, status=err.status, error_code=err.code, cold=cold)
             raise
-        body = {"object": "list",
-                "data": [{"object": "embedding", "index": i,
-                          "embedding": _encode(v, req.encoding_format)}
-                         for i, v in enumerate(vectors)],
-                "model": self.rt.host.model_id,
-                "usage": {"prompt_tokens": _count(seqs), "total_tokens": _count(seqs)}}
-        resp = jsonify(body)
+        count = _count(seqs)
+        body = protocol.EmbeddingList(
+            data=[protocol.Embedding(index=i, embedding=_encode(v, req.encoding_format))
+                  for i, v in enumerate(vectors)],
+            model=self.rt.host.model_id, usage=Usage(prompt_tokens=count, total_tokens=count))
+        resp = jsonify(to_builtins(body))
         resp.headers["X-Request-Id"] = origin.rid
         self._event(origin, t0, req, seqs, status=200, error_code=None, cold=cold)
         return resp

@@ -1,7 +1,9 @@
 """Parsing and validating OpenAI embedding requests (unknown fields are ignored).
 
 ``input``: a string, an array of strings, an array of token ids (one input) or an array of such
-arrays. Wrong types and values are a 400 naming the ``param``, as the OpenAI API answers them.
+arrays. Wrong types and values are a 400 naming the ``param``, as the OpenAI API answers them:
+the types are protocol.py's :class:`~function.protocol.EmbeddingRequest`; what a type cannot
+say (the items of ``input``, the served model, the model's dimensions) is checked here.
 Differences from OpenAI, on purpose: an empty string is embedded (it is [CLS] [SEP] for BERT,
 as sentence-transformers embeds it) instead of being rejected; token ids are the served
 model's and are used exactly as given (no special tokens added).
@@ -10,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmfn.errors import InvalidRequest
-from llmfn.webapp import check_model, param
+from llmfn.errors import InvalidRequest, ModelNotFound
+from llmfn.protocol import decode, is_set
 
-ENCODINGS = ("float", "base64")
+from .protocol import ENCODINGS, EmbeddingRequest
 
 
 @dataclass
@@ -26,18 +28,20 @@ class Request:
 
 def parse(body: dict, *, model_id: str, n_embd: int, max_inputs: int) -> Request:
     """POST /v1/embeddings body -> Request (400/404 naming the param)."""
-    check_model(body, model_id)
-    encoding = param(body, "encoding_format", (str,), "float")
+    model = body.get("model")  # first, as before: a wrong model is a 404 whatever else is wrong
+    if isinstance(model, str) and model != model_id:
+        raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to "
+                            "it.", param="model")
+    req = decode(EmbeddingRequest, body)
+    encoding = req.encoding_format if is_set(req.encoding_format) else "float"
     if encoding not in ENCODINGS:
         raise InvalidRequest(f"'encoding_format' must be one of {', '.join(ENCODINGS)}, got "
                              f"{encoding!r}.", param="encoding_format")
-    dimensions = param(body, "dimensions", (int,), None, lo=1)
-    if dimensions is not None and dimensions != n_embd:
+    if is_set(req.dimensions) and req.dimensions != n_embd:
         raise InvalidRequest(f"This model's embeddings have {n_embd} dimensions and cannot be "
                              f"shortened; 'dimensions' must be {n_embd} or omitted.",
                              param="dimensions")
-    param(body, "user", (str,), None)
-    inputs, tokens_given = _inputs(param(body, "input", (str, list), nullable=False))
+    inputs, tokens_given = _inputs(req.input)
     if len(inputs) > max_inputs:
         raise InvalidRequest(f"'input' has {len(inputs)} items; at most {max_inputs} inputs are "
                              "allowed per request.", param="input")
@@ -48,7 +52,7 @@ def _is_token(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _inputs(value) -> tuple[list, bool]:
+def _inputs(value: str | list) -> tuple[list, bool]:
     if isinstance(value, str):
         return [value], False
     if not value:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterable, Mapping
 
 from flask import Flask
@@ -88,6 +89,13 @@ class Operation:
 
     def types(self) -> list[type]:
         return [t for t in (self.request, self.response, self.stream) if t is not None]
+
+
+def page(rule: str, operation_id: str = "playground", summary: str = "HTML playground"
+         ) -> Operation:
+    """The operation of a function's HTML page (its playground, audit's dashboard)."""
+    return Operation(rule, "get", operation_id, summary, ("docs",), public=True, errors=(),
+                     content=HTML, returns="an HTML page")
 
 
 # -- shared components ----------------------------------------------------------------------------
@@ -213,9 +221,12 @@ GROUPS: dict[str, tuple[Operation, ...]] = {
 }
 
 
+ALL_GROUPS = tuple(GROUPS)
+
+
 # -- the document ---------------------------------------------------------------------------------
 def document(title: str, description: str, operations: Iterable[Operation],
-             groups: Iterable[str] = ("base", "models", "event-requests"), *,
+             groups: Iterable[str] = ALL_GROUPS, *,
              version: str = VERSION) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a function: the shared ``groups`` (:data:`GROUPS`) and its
     own ``operations``, each (path, method) described once."""
@@ -246,6 +257,14 @@ def document(title: str, description: str, operations: Iterable[Operation],
                           for status, (name, text) in _ERROR_RESPONSES.items() if status in used},
         },
     }
+
+
+def function_document(protocol: ModuleType) -> dict[str, Any]:
+    """The document of a function from its ``function/protocol.py``: ``TITLE``,
+    ``DESCRIPTION``, ``OPERATIONS`` (its own routes, its page included) and, when it has not
+    all of them, ``GROUPS``. A protocol module imports only llmfn, so tools load it by path."""
+    return document(protocol.TITLE, protocol.DESCRIPTION, protocol.OPERATIONS,
+                    getattr(protocol, "GROUPS", ALL_GROUPS))
 
 
 def _statuses(op: Operation) -> list[int]:
