@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import queue
 import time
-from pathlib import Path
 from typing import Iterator
 
 from flask import Flask, Response, request
@@ -34,8 +33,6 @@ from .settings import FUNCTION, GenerateSettings
 
 log = logging.getLogger(__name__)
 
-OPENAPI = Path(__file__).with_name("openapi.json")
-
 HEARTBEAT = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 
@@ -52,7 +49,7 @@ def register(app: Flask, runtime: Runtime, *, gen: GenerateSettings) -> Schedule
     app.add_url_rule("/tokenize", "tokenize", api.tokenize, methods=["POST"])
     app.add_url_rule("/detokenize", "detokenize", api.detokenize, methods=["POST"])
     event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
-    openapi.attach(app, OPENAPI)
+    openapi.attach(app, openapi.function_document(protocol))
     pages.register_playground(app, "generate")  # GET / (POST / stays the events'), /docs
     return scheduler
 

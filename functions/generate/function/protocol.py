@@ -21,7 +21,7 @@ import msgspec
 
 from llmfn import openapi, protocol
 from llmfn.errors import InvalidRequest
-from llmfn.openapi import HTML, Operation
+from llmfn.openapi import Operation
 from llmfn.protocol import UNSET, Meta, Model, Request, UnsetType, field
 
 MAX_STOP = 4
@@ -437,8 +437,7 @@ TITLE = "llmfn generate"
 DESCRIPTION = "OpenAI-compatible text generation on llama.cpp (README.md \"Using the API\")."
 _OPENAI_ERRORS = (400, 401, 404, 429, 503)
 OPERATIONS = [
-    Operation("/", "get", "playground", "HTML playground", ("docs",), public=True, errors=(),
-              content=HTML, returns="an HTML page"),
+    openapi.page("/"),
     Operation("/v1/completions", "post", "createCompletion",
               "Text completion (OpenAI /v1/completions)", ("generate",),
               request=CompletionRequest, response=Completion, stream=CompletionChunk,
@@ -455,9 +454,4 @@ OPERATIONS = [
               "Token ids to text (llama-server's /detokenize)", ("tokenizer",),
               request=DetokenizeRequest, response=DetokenizeResponse, returns="the text"),
 ]
-"""generate's own routes (``POST /``, the request events, is llmfn's)."""
-
-
-def document() -> dict[str, Any]:
-    """generate's OpenAPI 3.1 document, served at ``/openapi.json``."""
-    return openapi.document(TITLE, DESCRIPTION, OPERATIONS)
+"""generate's own routes and its page (``POST /``, the request events, is llmfn's)."""
