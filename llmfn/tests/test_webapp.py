@@ -1,19 +1,25 @@
 """The base app every function shares: probes, /metrics, auth and public routes, request
-parsing (json_body, param, check_model), request counting; /v1/models for model functions."""
+parsing (json_body, check_model), request counting; /v1/models for model functions."""
 from __future__ import annotations
+
+from typing import Annotated
 
 import pytest
 from flask import Flask
 
 from llmfn.auth import BearerAuth
-from llmfn.errors import APIError, InvalidRequest, ModelNotFound, register_flask
+from llmfn.errors import APIError, ModelNotFound, register_flask
 from llmfn.host import ModelHost
 from llmfn.metrics import Metrics
+from llmfn.protocol import Meta, Request, decode
 from llmfn.settings import Settings
-from llmfn.webapp import (add_model_routes, check_model, create_base_app, json_body,
-                          param, public)
+from llmfn.webapp import add_model_routes, check_model, create_base_app, json_body, public
 
 WAIT_S = 30
+
+
+class Echo(Request, forbid_unknown_fields=False):
+    n: Annotated[int, Meta(ge=1, le=3)] = 1
 
 
 @pytest.fixture
@@ -34,7 +40,7 @@ def loaded(tmp_path):
     def echo():
         body = json_body()
         check_model(body, host.model_id)
-        return {"n": param(body, "n", (int,), 1, lo=1, hi=3)}
+        return {"n": decode(Echo, body).n}
 
     host.start()
     assert host.wait(WAIT_S)
@@ -79,15 +85,6 @@ def test_request_parsing_errors_name_the_param(loaded, kwargs, status, param_nam
         assert r.get_json()["error"]["param"] == param_name
     counted = metrics.render()[0].decode()
     assert f'llmfn_requests_total{{route="/echo",status="{status}"}} 1.0' in counted
-
-
-def test_param_null_handling():
-    assert param({"x": None}, "x", (int,), 5) == 5
-    with pytest.raises(InvalidRequest, match="must not be null"):
-        param({"x": None}, "x", (int,), 5, nullable=False)
-    with pytest.raises(InvalidRequest, match="Missing required parameter: 'x'"):
-        param({}, "x", (int,))
-    assert param({"x": 2}, "x", (float,)) == 2  # a JSON integer is a number
 
 
 def test_error_mapping_in_one_place():

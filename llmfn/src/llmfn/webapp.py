@@ -21,7 +21,7 @@ from .errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from .metrics import HTTPMetrics
 from .openapi import EXTENSION_KEY as OPENAPI_KEY
 from .origin import KEY_ID_KEY
-from .protocol import to_builtins
+from .protocol import Request, decode, to_builtins
 from .shapes import ModelCard, ModelList
 
 if TYPE_CHECKING:  # audit imports this module and no model code
@@ -231,42 +231,14 @@ def _encodes(text: str) -> bool:
         return False
 
 
-_MISSING = object()
-
-
-def param(body: dict, name: str, kinds: tuple[type, ...], default: Any = _MISSING, *,
-          lo: float | None = None, hi: float | None = None, nullable: bool = True) -> Any:
-    """Read ``body[name]`` checking its JSON type and bounds; errors name the param."""
-    value = body.get(name, None)
-    if value is None:
-        if name in body and not nullable:
-            raise InvalidRequest(f"'{name}' must not be null.", param=name)
-        if default is _MISSING:
-            raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
-        return default
-    if isinstance(value, bool) and bool not in kinds:
-        ok = False
-    else:
-        ok = isinstance(value, kinds) or (float in kinds and isinstance(value, int))
-    if not ok:
-        names = " or ".join(_json_name(k) for k in kinds)
-        raise InvalidRequest(f"'{name}' must be {names}, got {_json_name(type(value))}.",
-                             param=name)
-    if lo is not None and value < lo:
-        raise InvalidRequest(f"'{name}' must be >= {lo}, got {value}.", param=name)
-    if hi is not None and value > hi:
-        raise InvalidRequest(f"'{name}' must be <= {hi}, got {value}.", param=name)
-    return value
-
-
-def _json_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-            list: "an array", dict: "an object", type(None): "null"}.get(kind, kind.__name__)
+class _Named(Request, forbid_unknown_fields=False):
+    """The one field :func:`check_model` reads of a request body."""
+    model: str | None = None
 
 
 def check_model(body: dict, model_id: str) -> None:
     """`model` may be omitted; if given it must name the served model (404 otherwise)."""
-    model = param(body, "model", (str,), None)
+    model = decode(_Named, body).model
     if model is not None and model != model_id:
         raise errors.ModelNotFound(f"The model '{model}' does not exist or you do not have "
                                    "access to it.", param="model")
