@@ -1,6 +1,6 @@
 """eventing/ (rendered by kustomize): one Broker of a known class; Triggers whose filters let
 through exactly the event types their subscribers accept (audit: the inference event; generate
-and embed: their request events, from llmfn.event_requests) with retries, timeouts and audit's
+and embed: their request events, from their contracts) with retries, timeouts and audit's
 dead-letter path; SinkBindings that give exactly generate and embed the Broker as K_SINK. Beside
 the kustomization: the delivery-retryafter feature flag, the component that drops retryAfterMax,
 and the RequestReply example. Each rule rejects a deliberately broken copy."""
@@ -33,7 +33,6 @@ from tests.support.manifests import (
     load_func,
     named,
     of_kind,
-    served_by,
     trigger_files,
 )
 
@@ -63,14 +62,14 @@ def test_eventing_rules(eventing_objs, services):
 
 
 def test_every_request_type_has_its_trigger(eventing_objs):
-    """One Trigger per request type, to the function llmfn.event_requests says serves it."""
+    """One Trigger per request type, to the function whose contract serves it."""
     routed = {}
     for t in of_kind(eventing_objs, "Trigger"):
         for f in t["spec"]["filters"]:
             if "exact" in f:
                 routed[f["exact"]["type"]] = t["spec"]["subscriber"]["ref"]["name"]
-    assert routed == {typ: kind.function for typ, kind in REQUEST_TYPES.items()}
-    assert sorted(served_by("generate") + served_by("embed")) == sorted(REQUEST_TYPES)
+    assert routed == REQUEST_TYPES
+    assert set(REQUEST_TYPES.values()) == {"generate", "embed"}
 
 
 def test_trigger_files_are_what_kustomize_renders(eventing_objs):

@@ -1,5 +1,5 @@
-"""Request events: served through the API route, answered with a reply event (Knative's data
-plane), ids derived from the request so a redelivery is the same request."""
+"""Request events: served by a direct call of the API route's handler, answered with a reply
+event (Knative's data plane), ids derived from the request so a redelivery is the same request."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,14 +10,10 @@ import pytest
 from cloudevents.core.bindings.http import (HTTPMessage, from_http_event, to_binary_event,
                                             to_structured_event)
 from cloudevents.core.v1.event import CloudEvent
-from flask import jsonify
-
-from llmfn import event_requests
+from llmfn import event_requests, routes
+from llmfn.contract import FunctionSpec, RequestEvent, Worker
 from llmfn.errors import InvalidRequest, NotReady, QueueFull
-from llmfn.origin import current_origin
-from llmfn.model_runtime import Runtime
-from llmfn.settings import Settings
-from llmfn.webapp import json_body
+from llmfn.runtime import create_runtime
 from tests.support.eventsink import running_receiver
 
 EMBED = "dev.llmfn.embeddings.requested.v1"
@@ -26,23 +22,23 @@ CORRELATION = "8f1e:QmFzZTY0L2VuY3J5cHRlZD09:2"  # RequestReply's <id>:<encrypte
 TIME = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
 
 
-class FakeAPI:
-    """Stands for an OpenAI route: echoes what it got and the request's origin."""
+class FakeAPI(Worker):
+    """Stands for an OpenAI route's handler: echoes what it got and the request's origin."""
 
     def __init__(self, runtime):
         self.rt, self.fail = runtime, None
         self.seen = []
 
-    def __call__(self):
-        body = json_body()
+    def __call__(self, inbound: routes.Inbound) -> routes.Result:
+        body = inbound.body()
         if self.fail is not None:
             raise self.fail
         if "bad" in body:
             raise InvalidRequest("'bad' is not a parameter.", param="bad")
-        origin = current_origin()
-        self.seen.append(origin)
-        self.rt.emit_inference(origin, endpoint="/v1/completions", status=200)
-        return jsonify({"id": f"cmpl-{origin.rid}", "created": origin.created, "got": body})
+        origin = inbound.origin
+        self.seen.append(inbound)
+        self.rt.emit_inference(origin, endpoint=inbound.route, status=200)
+        return routes.Result({"id": f"cmpl-{origin.rid}", "created": origin.created, "got": body})
 
 
 @pytest.fixture
@@ -50,18 +46,21 @@ def served(tmp_path):
     with running_receiver() as sink:
         weights = tmp_path / "m.gguf"
         weights.write_bytes(b"GGUF")
-        settings = Settings.from_mapping({
+
+        def register(app, rt, settings):
+            api = FakeAPI(rt)
+            routes.add(app, "/v1/completions", "completions", api)
+            return api
+
+        spec = FunctionSpec("generate", routes=register,
+                            model=lambda cfg: lambda path, model: path,
+                            events={COMPLETE: RequestEvent("/v1/completions",
+                                                           "dev.llmfn.completion.v1",
+                                                           seeded=True)})
+        rt = create_runtime(spec, {
             "MODEL_URI": f"file://{weights}", "MODEL_CACHE_DIR": str(tmp_path / "c"),
             "API_KEYS": "secret", "K_SINK": sink.url, "K_SERVICE": "gen",
             "K_REVISION": "gen-00007", "EVENTS_FLUSH_S": "5"})
-
-        def register(app, rt):
-            api = FakeAPI(rt)
-            app.add_url_rule("/v1/completions", "completions", api, methods=["POST"])
-            event_requests.register(app, rt, [COMPLETE])
-            return api
-
-        rt = Runtime("generate", settings, loader=lambda path, model: path, register=register)
         yield rt, rt.app.test_client(), sink
         rt.stop()
 
@@ -213,3 +212,35 @@ def test_an_event_admitted_before_the_stop_gets_its_reply(served, monkeypatch):
     reply = reply_of(answers["reply"])
     assert reply.get_type() == "dev.llmfn.completion.v1"
     assert reply.get_data()["got"]["prompt"] == "hi"
+
+
+def test_the_route_handler_is_called_directly_with_the_events_origin(served):
+    """The handler the HTTP route calls answers the event: no second HTTP request (the route's
+    own metrics do not see it), the route and the disconnect signal of the delivery reach it."""
+    rt, client, _ = served
+    gone = threading.Event()
+    msg = to_binary_event(request_event())
+    resp = client.post("/", headers=dict(msg.headers), data=msg.body,
+                       environ_overrides={routes.DISCONNECTED_KEY: gone})
+    assert reply_of(resp).get_type() == "dev.llmfn.completion.v1"
+    (inbound,) = rt.service.seen
+    assert inbound.route == "/v1/completions" and inbound.disconnected is gone
+    assert inbound.origin.event_source == "/llmfn/generate/gen"
+    assert inbound.origin.extensions == {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+    assert routes.handler(rt.app, "/v1/completions") is rt.service
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'llmfn_requests_total{route="/",status="200"} 1.0' in metrics
+    assert 'route="/v1/completions"' not in metrics
+    http = client.post("/v1/completions", json={"prompt": "hi"},
+                       headers={"Authorization": "Bearer secret"})
+    assert http.status_code == 200 and http.get_json()["got"] == {"prompt": "hi"}
+    last = rt.service.seen[-1]
+    assert last.route == "/v1/completions" and last.origin.event_id is None
+
+
+def test_a_type_whose_route_has_no_handler_is_refused_at_start():
+    """A contract naming a route its routes did not add fails when the runtime is built."""
+    spec = FunctionSpec("fn", routes=lambda app, rt, settings: Worker(),
+                        events={COMPLETE: RequestEvent("/v1/missing", "dev.x.v1")})
+    with pytest.raises(KeyError):
+        create_runtime(spec, {})

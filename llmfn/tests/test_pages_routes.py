@@ -8,9 +8,15 @@ import pytest
 from flask import Flask
 
 from llmfn import pages
+from llmfn.contract import Page
 from llmfn.auth import BearerAuth
 from llmfn.metrics import HTTPMetrics
 from llmfn.webapp import create_base_app, public
+
+
+PLAYGROUND = {name: Page("/", pages.STATIC / f"{name}.html", "playground")
+              for name in ("generate", "embed")}
+DASHBOARD = Page("/dashboard", pages.STATIC / "dashboard.html", "dashboard")
 
 
 class Ready:
@@ -31,9 +37,9 @@ def app_with(register, auth=True) -> Flask:
 
 
 @pytest.mark.parametrize("register, rule, marker", [
-    (lambda app: pages.register_playground(app, "generate"), "/", "generate.js"),
-    (lambda app: pages.register_playground(app, "embed"), "/", "embed.js"),
-    (pages.register_dashboard, "/dashboard", "dashboard.js"),
+    (lambda app: pages.register(app, PLAYGROUND["generate"]), "/", "generate.js"),
+    (lambda app: pages.register(app, PLAYGROUND["embed"]), "/", "embed.js"),
+    (lambda app: pages.register(app, DASHBOARD), "/dashboard", "dashboard.js"),
 ])
 def test_pages_load_without_a_key_and_the_api_still_needs_one(register, rule, marker):
     c = app_with(register).test_client()
@@ -51,7 +57,7 @@ def test_pages_load_without_a_key_and_the_api_still_needs_one(register, rule, ma
 
 
 def test_get_page_beside_post_events_on_one_rule():
-    c = app_with(lambda app: pages.register_playground(app, "generate")).test_client()
+    c = app_with(lambda app: pages.register(app, PLAYGROUND["generate"])).test_client()
     assert c.post("/").get_json() == {"status": "event"}
     assert c.get("/").mimetype == "text/html"
     assert c.put("/", headers={"Authorization": "Bearer k1"}).status_code == 405
@@ -62,7 +68,7 @@ def test_flask_static_route_is_reused_when_present(tmp_path, monkeypatch):
     it is pointed at the pages' folder and made public, not added twice."""
     (tmp_path / "static").mkdir()
     monkeypatch.chdir(tmp_path)  # Flask("t") roots an unknown module at the working directory
-    c = app_with(pages.register_dashboard).test_client()
+    c = app_with(lambda app: pages.register(app, DASHBOARD)).test_client()
     assert c.get("/static/dashboard.js").status_code == 200
 
 
@@ -93,7 +99,7 @@ def test_files_are_ordinary_closable_responses_with_etags():
     """Pages and files are plain responses, not send_file's direct passthrough (whose body is
     never closed through the response: call_on_close, e.g. the in-flight count the drain at
     SIGTERM waits on, would never run); an unchanged file revalidates as 304."""
-    app = app_with(pages.register_dashboard)
+    app = app_with(lambda app: pages.register(app, DASHBOARD))
     closed = []
 
     @app.after_request

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import threading
 
+from llmfn.contract import FunctionSpec, Worker
 from llmfn.model_runtime import Runtime
 from llmfn.origin import Origin
-from llmfn.runtime import MisconfiguredRuntime, build_runtime
-from llmfn.settings import Settings
+from llmfn.runtime import MisconfiguredRuntime, build_runtime, create_runtime
 from tests.support.eventsink import running_receiver
 
 WAIT_S = 30
 
 
-class Loop:
-    """What a function's register() returns: something with drain(grace_s)."""
+class Loop(Worker):
+    """What a function's routes return: its worker, drained on stop."""
 
     def __init__(self):
         self.drained_with = []
@@ -28,11 +28,12 @@ def make(tmp_path, **env) -> tuple[Runtime, Loop]:
     weights = tmp_path / "m.gguf"
     weights.write_bytes(b"GGUF")
     loop = Loop()
-    settings = Settings.from_mapping({"MODEL_URI": f"file://{weights}",
-                                      "MODEL_CACHE_DIR": str(tmp_path / "c"),
-                                      "SHUTDOWN_GRACE_S": "3", "EVENTS_FLUSH_S": "2", **env})
-    rt = Runtime("fn", settings, loader=lambda path, model: path,
-                 register=lambda app, runtime: loop)
+    spec = FunctionSpec("fn", routes=lambda app, runtime, settings: loop,
+                        model=lambda cfg: lambda path, model: path)
+    rt = create_runtime(spec, {"MODEL_URI": f"file://{weights}",
+                               "MODEL_CACHE_DIR": str(tmp_path / "c"),
+                               "SHUTDOWN_GRACE_S": "3", "EVENTS_FLUSH_S": "2", **env})
+    assert isinstance(rt, Runtime)
     return rt, loop
 
 
@@ -158,14 +159,13 @@ def test_stop_keeps_answering_for_the_minimum_even_when_idle(tmp_path):
 def test_settings_it_cannot_use_make_a_runtime_that_says_why(tmp_path):
     """build_runtime: a SettingsError (or an unresolved func.yaml template) while the runtime
     is built gives one that answers 503 naming the variable on every route, never a 500."""
-    def create(cfg):
-        return Runtime("generate", Settings.from_mapping(cfg), loader=lambda *a: None,
-                       register=lambda app, rt: None)
+    spec = FunctionSpec("generate", routes=lambda app, rt, settings: Worker(),
+                        model=lambda cfg: lambda *a: None)
 
     for cfg, variable in [({"N_CTX": "lots"}, "N_CTX"),
                           ({"S3_ENDPOINT_URL": "minio:9000"}, "S3_ENDPOINT_URL"),
                           ({"API_KEYS": "{{ secret:llmfn-api-keys:API_KEYS }}"}, "API_KEYS")]:
-        rt = build_runtime("generate", create, cfg)
+        rt = build_runtime(spec, cfg)
         assert isinstance(rt, MisconfiguredRuntime)
         client = rt.app.test_client()
         for probe in ("readiness", "liveness"):
@@ -180,5 +180,5 @@ def test_settings_it_cannot_use_make_a_runtime_that_says_why(tmp_path):
         assert client.get("/metrics").status_code == 200
     weights = tmp_path / "m.gguf"
     weights.write_bytes(b"GGUF")
-    assert not isinstance(build_runtime("generate", create, {"MODEL_URI": f"file://{weights}"}),
+    assert not isinstance(build_runtime(spec, {"MODEL_URI": f"file://{weights}"}),
                           MisconfiguredRuntime)

@@ -13,8 +13,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(os.environ.get("SCHEMAS_DIR", ROOT / ".state" / "schemas"))
-FUNCTIONS = ("generate", "embed", "audit")
-MODEL_FUNCTIONS = ("generate", "embed")
 LIVENESS, READINESS = "/health/liveness", "/health/readiness"
 PORT = 8080
 # Cluster default of config-defaults max-revision-timeout-seconds.
@@ -30,16 +28,26 @@ except ImportError:  # pragma: no cover - before events.py exists
 
 # The request event types generate and embed serve, their replies, and the failed reply: the
 # truth the Trigger filters are checked against (no copy here, so they cannot drift apart).
-from llmfn.event_requests import FAILED, REQUEST_TYPES, served_by  # noqa: E402
+from llmfn.contract import FunctionSpec, discover  # noqa: E402
+from llmfn.event_requests import FAILED  # noqa: E402
 
-# What each Trigger subscriber accepts on POST /: generate/embed their request types, audit
-# the inference event.
-ACCEPTED_TYPES = {"generate": frozenset(served_by("generate")),
-                  "embed": frozenset(served_by("embed")),
-                  "audit": frozenset({INFERENCE_COMPLETED})}
+
+def function_specs(root: Path = ROOT) -> dict[str, FunctionSpec]:
+    """The functions under ``root/functions``, from their contracts (``llmfn.contract``)."""
+    return discover(root)
+
+
+SPECS = function_specs()
+FUNCTIONS = tuple(SPECS)
+MODEL_FUNCTIONS = tuple(name for name, spec in SPECS.items() if spec.model is not None)
+# The function serving each request event type (a Trigger routes it there).
+REQUEST_TYPES = {typ: name for name, spec in SPECS.items() for typ in spec.events}
+# What each Trigger subscriber accepts on POST /: its request event types, audit the inference
+# event (the contracts' ``accepts``).
+ACCEPTED_TYPES = {name: spec.event_types for name, spec in SPECS.items()}
 # Every event type llmfn knows: a Trigger filter is evaluated against each of them.
-KNOWN_TYPES = frozenset({*REQUEST_TYPES, *(k.reply_type for k in REQUEST_TYPES.values()), FAILED,
-                         INFERENCE_COMPLETED})
+KNOWN_TYPES = frozenset({*REQUEST_TYPES, FAILED, INFERENCE_COMPLETED,
+                         *(kind.reply for spec in SPECS.values() for kind in spec.events.values())})
 # eventing/: applied separately (docs/events.md), not part of eventing/kustomization.yaml.
 FEATURES_YAML = ROOT / "eventing" / "features" / "delivery-retryafter.yaml"
 REQUESTREPLY_YAML = ROOT / "eventing" / "examples" / "requestreply.yaml"

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Callable, Mapping
 
+from llmfn.contract import Worker
 from llmfn.errors import InvalidRequest
 from llmfn.metrics import HTTPMetrics
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -62,8 +63,9 @@ class AuditMetrics(HTTPMetrics):
                                  ["level"], registry=r)
 
 
-class AuditService:
-    """Records inference events, keeps dead letters and answers KPI queries."""
+class AuditService(Worker):
+    """Records inference events, keeps dead letters and answers KPI queries: audit's worker
+    (its contract's, ``llmfn.contract.Worker``)."""
 
     def __init__(self, settings: AuditSettings, *, retry_after_s: int = 2,
                  store: AuditStore | None = None, metrics: AuditMetrics | None = None,
@@ -92,6 +94,17 @@ class AuditService:
         self._thread = threading.Thread(target=self._background, name="audit-store",
                                         daemon=True)
         self._thread.start()
+
+    @property
+    def capacity(self) -> int:
+        """Deliveries wait for their commit, which groups up to INGEST_MAX_BATCH events."""
+        return self.settings.max_batch
+
+    def drain(self, grace_s: float) -> bool:
+        """Called on stop once the events being recorded got their commit (new ones get 503
+        meanwhile): finish queued commits and close the database client."""
+        self.stop(grace_s)
+        return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Called on shutdown: finish queued commits, end the background thread, close."""

@@ -1,3 +1,8 @@
-from .func import new
+"""The embed function: OpenAI-compatible /v1/embeddings on llama.cpp (CPU), batched.
 
-__all__ = ["new"]
+``early`` is imported first, so the weight download starts before the heavy imports of
+``func`` (func-python and gunicorn's ``function.wsgi`` both import this package first)."""
+from . import early
+from .func import SPEC, new
+
+__all__ = ["SPEC", "early", "new"]

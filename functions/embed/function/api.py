@@ -11,28 +11,28 @@ import logging
 import time
 
 import numpy as np
-from flask import Flask, jsonify
+from flask import Flask
 
-from llmfn import event_requests, openapi, pages
+from llmfn import openapi, routes
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
-from llmfn.origin import Origin, current_origin
+from llmfn.origin import Origin
 from llmfn.protocol import to_builtins
 from llmfn.model_runtime import Runtime
 from llmfn.shapes import Usage
-from llmfn.webapp import json_body
 
 from . import protocol, schema
 from .batcher import Batcher
 from .engine import Embedder
-from .settings import FUNCTION, EmbedSettings
+from .settings import EmbedSettings
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "/v1/embeddings"
 
 
-def register(app: Flask, runtime: Runtime, *, embed: EmbedSettings) -> Batcher:
-    """Add /v1/embeddings to ``app``; returns the batcher (drained on stop)."""
+def register(app: Flask, runtime: Runtime, embed: EmbedSettings) -> Batcher:
+    """Add /v1/embeddings to ``app`` (the contract's ``routes``, func.py); returns the batcher,
+    its worker (drained on stop)."""
     server = runtime.settings.server
     batcher = Batcher(lambda seqs: runtime.host.model.embed(seqs),
                       window_s=embed.batch_window_ms / 1000.0,
@@ -40,10 +40,8 @@ def register(app: Flask, runtime: Runtime, *, embed: EmbedSettings) -> Batcher:
                       retry_after_s=server.retry_after_s, metrics=runtime.metrics,
                       registry=runtime.metrics.registry)
     api = EmbeddingsAPI(runtime, batcher, embed)
-    app.add_url_rule(ENDPOINT, "embeddings", api.embeddings, methods=["POST"])
-    event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
+    routes.add(app, ENDPOINT, "embeddings", api.embeddings)
     openapi.attach(app, openapi.function_document(protocol))
-    pages.register_playground(app, "embed")  # GET / (POST / stays the events'), /docs
     return batcher
 
 
@@ -53,13 +51,13 @@ class EmbeddingsAPI:
         self.batcher = batcher
         self.cfg = embed
 
-    def embeddings(self):
+    def embeddings(self, inbound: routes.Inbound) -> routes.Result:
         t0 = time.perf_counter()
-        origin = current_origin()
+        origin = inbound.origin
         req, seqs, cold = None, None, False
         try:
             engine: Embedder = self.rt.model()
-            req = schema.parse(json_body(), model_id=self.rt.host.model_id, n_embd=engine.n_embd,
+            req = schema.parse(inbound.body(), model_id=self.rt.host.model_id, n_embd=engine.n_embd,
                                max_inputs=self.cfg.max_inputs)
             seqs = self._sequences(engine, req)
             pending = self.batcher.submit(seqs)
@@ -78,10 +76,9 @@ class EmbeddingsAPI:
             data=[protocol.Embedding(index=i, embedding=_encode(v, req.encoding_format))
                   for i, v in enumerate(vectors)],
             model=self.rt.host.model_id, usage=Usage(prompt_tokens=count, total_tokens=count))
-        resp = jsonify(to_builtins(body))
-        resp.headers["X-Request-Id"] = origin.rid
+        result = routes.Result(to_builtins(body), headers={"X-Request-Id": origin.rid})
         self._event(origin, t0, req, seqs, status=200, error_code=None, cold=cold)
-        return resp
+        return result
 
     def _sequences(self, engine: Embedder, req: schema.Request) -> list[list[int]]:
         """Token ids per input; an input over the limit is a 400 naming it (or cut: TRUNCATE)."""

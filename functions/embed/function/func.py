@@ -1,34 +1,32 @@
-"""The embed Knative Function: OpenAI-compatible /v1/embeddings on llama.cpp (CPU), batched."""
+"""The embed Knative Function: OpenAI-compatible /v1/embeddings on llama.cpp (CPU), batched.
+
+``SPEC`` is its contract (``llmfn.contract``): llmfn builds the runtime, func-python's
+``new()`` and gunicorn's app (``wsgi.py``) from it.
+"""
 from __future__ import annotations
 
-import functools
 from typing import Mapping
 
-from llmfn.host import prefetch, preload
+from llmfn import runtime
+from llmfn.contract import FunctionSpec, Local, Page, RequestEvent
+from llmfn.function import LLMFunction
+from llmfn.pages import STATIC
 
-from .settings import DEFAULTS
+from . import api
+from .loader import make_loader
+from .settings import DEFAULTS, FUNCTION, EmbedSettings
 
-prefetch(**DEFAULTS)  # the weight download starts now, on a thread, before the imports below
-
-from .engine import load_embedder  # noqa: E402  (llama_cpp, numpy: what the load needs)
-
-preload(lambda cfg: load_embedder, **DEFAULTS)  # the model loads as soon as the file is there
-
-from llmfn.function import LLMFunction  # noqa: E402  (the web stack imports meanwhile)
-from llmfn.model_runtime import Runtime  # noqa: E402
-from llmfn.settings import Settings  # noqa: E402
-
-from . import api  # noqa: E402
-from .settings import FUNCTION, EmbedSettings  # noqa: E402
-
-
-def create_runtime(cfg: Mapping[str, str]) -> Runtime:
-    """Build the process's Runtime from a config mapping (func's ``cfg`` or the environment)."""
-    settings = Settings.from_mapping(cfg, **DEFAULTS)
-    embed = EmbedSettings.from_mapping(cfg)
-    return Runtime(settings.server.function or FUNCTION, settings,
-                   loader=load_embedder,
-                   register=functools.partial(api.register, embed=embed))
+SPEC = FunctionSpec(
+    name=FUNCTION,
+    settings=EmbedSettings.from_mapping,
+    defaults=DEFAULTS,
+    model=make_loader,
+    routes=api.register,
+    events={"dev.llmfn.embeddings.requested.v1": RequestEvent(
+        "/v1/embeddings", "dev.llmfn.embeddings.v1")},
+    page=Page("/", STATIC / "embed.html", "playground"),  # POST / stays the events'
+    local=Local(port=8082, model="all-minilm-l6-v2-f16.gguf"),
+)
 
 
 def new() -> LLMFunction:
@@ -37,4 +35,10 @@ def new() -> LLMFunction:
     The instance's ``start(cfg)`` (called before the server listens) begins the weight pull and
     model load in the background; ``ready()`` turns True once the model is loaded.
     """
-    return LLMFunction(create_runtime, FUNCTION)
+    return LLMFunction(SPEC)
+
+
+def create_runtime(cfg: Mapping[str, str]) -> runtime.BaseRuntime:
+    """The runtime from a config mapping (func's ``cfg`` or the environment); a SettingsError
+    names a setting it cannot use (tests build their runtimes with it)."""
+    return runtime.create_runtime(SPEC, cfg)

@@ -12,24 +12,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import threading
 import time
 from typing import Iterator
 
-from flask import Flask, Response, request
+from flask import Flask
 
-from llmfn import event_requests, openapi, pages
+from llmfn import openapi, routes
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
 from llmfn.model_runtime import Runtime
-from llmfn.origin import Origin, current_origin
-from llmfn.protocol import Model, encode
-from llmfn.webapp import check_model, json_body
+from llmfn.protocol import Model
+from llmfn.webapp import check_model
 
 from . import protocol, schema, structured
 from .answer import Call, sse_data
 from .engine import Engine
 from .protocol import Delta
 from .scheduler import Done, Event, Failed, Generation, Scheduler, Text, Tokens
-from .settings import FUNCTION, GenerateSettings
+from .settings import GenerateSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +37,19 @@ HEARTBEAT = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 
 
-def register(app: Flask, runtime: Runtime, *, gen: GenerateSettings) -> Scheduler:
-    """Add the generation routes to ``app``; returns the scheduler (drained on stop)."""
+def register(app: Flask, runtime: Runtime, gen: GenerateSettings) -> Scheduler:
+    """Add the generation routes to ``app`` (the contract's ``routes``, func.py); returns the
+    scheduler, its worker (drained on stop)."""
     server = runtime.settings.server
     scheduler = Scheduler(lambda: runtime.host.model, gen.slots, queue_size=server.queue_size,
                           retry_after_s=server.retry_after_s, metrics=runtime.metrics,
                           registry=runtime.metrics.registry, deadline_s=gen.request_timeout_s)
     api = GenerateAPI(runtime, scheduler)
-    app.add_url_rule("/v1/completions", "completions", api.completions, methods=["POST"])
-    app.add_url_rule("/v1/chat/completions", "chat_completions", api.chat, methods=["POST"])
-    app.add_url_rule("/tokenize", "tokenize", api.tokenize, methods=["POST"])
-    app.add_url_rule("/detokenize", "detokenize", api.detokenize, methods=["POST"])
-    event_requests.register(app, runtime, event_requests.served_by(FUNCTION))
+    routes.add(app, "/v1/completions", "completions", api.completions)
+    routes.add(app, "/v1/chat/completions", "chat_completions", api.chat)
+    routes.add(app, "/tokenize", "tokenize", api.tokenize)
+    routes.add(app, "/detokenize", "detokenize", api.detokenize)
     openapi.attach(app, openapi.function_document(protocol))
-    pages.register_playground(app, "generate")  # GET / (POST / stays the events'), /docs
     return scheduler
 
 
@@ -59,17 +58,17 @@ class GenerateAPI:
         self.rt = runtime
         self.scheduler = scheduler
 
-    def completions(self):
-        return self._serve(chat=False)
+    def completions(self, inbound: routes.Inbound) -> routes.Result:
+        return self._serve(inbound, chat=False)
 
-    def chat(self):
-        return self._serve(chat=True)
+    def chat(self, inbound: routes.Inbound) -> routes.Result:
+        return self._serve(inbound, chat=True)
 
     # -- llama-server's tokenizer routes --------------------------------------------------------
-    def tokenize(self):
+    def tokenize(self, inbound: routes.Inbound) -> routes.Result:
         """``{"content": str, "add_special": bool, "with_pieces": bool}`` -> ``{"tokens"}``."""
         engine: Engine = self.rt.model()
-        req = protocol.decode(protocol.TokenizeRequest, json_body())
+        req = protocol.decode(protocol.TokenizeRequest, inbound.body())
         tokens = engine.llm.tokenize(req.content.encode("utf-8"), add_bos=bool(req.add_special),
                                      special=True)
         if req.with_pieces:
@@ -77,10 +76,10 @@ class GenerateAPI:
                 id=t, piece=engine.piece(t).decode("utf-8", errors="replace")) for t in tokens]))
         return _json_response(protocol.TokenizeResponse(tokens=list(tokens)))
 
-    def detokenize(self):
+    def detokenize(self, inbound: routes.Inbound) -> routes.Result:
         """``{"tokens": [int]}`` -> ``{"content": str}``."""
         engine: Engine = self.rt.model()
-        tokens = protocol.decode(protocol.DetokenizeRequest, json_body()).tokens
+        tokens = protocol.decode(protocol.DetokenizeRequest, inbound.body()).tokens
         if any(t >= engine.n_vocab for t in tokens):
             raise InvalidRequest(f"'tokens' must be token ids below {engine.n_vocab}.",
                                  param="tokens")
@@ -89,13 +88,13 @@ class GenerateAPI:
             content=text.decode("utf-8", errors="replace")))
 
     # -- request flow -------------------------------------------------------------------------
-    def _serve(self, *, chat: bool):
+    def _serve(self, inbound: routes.Inbound, *, chat: bool) -> routes.Result:
         t0 = time.perf_counter()
-        origin = current_origin()
+        origin = inbound.origin
         stream, req = False, None
         try:
             engine: Engine = self.rt.model()
-            body = json_body()
+            body = inbound.body()
             stream = body.get("stream") is True
             check_model(body, self.rt.host.model_id)
             args = (body, self.rt.settings.model.default_max_tokens, self.scheduler.capacity)
@@ -103,9 +102,9 @@ class GenerateAPI:
             tokens = self._tokens(engine, req)
             self._fit_context(engine, tokens, req, "messages" if chat else "prompt")
             self._check_request(engine, req)
-            jobs = self._submit(tokens, req, t0)
+            jobs = self._submit(tokens, req, t0, inbound.disconnected)
         except APIError as err:
-            self._event(origin, t0, status=err.status, error_code=err.code, stream=stream,
+            self._event(inbound, t0, status=err.status, error_code=err.code, stream=stream,
                         req=req)
             raise
         cold = self.rt.host.take_cold_start()
@@ -115,13 +114,11 @@ class GenerateAPI:
         if self.rt.settings.events.include_text:
             call.prompt_text = _prompt_text(engine, req, tokens)
         if req.stream:
-            resp = Response(self._sse(call), mimetype="text/event-stream")
-            resp.headers["Cache-Control"] = "no-cache"
-            resp.headers["X-Accel-Buffering"] = "no"
+            result = routes.stream(self._sse(call))
         else:
-            resp = self._json(call)
-        resp.headers["X-Request-Id"] = origin.rid
-        return resp
+            result = self._json(call)
+        result.headers["X-Request-Id"] = origin.rid
+        return result
 
     @staticmethod
     def _tokens(engine: Engine, req: schema.Request) -> list[int]:
@@ -177,10 +174,10 @@ class GenerateAPI:
                 f"{wanted} in the completion). Please reduce the length of the {where} or "
                 "completion.", param=where)
 
-    def _submit(self, tokens: list[int], req: schema.Request, t0: float) -> list[Generation]:
+    def _submit(self, tokens: list[int], req: schema.Request, t0: float,
+                disconnected: threading.Event | None) -> list[Generation]:
         """One generation per choice (``best_of`` candidates), all admitted or none (429)."""
         events: queue.Queue = queue.Queue()
-        disconnected = request.environ.get("llmfn.disconnected")
         jobs = []
         for i in range(req.best_of):
             params = req.params
@@ -199,7 +196,7 @@ class GenerateAPI:
         return b"".join(engine.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     # -- answers ------------------------------------------------------------------------------
-    def _json(self, call: Call):
+    def _json(self, call: Call) -> routes.Result:
         try:
             outcomes = [job.wait() for job in call.jobs]
         except APIError as err:  # shutting down before it got a slot
@@ -331,17 +328,18 @@ class GenerateAPI:
             output_format=call.req.output.kind, prompt=call.prompt_text,
             output=first.text if first else None)
 
-    def _event(self, origin: Origin, t0: float, *, status: int, error_code: str | None,
+    def _event(self, inbound: routes.Inbound, t0: float, *, status: int, error_code: str | None,
                stream: bool, req: schema.Request | None) -> None:
-        self.rt.emit_inference(origin, endpoint=request.path, status=status, error_code=error_code,
+        self.rt.emit_inference(inbound.origin, endpoint=inbound.route, status=status,
+                               error_code=error_code,
                                duration_s=time.perf_counter() - t0, finish_reason="error",
                                stream=stream,
                                output_format=req.output.kind if req is not None else "text")
 
 
-def _json_response(answer: Model) -> Response:
+def _json_response(answer: Model) -> routes.Result:
     """A 200 with ``answer`` as JSON."""
-    return Response(encode(answer), mimetype="application/json")
+    return routes.Result(answer)
 
 
 def _prompt_text(engine: Engine, req: schema.Request, tokens: list[int]) -> str:

@@ -1,39 +1,36 @@
-"""The generate Knative Function: OpenAI-compatible text generation on llama.cpp (CPU)."""
+"""The generate Knative Function: OpenAI-compatible text generation on llama.cpp (CPU).
+
+``SPEC`` is its contract (``llmfn.contract``): llmfn builds the runtime, func-python's
+``new()`` and gunicorn's app (``wsgi.py``) from it.
+"""
 from __future__ import annotations
 
-import functools
 from typing import Mapping
 
-from llmfn.host import prefetch, preload
+from llmfn.contract import FunctionSpec, Local, Page, RequestEvent
+from llmfn.function import LLMFunction
+from llmfn.pages import STATIC
+from llmfn import runtime
 
-from .settings import DEFAULTS
+from . import api
+from .loader import make_loader
+from .settings import DEFAULTS, FUNCTION, GenerateSettings
 
-prefetch(**DEFAULTS)  # the weight download starts now, on a thread, before the imports below
-
-from .engine import load_engine  # noqa: E402  (llama_cpp, numpy: what the load needs)
-from .settings import FUNCTION, GenerateSettings  # noqa: E402
-
-
-def make_loader(cfg: Mapping[str, str]):
-    """The model loader that ``cfg``'s settings call for."""
-    return functools.partial(load_engine, gen=GenerateSettings.from_mapping(cfg))
-
-
-preload(make_loader, **DEFAULTS)  # the model loads as soon as the file is there, on a thread
-
-from llmfn.function import LLMFunction  # noqa: E402  (the web stack imports meanwhile)
-from llmfn.model_runtime import Runtime  # noqa: E402
-from llmfn.settings import Settings  # noqa: E402
-
-from . import api  # noqa: E402
-
-
-def create_runtime(cfg: Mapping[str, str]) -> Runtime:
-    """Build the process's Runtime from a config mapping (func's ``cfg`` or the environment)."""
-    settings = Settings.from_mapping(cfg, **DEFAULTS)
-    gen = GenerateSettings.from_mapping(cfg)
-    return Runtime(settings.server.function or FUNCTION, settings, loader=make_loader(cfg),
-                   register=functools.partial(api.register, gen=gen))
+SPEC = FunctionSpec(
+    name=FUNCTION,
+    settings=GenerateSettings.from_mapping,
+    defaults=DEFAULTS,
+    model=make_loader,
+    routes=api.register,
+    events={
+        "dev.llmfn.chat.completion.requested.v1": RequestEvent(
+            "/v1/chat/completions", "dev.llmfn.chat.completion.v1", seeded=True),
+        "dev.llmfn.completion.requested.v1": RequestEvent(
+            "/v1/completions", "dev.llmfn.completion.v1", seeded=True),
+    },
+    page=Page("/", STATIC / "generate.html", "playground"),  # POST / stays the events'
+    local=Local(port=8081, model="smollm2-135m-instruct-q4_1.gguf"),
+)
 
 
 def new() -> LLMFunction:
@@ -42,4 +39,10 @@ def new() -> LLMFunction:
     The instance's ``start(cfg)`` (called before the server listens) begins the weight pull and
     model load in the background; ``ready()`` turns True once the model is loaded.
     """
-    return LLMFunction(create_runtime, FUNCTION)
+    return LLMFunction(SPEC)
+
+
+def create_runtime(cfg: Mapping[str, str]) -> runtime.BaseRuntime:
+    """The runtime from a config mapping (func's ``cfg`` or the environment); a SettingsError
+    names a setting it cannot use (tests build their runtimes with it)."""
+    return runtime.create_runtime(SPEC, cfg)

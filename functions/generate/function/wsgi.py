@@ -3,11 +3,8 @@
 Imported in the worker (no preload), so the model loads after fork; loading runs in the
 background and /health/readiness reports it.
 """
-from llmfn.runtime import build_runtime
-from llmfn.settings import environ_copy
+from llmfn.runtime import wsgi_app
 
-from .func import FUNCTION, create_runtime
+from .func import SPEC
 
-runtime = build_runtime(FUNCTION, create_runtime, environ_copy())
-runtime.start()
-app = runtime.app
+app = wsgi_app(SPEC)

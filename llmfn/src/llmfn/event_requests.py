@@ -1,9 +1,12 @@
 """Inference asked for with a CloudEvent, answered with a reply event (Knative's data plane).
 
 A request event (``dev.llmfn.*.requested.v1``) POSTed to ``/`` in binary or structured mode
-carries an OpenAI request body as ``data``. It is served by the same view as the HTTP request
-(same validation and limits; no streaming), and the HTTP response to the delivery *is* the
-reply: 200 with a binary-mode CloudEvent whose data is the OpenAI response object.
+carries an OpenAI request body as ``data``. It is served by a direct call of the handler of the
+API route its type names in the function's contract (``llmfn.contract.RequestEvent``; the same
+handler the HTTP route calls, ``llmfn.routes``: same validation and limits; no streaming), and
+the HTTP response to the delivery *is* the reply: 200 with a binary-mode CloudEvent whose data
+is the OpenAI response object. ``POST /`` is public (the Broker sends no key) and refused 503
+while the runtime stops, like every route but the probes.
 
 - A request that can never succeed (undecodable data, an unknown type, a 4xx from the API such
   as over the context) gets a ``dev.llmfn.request.failed.v1`` reply with the OpenAI error body
@@ -31,15 +34,17 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Mapping
 
 from flask import Flask, Response, request
 
+from . import routes
 from .ce_http import decode_http
-from .errors import APIError, InvalidRequest, NotFound
-from .origin import ORIGIN_KEY, Origin
-from .webapp import INTERNAL_KEY, public
+from .contract import RequestEvent
+from .errors import APIError, InvalidRequest, NotFound, internal_error
+from .origin import Origin
+from .settings import EventSettings
+from .webapp import checked_body, public
 
 log = logging.getLogger(__name__)
 
@@ -50,39 +55,19 @@ _CORE = {"id", "source", "type", "specversion", "time", "subject", "datacontentt
          "dataschema"}
 
 
-@dataclass(frozen=True)
-class RequestType:
-    """A request event type: the function and API route that serve it, its reply's type."""
-    function: str
-    endpoint: str
-    reply_type: str
-    seeded: bool = False  # sampling: a seed is derived from the event when none is given
-
-
-REQUEST_TYPES = {
-    "dev.llmfn.chat.completion.requested.v1": RequestType(
-        "generate", "/v1/chat/completions", "dev.llmfn.chat.completion.v1", seeded=True),
-    "dev.llmfn.completion.requested.v1": RequestType(
-        "generate", "/v1/completions", "dev.llmfn.completion.v1", seeded=True),
-    "dev.llmfn.embeddings.requested.v1": RequestType(
-        "embed", "/v1/embeddings", "dev.llmfn.embeddings.v1"),
-}
-
-
-def served_by(function: str) -> list[str]:
-    """The request event types ``function`` (generate, embed) serves."""
-    return [t for t, kind in REQUEST_TYPES.items() if kind.function == function]
-
-
 class UnknownEventType(NotFound):
     """A request event of a type this function does not serve (a failed reply)."""
     status = 400
     code = "unknown_event_type"
 
 
-def register(app: Flask, runtime, types: Iterable[str]) -> "EventRequests":
-    """Serve the request event ``types`` on ``POST /`` (public: the Broker sends no key)."""
-    handler = EventRequests(app, runtime, {t: REQUEST_TYPES[t] for t in types})
+def register(app: Flask, function: str, settings: EventSettings,
+             types: Mapping[str, RequestEvent]) -> "EventRequests":
+    """Serve the request event ``types`` (a contract's ``events``) on ``POST /`` (public: the
+    Broker sends no key); their routes' handlers must be on ``app`` already."""
+    for kind in types.values():
+        routes.handler(app, kind.route)  # a KeyError now, not at the first event
+    handler = EventRequests(app, function, settings, dict(types))
     public(app, "/", "event_request", handler.serve, methods=("POST",))
     return handler
 
@@ -117,12 +102,13 @@ def _structured_attr(name: str) -> Any:
 class EventRequests:
     """The ``POST /`` view: decode, serve through the API route, answer with the reply."""
 
-    def __init__(self, app: Flask, runtime, types: dict[str, RequestType]):
+    def __init__(self, app: Flask, function: str, settings: EventSettings,
+                 types: dict[str, RequestEvent]):
         self.app = app
-        self.rt = runtime
+        self.settings = settings
         self.types = types
-        self.function_source = f"/llmfn/{runtime.function}" + (
-            f"/{runtime.settings.events.service}" if runtime.settings.events.service else "")
+        self.function_source = f"/llmfn/{function}" + (
+            f"/{settings.service}" if settings.service else "")
 
     def serve(self):
         event = decode_http(dict(request.headers), request.get_data(cache=True))
@@ -139,11 +125,11 @@ class EventRequests:
             data = self._data(event)
             if kind.seeded and data.get("seed") is None:
                 data["seed"] = int(digest[:8], 16) & 0x7FFFFFFF
-            status, body, headers = self._dispatch(kind.endpoint, data, origin)
+            status, body, headers = self._call(kind.route, data, origin)
         except APIError as err:
             status, body, headers = err.status, err.body(), err.headers()
         if status == 200:
-            return self._reply(event, digest, kind.reply_type, body)
+            return self._reply(event, digest, kind.reply, body)
         if status == 429 or status >= 500:  # may succeed later: the Broker retries
             return Response(json.dumps(body), status=status, headers=headers,
                             mimetype="application/json")
@@ -163,20 +149,28 @@ class EventRequests:
                                  "carries the whole answer.", param="stream")
         return dict(data)
 
-    def _dispatch(self, endpoint: str, data: dict, origin: Origin):
-        """Run the API route in this thread, exactly as an HTTP request (auth aside)."""
-        environ = {ORIGIN_KEY: origin, INTERNAL_KEY: True}
-        disconnected = request.environ.get("llmfn.disconnected")
-        if disconnected is not None:
-            environ["llmfn.disconnected"] = disconnected
-        resp = self.app.test_client().post(endpoint, data=json.dumps(data),
-                                           content_type="application/json",
-                                           environ_overrides=environ)
-        headers = {k: v for k, v in resp.headers.items() if k == "Retry-After"}
-        return resp.status_code, resp.get_json(silent=True) or {}, headers
+    def _call(self, route: str, data: dict, origin: Origin
+              ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Call the API route's handler in this thread, as its HTTP view does (auth aside: the
+        event was let in by ``POST /``); an unexpected error is a 500, as over HTTP."""
+        inbound = routes.Inbound(route, origin, lambda: checked_body(data),  # as an HTTP body
+                                 request.environ.get(routes.DISCONNECTED_KEY))
+        try:
+            result = routes.handler(self.app, route)(inbound)
+        except APIError:
+            raise
+        except Exception:
+            log.exception("request event: the handler of %s failed", route)
+            raise internal_error() from None
+        payload = None if result.streamed else result.json()
+        if not isinstance(payload, dict):
+            log.error("request event: %s answered %s, not a JSON object", route, result.mimetype)
+            raise internal_error()
+        headers = {k: v for k, v in result.headers.items() if k == "Retry-After"}
+        return result.status, payload, headers
 
     def _reply(self, event, digest: str, reply_type: str, body: dict) -> Response:
-        cfg = self.rt.settings.events
+        cfg = self.settings
         attrs: dict[str, Any] = {
             k: v for k, v in event.get_attributes().items()
             if k not in _CORE and k not in NOT_COPIED and v is not None}

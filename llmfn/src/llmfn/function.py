@@ -11,20 +11,21 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Callable, Mapping
+from typing import Mapping
 
+from .contract import FunctionSpec
 from .runtime import BaseRuntime, build_runtime
 
 log = logging.getLogger(__name__)
 
 
 class LLMFunction:
-    """A func-python function instance backed by a runtime and a WSGI->ASGI bridge."""
+    """A func-python function instance backed by a runtime and a WSGI->ASGI bridge: what a
+    function's ``new()`` returns, ``LLMFunction(SPEC)`` (its contract, ``llmfn.contract``)."""
 
-    def __init__(self, create_runtime: Callable[[Mapping[str, str]], BaseRuntime],
-                 function: str = "function"):
-        self._create_runtime = create_runtime
-        self.function = function
+    def __init__(self, spec: FunctionSpec):
+        self.spec = spec
+        self.function = spec.name
         self.runtime: BaseRuntime | None = None
         self._bridge = None  # llmfn.asgi.WSGIBridge once started
         self._draining = False
@@ -34,7 +35,7 @@ class LLMFunction:
         environment as ``cfg``: read config, start background work, return at once."""
         from .asgi import WSGIBridge  # asyncio: only this (func-python's) path needs it
 
-        self.runtime = rt = build_runtime(self.function, self._create_runtime, cfg)
+        self.runtime = rt = build_runtime(self.spec, cfg)
         count = rt.metrics.requests
         self._bridge = WSGIBridge(
             rt.app, max_workers=rt.bridge_threads, max_body_bytes=rt.server.max_request_bytes,

@@ -262,6 +262,17 @@ def preload(make_loader: Callable[[Mapping[str, str]], Loader],
         return None
 
 
+def start_model_early(make_loader: Callable[[Mapping[str, str]], Loader],
+                      defaults: Mapping[str, str]) -> Preload | None:
+    """The cold start's head start, called once at import by a function's ``early`` module,
+    which its package imports before anything else: the weight fetch starts on a thread
+    (:func:`prefetch`); ``make_loader`` then imports the loader's own modules (llama_cpp,
+    numpy) while it runs; the model loads on another thread as soon as the file is there
+    (:func:`preload`), while the package goes on importing the web stack. Never raises."""
+    prefetch(**defaults)
+    return preload(make_loader, **defaults)
+
+
 def same_loader(a: Loader, b: Loader) -> bool:
     """Loaders that load the same thing: equal, or partials of the same function with equal
     arguments (``functools.partial(load_engine, gen=settings)``)."""

@@ -1,16 +1,14 @@
-"""Runtime: a model function's process (generate, embed) on the shared BaseRuntime.
+"""Runtime: the process of a function with a model (its contract's ``model``) on BaseRuntime.
 
 It adds the model host (weights pulled and loaded in the background), ``/v1/models``, the
-inference events and the model metrics, and the function's own API (its ``register``).
+inference events and the model metrics; the function's own API is plugged in by
+``llmfn.runtime.build_runtime`` from its contract, as for every function.
 """
 from __future__ import annotations
 
 import errno
 import logging
-import time
-from typing import Any, Callable
-
-from flask import Flask
+from typing import Any
 
 from .errors import NotReady
 from .events import EventEmitter, InferenceRecord
@@ -24,39 +22,29 @@ from .webapp import add_model_routes
 
 log = logging.getLogger(__name__)
 
-REQUEST_TAIL_S = 5.0
-"""After the model's work is drained (or cancelled), what the responses still get to finish
-(their last chunks and events) even when the grace is over."""
-
-# register(app, runtime) adds the function's own API to the base app and returns an object
-# with an optional ``drain(grace_s) -> bool`` and ``capacity`` (the function's worker).
-Register = Callable[[Flask, "Runtime"], Any]
-
-
 class Runtime(BaseRuntime):
     """A model function's process: model host, /v1/models, inference events, model metrics."""
 
+    metrics: Metrics
+
     def __init__(self, function: str, settings: Settings, *, loader: Loader,
-                 register: Register, fetch=None):
-        super().__init__(function, settings.server, Metrics())
+                 metrics: Metrics | None = None, fetch=None):
+        super().__init__(function, settings.server, metrics or Metrics())
         self.settings = settings
         self.host = ModelHost(settings, loader, metrics=self.metrics,
                               fetch=fetch or fetch_naming_cache_dir)
         self.events = EventEmitter(settings.events, function=function,
                                    registry=self.metrics.registry)
         add_model_routes(self.app, self.host)
-        self.service = register(self.app, self)
-
-    @property
-    def capacity(self) -> int:
-        return getattr(self.service, "capacity", 1)
 
     def start(self) -> None:
-        """Begin the weight pull and model load in the background."""
+        """Begin the weight pull and model load in the background, then the worker."""
         self.host.start()
+        super().start()
 
     def _ready(self) -> tuple[bool, str]:
-        return self.host.ready()
+        ok, reason = self.host.ready()
+        return self.service.ready() if ok else (ok, reason)
 
     def model(self) -> Any:
         """The loaded model, or NotReady (503 + Retry-After) naming why it is not.
@@ -70,7 +58,8 @@ class Runtime(BaseRuntime):
         return self.host.model
 
     def alive(self) -> tuple[bool, str]:
-        return self.host.alive()
+        ok, reason = self.host.alive()
+        return self.service.alive() if ok else (ok, reason)
 
     def emit_inference(self, origin: Origin, *, endpoint: str, status: int,
                        generation_s: float | None = None, **fields) -> bool:
@@ -96,22 +85,8 @@ class Runtime(BaseRuntime):
         return self.events.emit_inference(record, id=origin.event_id, source=origin.event_source,
                                           extensions=dict(origin.extensions))
 
-    def _stop(self, grace_s: float) -> None:
-        """Let the requests admitted before the stop finish within the grace, then flush events.
-
-        New requests are refused from the start (:attr:`stopping`). The requests already
-        admitted are waited for first, with the model loop still taking their work: one that
-        was admitted just before the signal but reaches the loop after it is run, not refused.
-        Then the loop drains in what is left of the grace and cancels what still runs; a
-        cancelled response gets REQUEST_TAIL_S to send its last bytes and its event."""
-        deadline = time.monotonic() + grace_s
-        idle = self.wait_requests(grace_s)
-        drain = getattr(self.service, "drain", None)
-        if drain is not None:
-            drained = drain(max(deadline - time.monotonic(), 0.0))
-            log.info("in-flight work %s", "finished" if drained else "cancelled after the grace")
-        if not idle:
-            self.wait_requests(REQUEST_TAIL_S)
+    def _stopped(self) -> None:
+        """After the drain: flush the inference events."""
         self.events.close(self.settings.events.flush_s)
 
 

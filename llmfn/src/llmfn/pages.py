@@ -1,10 +1,10 @@
 """The HTML pages every function serves beside its API: static files, no build step, no CDN.
 
 - ``GET /docs`` (every function): its ``/openapi.json`` rendered by ``static/docs.js``;
-- ``GET /`` of generate and embed: a playground on their own ``/v1`` API (``POST /`` stays the
-  CloudEvents route: same rule, another method);
-- ``GET /dashboard`` of audit: KPI charts from ``/kpis`` and ``/kpis/timeseries``, drawn with the
-  vendored uPlot (``static/vendor/uplot``, MIT).
+- the page its contract names (``llmfn.contract.Page``), e.g. ``GET /`` of generate and embed: a
+  playground on their own ``/v1`` API (``POST /`` stays the CloudEvents route: same rule, another
+  method); ``GET /dashboard`` of audit: KPI charts from ``/kpis`` and ``/kpis/timeseries``,
+  drawn with the vendored uPlot (``static/vendor/uplot``, MIT).
 
 Pages and their files are public (:func:`llmfn.webapp.public`): a browser loads them without a
 bearer key; the API calls they make carry the key the page asks for when ``API_KEYS`` is set
@@ -24,6 +24,7 @@ from flask import Flask, Response, request
 from werkzeug.security import safe_join
 
 from . import errors
+from .contract import Page
 from .webapp import _PUBLIC, public
 
 STATIC = Path(__file__).with_name("static")
@@ -36,32 +37,18 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
        "form-action 'none'")
 
-DOCS = ("/docs", "docs", "docs.html")
-PLAYGROUNDS = {"generate": ("/", "playground", "generate.html"),
-               "embed": ("/", "playground", "embed.html")}
-DASHBOARD = ("/dashboard", "dashboard", "dashboard.html")
+DOCS = Page("/docs", STATIC / "docs.html", "docs")
 
 
-def register(app: Flask, *pages: tuple[str, str, str]) -> None:
-    """Serve the static files, ``/docs`` and ``pages`` (``(rule, endpoint, file)`` each, a file
-    of ``static/``) on ``app``, all without a bearer key."""
+def register(app: Flask, *pages: Page) -> None:
+    """Serve the static files, ``/docs`` and ``pages`` (a function's contract names its page)
+    on ``app``, all without a bearer key."""
     _static(app)
-    for rule, endpoint, name in (DOCS, *pages):
-        public(app, rule, endpoint, _page_view(name))
+    for page in (DOCS, *pages):
+        public(app, page.rule, page.endpoint, _page_view(page.file))
 
 
-def register_playground(app: Flask, function: str) -> None:
-    """``/docs`` and the playground of ``function`` (generate or embed) at ``GET /``."""
-    register(app, PLAYGROUNDS[function])
-
-
-def register_dashboard(app: Flask) -> None:
-    """``/docs`` and audit's KPI dashboard at ``GET /dashboard``."""
-    register(app, DASHBOARD)
-
-
-def _page_view(name: str):
-    path = STATIC / name
+def _page_view(path: Path):
     if not path.is_file():
         raise FileNotFoundError(path)
 

@@ -1,7 +1,7 @@
 """The base Flask app every function shares: health, /metrics, auth, limits, errors, counting.
 
-A function adds its own routes (its API) on top: its ``register(app, runtime)`` calls
-``app.add_url_rule`` or uses ``@app.post`` (see ``llmfn.model_runtime.Register``). Routes that must
+A function adds its own routes (its API) on top: its contract's ``routes`` (``llmfn.contract``)
+adds its API routes with ``llmfn.routes.add``, others with ``app.add_url_rule``. Routes that must
 answer without a bearer key (probes, metrics, CloudEvents deliveries: the Broker sends no key)
 are marked with :func:`public`. Model functions also get ``/v1/models`` (:func:`add_model_routes`).
 """
@@ -30,8 +30,7 @@ if TYPE_CHECKING:  # audit imports this module and no model code
 _PUBLIC = "llmfn.public_endpoints"
 _PROBES = ("liveness", "readiness", "metrics")  # answered while the runtime stops
 INFLIGHT = "llmfn.inflight"
-_STATE = "llmfn.request_state"  # per request, in its environ: flask.g is shared by a request
-#                                 and the ones it makes to the app itself (request events)
+_STATE = "llmfn.request_state"  # per request, in its environ
 
 
 class InFlight:
@@ -53,10 +52,6 @@ class InFlight:
     def wait_idle(self, timeout_s: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._n <= 0, timeout=max(0.0, timeout_s))
-INTERNAL_KEY = "llmfn.internal"
-"""WSGI environ key marking a request the app made to itself (a request event served through
-its API route): it was already let in by a public route, so it needs no bearer key, and it is
-answered while the runtime stops (the request event it serves was admitted before)."""
 
 
 class Probes(Protocol):
@@ -95,11 +90,9 @@ def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
         state = request.environ[_STATE] = {"t0": time.perf_counter()}
         inflight.enter()
         state["inflight"] = True
-        if (getattr(probes, "stopping", False) and request.endpoint not in _PROBES
-                and not request.environ.get(INTERNAL_KEY)):  # a request event's own call
+        if getattr(probes, "stopping", False) and request.endpoint not in _PROBES:
             raise errors.ShuttingDown(retry_after_s)
-        if (auth is not None and request.endpoint not in app.extensions[_PUBLIC]
-                and not request.environ.get(INTERNAL_KEY)):
+        if auth is not None and request.endpoint not in app.extensions[_PUBLIC]:
             kid = auth.check(request.headers.get("Authorization"))
             request.environ[KEY_ID_KEY] = kid
             if kid is not None and key_limiter is not None and key_limiter.limit:
@@ -190,6 +183,12 @@ def json_body() -> dict[str, Any]:
     if body is None:
         raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API "
                              "expects a JSON payload.")
+    return checked_body(body)
+
+
+def checked_body(body: Any) -> dict[str, Any]:
+    """A parsed JSON body (an HTTP body, a request event's data) if it is an object of text,
+    else a 400 naming what is wrong."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     bad = _invalid_unicode(body)

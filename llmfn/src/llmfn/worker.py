@@ -13,14 +13,17 @@ import logging
 import threading
 from typing import Any
 
+from .contract import Worker
 from .errors import QueueFull, ShuttingDown
 
 log = logging.getLogger(__name__)
 
 
-class ModelLoop:
+class ModelLoop(Worker):
     """Base of the model-owning loops: subclasses define ``_room``, ``_running``, ``_step`` and
-    ``_abort``; the lock ``_cond`` guards ``_pending`` and whatever the subclass marks running."""
+    ``_abort`` (and set ``capacity``); the lock ``_cond`` guards ``_pending`` and whatever the
+    subclass marks running. The worker of a model function (``llmfn.contract.Worker``): its
+    thread runs from construction on, and the runtime drains it on stop."""
 
     def __init__(self, *, queue_size: int, retry_after_s: int = 2, metrics=None,
                  name: str = "model-loop"):
