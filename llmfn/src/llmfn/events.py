@@ -106,53 +106,59 @@ _TEXT_FIELDS = ("prompt", "output")
 _OPTIONAL = (*_TEXT_FIELDS, "output_format", "key_id")
 
 
-def _received(record: type[Model]) -> type[Model]:
-    """The record's fields as an event received must carry them: all required but
-    :data:`_OPTIONAL`, the text fields a string when present; other keys pass."""
-    fields = []
+def _received(record: type[Model]) -> tuple[type[Model], dict[str, Any]]:
+    """The record's fields as an event received must carry them (all required but
+    :data:`_OPTIONAL`, the text fields a string when present; other keys pass), and each
+    field's type."""
+    fields, types = [], {}
     for f in msgspec.structs.fields(record):
-        if f.name in _TEXT_FIELDS:
-            fields.append((f.name, str | UnsetType, UNSET))
-        elif f.name in _OPTIONAL:
-            fields.append((f.name, f.type | UnsetType, UNSET))
+        types[f.name] = str if f.name in _TEXT_FIELDS else f.type
+        if f.name in _OPTIONAL:
+            fields.append((f.name, types[f.name] | UnsetType, UNSET))
         else:
             fields.append((f.name, f.type))
-    return msgspec.defstruct("InferenceData", fields, bases=(Model,), kw_only=True)
+    return msgspec.defstruct("InferenceData", fields, bases=(Model,), kw_only=True), types
 
 
-InferenceData = _received(InferenceRecord)
+InferenceData, _FIELD_TYPES = _received(InferenceRecord)
 """An inference event's ``data`` as audit accepts it (:func:`validate_inference_data`)."""
-_GOT = {"array": "list", "object": "dict", "null": "NoneType", "float": "float"}
 _WANT = {"int": "int", "float": "number", "str": "str", "bool": "bool"}
 
 
 def validate_inference_data(data: Any) -> list[str]:
-    """Problems with an inference event's ``data``: a missing field or a wrong type (the first
-    one found), or a ``time`` that is not RFC 3339; extras pass."""
+    """Problems with an inference event's ``data``: missing fields, wrong types, a ``time``
+    that is not RFC 3339 (extras pass)."""
     try:
         msgspec.convert(data, InferenceData, strict=True)
-    except msgspec.ValidationError as err:
-        return [_problem(str(err))]
+    except msgspec.ValidationError:
+        return _problems(data)
     if not _is_rfc3339(data["time"]):
         return [f"time must be an RFC 3339 timestamp, got {data['time']!r}"]
     return []
 
 
-def _problem(error: str) -> str:
-    """msgspec's message in this module's words (``status is missing``)."""
-    found = re.fullmatch(r"Object missing required field `(?P<key>[^`]+)`", error)
-    if found:
-        return f"{found['key']} is missing"
-    found = re.fullmatch(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`"
-                         r"(?: - at `\$\.?(?P<key>[^`]*)`)?", error)
-    if found and not found["key"]:
-        return f"data must be a JSON object, got {_GOT.get(found['got'], found['got'])}"
-    if found:
-        want = " or ".join(_WANT.get(w, w) for w in found["want"].split(" | ") if w != "null")
-        if "null" in found["want"].split(" | "):
-            want += " or null"
-        return f"{found['key']} must be {want}, got {_GOT.get(found['got'], found['got'])}"
-    return error
+def _problems(data: Any) -> list[str]:
+    """Every problem of ``data`` that failed :data:`InferenceData`, field by field."""
+    if not isinstance(data, dict):
+        return [f"data must be a JSON object, got {type(data).__name__}"]
+    problems = []
+    for key, kind in _FIELD_TYPES.items():
+        if key not in data:
+            if key not in _OPTIONAL:
+                problems.append(f"{key} is missing")
+            continue
+        try:
+            msgspec.convert(data[key], kind, strict=True)
+        except msgspec.ValidationError as err:
+            want = re.match(r"Expected `([^`]+)`", str(err))
+            names = want.group(1).split(" | ") if want else [str(err)]
+            text = " or ".join(_WANT.get(n, n) for n in names if n != "null")
+            text += " or null" if "null" in names else ""
+            problems.append(f"{key} must be {text}, got {type(data[key]).__name__}")
+            continue
+        if key == "time" and not _is_rfc3339(data[key]):
+            problems.append(f"time must be an RFC 3339 timestamp, got {data[key]!r}")
+    return problems
 
 
 def _is_rfc3339(value: str) -> bool:

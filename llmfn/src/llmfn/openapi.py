@@ -65,7 +65,8 @@ class Operation:
 
     The rest is for routes the above does not cover: ``returns`` describes the 200,
     ``parameters`` are its query/header/path parameters, ``event`` (a ``ce-type`` example) makes
-    the body a CloudEvent in binary or structured mode, ``headers`` names shared headers of the
+    the body a CloudEvent in binary or structured mode (``request``, if given, is its data's
+    type), ``headers`` names shared headers of the
     200 (``X-Request-Id``), and ``responses`` are OpenAPI response objects by status that replace
     the generated ones (an error whose meaning is the route's own: :func:`error_response`).
     """
@@ -270,8 +271,10 @@ def function_document(protocol: ModuleType) -> dict[str, Any]:
 def _statuses(op: Operation) -> list[int]:
     """The error statuses answered from the shared responses."""
     statuses = set(op.errors)
-    if op.request is not None or op.event:
-        statuses |= {413, 415} if op.request is not None else {413}
+    if op.event:
+        statuses.add(413)
+    elif op.request is not None:
+        statuses |= {413, 415}
     if op.content != HTML:
         statuses.add(500)
     return sorted(s for s in statuses if s not in op.responses)
@@ -286,14 +289,16 @@ def _operation(op: Operation) -> dict[str, Any]:
         out["security"] = [{}, {"bearerAuth": []}]
     if op.parameters:
         out["parameters"] = [p.spec() for p in op.parameters]
-    if op.request is not None:
+    if op.event:  # the data: the request type's, else any object
+        data = ({"description": "binary mode: the event's data", **_schema_ref(op.request)}
+                if op.request is not None else
+                {"type": "object", "description": "binary mode: the event's data"})
+        out["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": data},
+            "application/cloudevents+json": {"schema": _schema_ref(StructuredCloudEvent)}}}
+    elif op.request is not None:
         out["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": _schema_ref(op.request)}}}
-    elif op.event:
-        out["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": {"type": "object",
-                                            "description": "binary mode: the event's data"}},
-            "application/cloudevents+json": {"schema": _schema_ref(StructuredCloudEvent)}}}
     responses: dict[str, Any] = {"200": _ok(op)}
     for status in _statuses(op):
         responses[str(status)] = {"$ref": f"#/components/responses/{_ERROR_RESPONSES[status][0]}"}
