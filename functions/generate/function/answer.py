@@ -8,7 +8,7 @@ generations of the scheduler.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from llmfn.protocol import UNSET, Model, to_builtins
 
@@ -16,7 +16,7 @@ from . import structured
 from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatLogprobs,
                        ChatMessage, ChatTokenLogprob, ChunkChoice, Completion, CompletionChoice,
                        CompletionChunk, CompletionLogprobs, CompletionUsage, Delta,
-                       FunctionCallOut, ToolCallDelta, ToolCallOut, TopLogprob)
+                       FinishReason, FunctionCallOut, ToolCallDelta, ToolCallOut, TopLogprob)
 from .scheduler import Generation, Outcome, TokenLogprob
 
 
@@ -110,15 +110,15 @@ class Call:
         return ChatLogprobs(content=[_chat_entry(t) for t in tokens])
 
     # -- SSE chunks -----------------------------------------------------------------------
-    def chunk(self, index: int, delta: str | Delta, finish_reason: str | None = None,
+    def chunk(self, index: int, delta: str | Delta, finish_reason: FinishReason | None = None,
               tokens: list[TokenLogprob] | None = None) -> bytes:
         """One SSE chunk of choice ``index``: ``delta`` is new text (or a ready chat delta)."""
         if self.chat:
-            logprobs = self.chat_logprobs(tokens) if tokens else None
+            chat_logprobs = self.chat_logprobs(tokens) if tokens else None
             delta = Delta(content=delta) if isinstance(delta, str) else delta
             return sse_data(ChatCompletionChunk(
                 **self.head(),
-                choices=[ChunkChoice(index=index, delta=delta, logprobs=logprobs,
+                choices=[ChunkChoice(index=index, delta=delta, logprobs=chat_logprobs,
                                      finish_reason=finish_reason)],
                 usage=None if self.req.include_usage else UNSET))
         assert isinstance(delta, str)
@@ -138,7 +138,7 @@ class Call:
                 for i, c in enumerate(calls)])))
         elif self.buffered and text:
             out.append(self.chunk(index, text, tokens=outcome.tokens))
-        reason = "tool_calls" if calls else finish(outcome)
+        reason: FinishReason = "tool_calls" if calls else finish(outcome)
         if index == 0:
             self.first_finish = reason
         out.append(self.chunk(index, Delta() if self.chat else "", reason))
@@ -153,10 +153,11 @@ class Call:
                                         usage=self.usage()))
 
 
-def finish(outcome: Outcome) -> str:
+def finish(outcome: Outcome) -> FinishReason:
     """The finish_reason a client sees: a cancelled generation (its client left, or shutdown)
     ended like a stop; the event keeps "cancelled"."""
-    return "stop" if outcome.finish_reason == "cancelled" else outcome.finish_reason
+    return "stop" if outcome.finish_reason == "cancelled" else cast(FinishReason,
+                                                                    outcome.finish_reason)
 
 
 def _text(piece: bytes) -> str:

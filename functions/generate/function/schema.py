@@ -9,6 +9,7 @@ rejected parameter's 400 with its reason, and what spans fields (``best_of`` >= 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmfn.errors import InvalidRequest
 
@@ -147,8 +148,8 @@ def _prompt(prompt: str | list[str | int]) -> str | list[int]:
 
 def _message(msg: Message, where: str) -> dict:
     """A message as the chat template takes it: text content, developer as system."""
-    out = {"role": "system" if msg.role == "developer" else msg.role,
-           "content": _content(msg.content)}
+    out: dict[str, Any] = {"role": "system" if msg.role == "developer" else msg.role,
+                           "content": _content(msg.content)}
     if msg.role == "tool":
         if not msg.tool_call_id:
             raise InvalidRequest(f"'{where}.tool_call_id' is required for role 'tool'.",
