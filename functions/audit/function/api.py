@@ -7,19 +7,25 @@ a 401. With ``API_KEYS`` set, the KPI queries need a key.
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
-from llmfn import openapi, pages
+from llmfn import openapi
 from llmfn.ce_http import InvalidEvent, decode_http
+from llmfn.runtime import BaseRuntime
 from llmfn.webapp import public
 
 from . import protocol
-from .service import AuditService
+from .service import AuditMetrics, AuditService
+from .settings import AuditSettings
 
 EVENT_PATHS = ("/", "/events")
 DEAD_LETTER_PATH = "/dead-letter"
 
 
-def register(app: Flask, service: AuditService) -> None:
-    """Add audit's routes to the base ``app``."""
+def register(app: Flask, runtime: BaseRuntime, settings: AuditSettings) -> AuditService:
+    """Add audit's routes to the base ``app`` (the contract's ``routes``, func.py); returns the
+    service, its worker."""
+    assert isinstance(runtime.metrics, AuditMetrics)  # the contract's metrics
+    service = AuditService(settings, retry_after_s=runtime.server.retry_after_s,
+                           metrics=runtime.metrics)
 
     def decode():
         body = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH (chunked too)
@@ -38,9 +44,10 @@ def register(app: Flask, service: AuditService) -> None:
         public(app, path, f"record{path.replace('/', '_')}", record, methods=("POST",))
     public(app, DEAD_LETTER_PATH, "dead_letter", dead_letter, methods=("POST",))
     openapi.attach(app, openapi.function_document(protocol))
-    pages.register_dashboard(app)  # GET /dashboard, /docs
 
     @app.get("/kpis")
     @app.get("/kpis/timeseries")
     def kpis():
         return jsonify(service.kpis(request.path, request.args.to_dict()))
+
+    return service
