@@ -3,12 +3,13 @@
 
 Starts MinIO and FerretDB, uploads the models to ``s3://models/`` with their sha256 metadata,
 then the local broker (scripts/broker.py: the Triggers of ``eventing/`` on this machine, in this
-process) and each function that exists (``functions/<name>/function/wsgi.py``) with gunicorn the
-way its container does, waits for ``/health/readiness`` and prints how to call it. generate and
-embed get the broker as K_SINK, as their SinkBindings give it in the cluster; reply events are
-appended to ``.state/logs/replies.jsonl``.
+process) and each function found under ``functions/`` (its contract, ``llmfn.contract``: its
+port, its model) with gunicorn the way its container does, waits for ``/health/readiness`` and
+prints how to call it. The functions get the broker as K_SINK, as their SinkBindings give it in
+the cluster (those that need MongoDB get FerretDB instead); reply events are appended to
+``.state/logs/replies.jsonl``.
 State and logs: ``.state/`` (logs in ``.state/logs/``). Ports: MINIO_PORT, FERRETDB_PORT,
-BROKER_PORT, GENERATE_PORT, EMBED_PORT, AUDIT_PORT. GUNICORN_CONF overrides the gunicorn config
+BROKER_PORT, <FUNCTION>_PORT (GENERATE_PORT, ...). GUNICORN_CONF overrides the gunicorn config
 file.
 
 ``KNATIVE=1`` serves each function as a Knative revision pod does (scripts/knative_pod.py):
@@ -32,6 +33,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
+from llmfn.contract import Local, discover
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import broker  # noqa: E402
@@ -52,12 +55,17 @@ BROKER_PORT = ("BROKER_PORT", broker.DEFAULT_PORT)
 BROKER_STOP_GRACE_S = 60.0  # deliver what the broker holds (audit still up) before stopping
 REPLIES = LOGS / "replies.jsonl"
 
+
+
+def local_functions(root: Path) -> dict[str, Local]:
+    """How ``make run`` serves each function under ``root/functions``, from its contract."""
+    return {name: spec.local for name, spec in discover(root).items() if spec.local is not None}
+
+
+LOCAL = local_functions(ROOT)
 # name -> (port env, default port, S3 key of its model or None)
-FUNCTIONS = {
-    "generate": ("GENERATE_PORT", 8081, "smollm2-135m-instruct-q4_1.gguf"),
-    "embed": ("EMBED_PORT", 8082, "all-minilm-l6-v2-f16.gguf"),
-    "audit": ("AUDIT_PORT", 8083, None),
-}
+FUNCTIONS = {name: (f"{name.upper()}_PORT", local.port, local.model)
+             for name, local in LOCAL.items()}
 # local model files made by other scripts (made here if missing and the script exists)
 LOCAL_MODELS = {
     "tiny-llama.gguf": "make_tiny_model.py",
@@ -132,16 +140,16 @@ def upload_models(client, models: dict[str, Path]) -> None:
 
 def function_env(name: str, key: str | None, minio, ferretdb, have_sink: bool,
                  sink_url: str) -> dict[str, str]:
-    """A function's environment; generate and embed send their events to ``sink_url`` (K_SINK:
-    the local broker in `make run`) when ``have_sink``."""
+    """A function's environment: FerretDB's URI for one that needs MongoDB, else its events go
+    to ``sink_url`` (K_SINK: the local broker in `make run`) when ``have_sink``."""
     env = {"FUNCTION_NAME": name, "MODEL_CACHE_DIR": str(STATE / "cache"),
            "S3_ENDPOINT_URL": minio.endpoint_url, "AWS_ACCESS_KEY_ID": minio.access_key,
            "AWS_SECRET_ACCESS_KEY": minio.secret_key, "AWS_REGION": "us-east-1"}
     if key:
         env["MODEL_URI"] = f"s3://{BUCKET}/{key}"
-    if key:  # generate and embed: the thread policy of their func.yaml
+    if key:  # a model's: the thread policy of the model functions' func.yaml
         env["OMP_WAIT_POLICY"] = "passive"  # docs/deploy.md "Threads and CPU"
-    if name == "audit":
+    if LOCAL[name].mongodb:
         env["MONGODB_URI"] = ferretdb.uri
     elif have_sink:
         env["K_SINK"] = sink_url
@@ -253,8 +261,8 @@ def main() -> int:
         log(f"broker on {bus.url} (log {LOGS.relative_to(ROOT)}/broker.log)")
         knative = os.environ.get("KNATIVE", "") == "1"
         specs = knative_pod.revision_specs() if knative else {}
-        # audit first, so the sink is up before the first inference event
-        for name in sorted(present, key=lambda n: n != "audit"):
+        # those without a model (audit) first, so the sink is up before the first inference event
+        for name in sorted(present, key=lambda n: FUNCTIONS[n][2] is not None):
             if knative:
                 running[name] = knative_function(
                     name, ports[name], FUNCTIONS[name][2], specs[name], minio, ferretdb,
@@ -287,17 +295,17 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        # inference functions first (they flush events to the broker), then the broker (it
-        # delivers what it holds to audit), then audit, then storage
-        for name in [n for n in running if n != "audit"]:
+        # functions with a model first (they flush events to the broker), then the broker (it
+        # delivers what it holds to audit), then the others (audit), then storage
+        for name in [n for n in running if FUNCTIONS[n][2] is not None]:
             running[name].stop(grace_s=40)
             log(f"stopped {name}")
         if bus is not None:
             lost = bus.stop(grace_s=BROKER_STOP_GRACE_S)
             log("stopped the broker" + (f" ({lost} event(s) undelivered)" if lost else ""))
-        if "audit" in running:
-            running["audit"].stop(grace_s=40)
-            log("stopped audit")
+        for name in [n for n in running if FUNCTIONS[n][2] is None]:
+            running[name].stop(grace_s=40)
+            log(f"stopped {name}")
         for server in (ferretdb, minio):
             server.stop()
         log("stopped MinIO and FerretDB")
