@@ -189,18 +189,15 @@ def test_surrogate_pairs_are_text(parsing_app):
     assert r.status_code == 200 and r.get_json() == {"keys": ["prompt"]}
 
 
-def test_openapi_json_serves_the_attached_document(parsing_app, tmp_path):
+def test_openapi_json_serves_the_attached_document(parsing_app):
     from llmfn import openapi
 
     c = parsing_app.test_client()
     assert c.get("/openapi.json").status_code == 404  # nothing attached
-    doc = tmp_path / "openapi.json"
-    doc.write_text('{"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, '
-                   '"x-llmfn-include": ["base"], "paths": {"/echo": {"post": {"responses": '
-                   '{"200": {"description": "ok"}}}}}}')
-    openapi.attach(parsing_app, doc)
+    openapi.attach(parsing_app, openapi.document("t", "", [
+        openapi.Operation("/echo", "post", "echo", "Echo", ("echo",))], groups=("base",)))
     r = c.get("/openapi.json")
     assert r.status_code == 200
     served = r.get_json()
     assert {"/echo", "/health/liveness", "/metrics", "/openapi.json"} <= set(served["paths"])
-    assert "x-llmfn-include" not in served and "Error" in served["components"]["schemas"]
+    assert "Error" in served["components"]["schemas"]

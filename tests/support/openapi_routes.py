@@ -79,9 +79,6 @@ def function_document(function: str) -> dict:
     """The function's document, regenerated from its protocol types."""
     from llmfn import openapi
 
-    path = ROOT / "functions" / function / "function" / "openapi.json"
-    if path.exists():  # TEMPORARY (issue 21): until its protocol.py declares its OPERATIONS
-        return openapi.load(path)
     return openapi.function_document(protocol_of(function))
 
 

@@ -11,16 +11,14 @@ types are the validation and the document. The base app serves the result at
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable, Mapping
 
 from flask import Flask
 
 from . import protocol
-from .shapes import Error, ModelCard, ModelList, StructuredCloudEvent, Usage
+from .shapes import Error, ModelCard, ModelList, StructuredCloudEvent
 
 EXTENSION_KEY = "llmfn.openapi"
 """``app.extensions`` key of the document the base app serves at ``/openapi.json``."""
@@ -332,31 +330,7 @@ def _ok(op: Operation) -> dict[str, Any]:
     return out
 
 
-def attach(app: Flask, doc: dict[str, Any] | str | Path) -> dict[str, Any]:
+def attach(app: Flask, doc: dict[str, Any]) -> dict[str, Any]:
     """Serve ``doc`` (built by :func:`document`) at ``/openapi.json``."""
-    if not isinstance(doc, dict):
-        doc = load(doc)
     app.extensions[EXTENSION_KEY] = doc
-    return doc
-
-
-# -- TEMPORARY (issue 21): a function whose protocol.py is not written yet keeps its hand-written
-# ``function/openapi.json``; it gets the shared groups and components here. Goes with the last one.
-def load(path: str | Path) -> dict[str, Any]:
-    """The hand-written document at ``path`` (its ``x-llmfn-include`` groups) made whole."""
-    own = json.loads(Path(path).read_text(encoding="utf-8"))
-    doc = document("", "", [], own.pop("x-llmfn-include", []))
-    doc["info"] = own["info"]
-    for route, item in own.get("paths", {}).items():
-        have = doc["paths"].setdefault(route, {})
-        clash = set(have) & set(item)
-        if clash:
-            raise ValueError(f"{route}: {sorted(clash)} described twice")
-        have.update(item)
-    _, shared = protocol.schemas([Usage])
-    doc["components"]["schemas"].update(shared)
-    for section, items in own.get("components", {}).items():
-        doc["components"].setdefault(section, {}).update(items)
-    doc["components"]["responses"] = {name: error_response(text, status)
-                                      for status, (name, text) in _ERROR_RESPONSES.items()}
     return doc
