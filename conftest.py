@@ -6,17 +6,15 @@ service. The one test that may skip is the official func.yaml schema check, with
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from scripts import services
+from tests.support.eventsink import running_receiver
+from tests.support.stack import started
 
-import services  # noqa: E402  (scripts/services.py)
-from tests.support.eventsink import running_receiver  # noqa: E402
-from tests.support.stack import started  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")

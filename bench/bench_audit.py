@@ -33,11 +33,9 @@ import requests
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from common import (HOST, REPO_ROOT, STATE, figure_footer, free_port,  # noqa: E402
-                    gunicorn_server, log, machine_line, percentile, save_figure)
-import services  # noqa: E402
+from bench.common import (HOST, REPO_ROOT, STATE, figure_footer, free_port,
+                          gunicorn_server, log, machine_line, percentile, save_figure)
+from scripts import services
 
 AUDIT_DIR = REPO_ROOT / "functions" / "audit"
 TYPE = "dev.llmfn.inference.completed.v1"

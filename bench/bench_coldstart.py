@@ -42,18 +42,12 @@ import io
 import time
 from pathlib import Path
 
+from bench import common
+from bench.common import fmt, log, summary
+from scripts import procs, services, upload_model
+from scripts.tcp_throttle import Throttle
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "scripts"))
-sys.path.insert(0, str(HERE.parent / "llmfn" / "src"))
-
-import common  # noqa: E402
-from common import fmt, log, summary  # noqa: E402
-
-import procs  # noqa: E402
-import services  # noqa: E402
-import upload_model  # noqa: E402
-from tcp_throttle import Throttle  # noqa: E402
 
 BUCKET = "bench"
 SYNTH = common.STATE / "models" / "synthetic-0.5b-q8_0.gguf"

@@ -35,10 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import log, percentile, summary  # noqa: E402
+from bench import common
+from bench.common import log, percentile, summary
 
 OURS, LLAMA = "ours", "llama-server"
 PLOT = common.REPO_ROOT / "docs" / "img" / "bench-concurrency.png"

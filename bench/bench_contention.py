@@ -41,10 +41,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import log, percentile  # noqa: E402
+from bench import common
+from bench.common import log, percentile
 
 LLAMA = "llama-server"
 PLOT = common.REPO_ROOT / "docs" / "img" / "bench-contention.png"

@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import procs
+from scripts.procs import LLAMA_SERVER, ServerProcess, free_port
 
-import procs  # noqa: E402  (scripts/procs.py)
-from procs import LLAMA_SERVER, ServerProcess, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = ROOT / ".state" / "models" / "all-minilm-l6-v2-f16.gguf"
 GOLDEN = ROOT.parent / "shared" / "golden" / "minilm_reference_embeddings.json"

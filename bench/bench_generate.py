@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import completion_body as body  # noqa: E402
-from common import fmt, log, ratio, summary  # noqa: E402
+from bench import common
+from bench.common import completion_body as body
+from bench.common import fmt, log, ratio, summary
 
 
 def measure(servers: dict[str, common.Server], runs: int, max_tokens: int) -> dict:

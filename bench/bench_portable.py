@@ -25,14 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+# also run by the portable venv: scripts/build_portable_wheel.sh installs llmfn and llmfn-dev
+# there (editable, without their dependencies), beside llama_cpp
+from bench import common
+from llmfn.llama_backend import ensure_cpu_backend
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import common  # noqa: E402
-
-# also run by the portable venv, which has llama_cpp but not the project's packages
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "llmfn" / "src"))
-from llmfn.llama_backend import ensure_cpu_backend  # noqa: E402
 
 PORTABLE_PY = common.STATE / "venv-portable" / "bin" / "python"
 PROMPT = ("The history of clockmaking is long. Early clocks used water and sand; later, "

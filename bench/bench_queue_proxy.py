@@ -23,11 +23,11 @@ from pathlib import Path
 
 import requests
 
+from bench.common import percentile
+from scripts import knative_pod
+from tests.support.queueproxy import function_env  # the tests' pod environment
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "scripts")]
-import knative_pod  # noqa: E402
-from common import percentile  # noqa: E402
-from tests.support.queueproxy import function_env  # noqa: E402  (the tests' pod environment)
 
 OUT = REPO_ROOT / ".state" / "bench" / "queue-proxy.json"
 CALLS = {

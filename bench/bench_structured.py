@@ -58,11 +58,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import log, percentile  # noqa: E402
-from structured_engines import SAMPLE, load_sample  # noqa: E402
+from bench import common
+from bench.common import log, percentile
+from bench.structured_engines import SAMPLE, load_sample
+from scripts.packages import load_package
 
 DOC = common.REPO_ROOT / "docs" / "structured.md"
 PLOT = common.REPO_ROOT / "docs" / "img" / "bench-structured.png"
@@ -364,9 +363,8 @@ def compile_times(sample: list[dict], budget_s: float, root: Path) -> dict:
     """Generate's compile (the one in ``root``/functions/generate) of every schema of the
     sample, in this process: the engine's own function, without the request path's thread
     and time limit."""
-    sys.path.insert(0, str(root / "functions" / "generate"))
     try:
-        from function import constraint  # noqa: PLC0415
+        constraint = load_package("generate", ("constraint",), root=root).constraint
         import llama_cpp as L  # noqa: PLC0415
 
         params = L.llama_model_default_params()
@@ -380,7 +378,7 @@ def compile_times(sample: list[dict], budget_s: float, root: Path) -> dict:
             constraint.compile_matcher(tok, schema)
         engine = "llguidance (function/constraint.py)"
     except ImportError:
-        from function import structured  # noqa: PLC0415
+        structured = load_package("generate", ("structured",), root=root).structured
 
         def one(schema):
             structured.check_schema(schema, "response_format")
@@ -423,7 +421,7 @@ def generate_server(port: int, env: dict, rev: str | None) -> common.Server:
     PYTHONPATH, its gunicorn config)."""
     if rev is None:
         return common.gunicorn_server(port, env)
-    import procs  # noqa: PLC0415  (scripts/procs.py, on the path through common)
+    from scripts import procs  # noqa: PLC0415  (scripts/procs.py, on the path through common)
 
     tree = rev_tree(rev)
     cmd = procs.gunicorn_cmd("generate", port,

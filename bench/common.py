@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from model_files import smollm2_path  # noqa: E402,F401  (scripts/model_files.py, stdlib only)
-import procs  # noqa: E402  (scripts/procs.py: the server processes, stdlib only)
-from procs import HOST, free_port  # noqa: E402,F401
+from scripts import procs  # the server processes (stdlib only, like this module)
+from scripts.doc_sections import update_doc_section  # noqa: F401  (each bench's own section)
+from scripts.model_files import smollm2_path  # noqa: F401  (stdlib only)
+from scripts.procs import HOST, free_port  # noqa: F401
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE = REPO_ROOT / ".state"
 LOG_DIR = STATE / "logs" / "bench"
 VENV_PY = REPO_ROOT / ".venv" / "bin" / "python"
@@ -218,25 +218,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# -- docs/benchmarks.md ---------------------------------------------------------------------------
-DOC = REPO_ROOT / "docs" / "benchmarks.md"
-
-
-def update_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
-    """Replace the text between ``<!-- bench:NAME:begin -->`` and ``...:end -->`` in ``doc``
-    (appended when missing), so each benchmark rewrites only its own section."""
-    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{markdown.rstrip()}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
-
+# -- plots ----------------------------------------------------------------------------------------
 def figure_footer(d: dict, command: str) -> str:
     """The line under every plot: when, where and how it was measured (the docs quote plots
     from several days and machines, so the picture itself says which)."""

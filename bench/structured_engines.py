@@ -28,8 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (stdlib only)
+from bench import common  # stdlib only
 
 SAMPLE = Path("/work/shared/jsonschemabench/sample.jsonl.xz")
 ENGINES = ("llguidance", "xgrammar", "gbnf")
@@ -335,7 +334,6 @@ def _baseline_structured():
     """functions/generate/function/structured.py at :data:`BASELINE_COMMIT`, as a module."""
     import types
 
-    sys.path.insert(0, str(common.REPO_ROOT))
     src = subprocess.run(["git", "-C", str(common.REPO_ROOT), "show",
                           f"{BASELINE_COMMIT}:functions/generate/function/structured.py"],
                          check=True, capture_output=True, text=True).stdout

@@ -21,16 +21,13 @@ import datetime as dt
 import json
 import os
 import random
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import requests
 from locust import User, between, events, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from load import profiles  # noqa: E402
+from load import profiles
 
 MAX_ATTEMPTS = 10
 RETRY_AFTER_CAP_S = 10.0

@@ -26,12 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
+from load import profiles
+from scripts import procs
 
-import procs  # noqa: E402  (scripts/procs.py)
-from load import profiles  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HOST = "127.0.0.1"
 DOC = ROOT / "docs" / "load.md"

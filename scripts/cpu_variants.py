@@ -25,36 +25,34 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 OUT = ROOT / ".state" / "bench" / "cpu-variants"
 TEST = "tests/test_kernel_agreement.py"
 TIMEOUT_S = 1800  # one variant; x64 (no SIMD) is the slowest
 
-# Run by --python: the variants and their scores, each score asked in its own process.
+# Run by --python (llmfn and llmfn-dev installed there by scripts/build_portable_wheel.sh): the
+# variants and their scores, each score asked in its own process.
 LIST = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from tests.support.kernel_noise import cpu_variants
+import json
+from scripts.kernel_noise import cpu_variants
 print(json.dumps({k: str(v) for k, v in cpu_variants().items()}))
 """
 SCORE = """
 import sys
-sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from tests.support.kernel_noise import variant_score
-print(variant_score(Path(sys.argv[2])))
+from scripts.kernel_noise import variant_score
+print(variant_score(Path(sys.argv[1])))
 """
 
 
 def run_py(python: str, code: str, *args: str) -> str:
-    return subprocess.run([python, "-c", code, str(ROOT), *args], check=True, timeout=60,
+    return subprocess.run([python, "-c", code, *args], check=True, timeout=60,
                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
 
 def cross_variant(reports: dict[str, Path], best: str) -> dict[str, tuple[float, float]]:
     """Per variant: max (top-40, vocabulary) |Δlogit| of its batched prompt-end logits against
     the best variant's, same path, every prompt."""
-    from tests.support.kernel_noise import deltas
+    from scripts.kernel_noise import deltas
 
     ref = np.load(str(reports[best]) + ".npz")
     out = {}

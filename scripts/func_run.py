@@ -30,11 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import procs  # noqa: E402
-import run  # noqa: E402  (scripts/run.py: the local values and the model upload of `make run`)
-import services  # noqa: E402
+from scripts import procs, services
+from scripts import run  # the local values and the model upload of `make run`
 
 ROOT = services.REPO_ROOT
 STATE = ROOT / ".state"

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import procs  # scripts/procs.py
+from scripts import procs
 
 ROOT = procs.REPO_ROOT
 BIN = ROOT / ".state" / "bin"
@@ -415,7 +415,7 @@ class LocalService:
 
     def __init__(self, function: str, spec: RevisionSpec, *, host: str, port: int,
                  log_dir: Path):
-        from tcp_throttle import Throttle  # scripts/tcp_throttle.py: a plain relay at rate 0
+        from scripts.tcp_throttle import Throttle  # scripts/tcp_throttle.py: a plain relay at rate 0
 
         self._relay = Throttle
         self.function, self.spec, self.host, self.port = function, spec, host, port

@@ -18,8 +18,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from gguf_file import open_writer, publish  # scripts/gguf_file.py
-from make_tiny_model import BOS_ID, CHAT_TEMPLATE, EOS_ID, UNK_ID, build_vocab
+from scripts.gguf_file import open_writer, publish
+from scripts.make_tiny_model import BOS_ID, CHAT_TEMPLATE, EOS_ID, UNK_ID, build_vocab
 
 N_VOCAB = 64000
 N_EMBD = 896

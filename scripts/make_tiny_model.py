@@ -23,7 +23,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from gguf_file import open_writer, publish  # scripts/gguf_file.py
+from scripts.gguf_file import open_writer, publish
 
 ARCH = "llama"
 N_VOCAB_SPECIAL = ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")

@@ -3,7 +3,7 @@
 
 Usage: measure_kernel_noise.py [--doc] [--no-timing] [--reps 5] [--explore TEXT ...]
 
-Prints, for tests/support/kernel_noise.py's NOISE_PROMPTS, the largest |Δlogit| at the prompt
+Prints, for scripts/kernel_noise.py's NOISE_PROMPTS, the largest |Δlogit| at the prompt
 end between every pair of the 4 paths {batched, token by token} x {flash attention on, off}
 (over generate's top-40 and over the whole vocabulary), a negative control (one prompt token
 changed), the measured margins of CLEAR_PROMPTS and TINY_CLEAR_PROMPTS, and the speed of
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts import kernel_noise as kn
+from scripts.doc_sections import update_doc_section
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.support import kernel_noise as kn  # noqa: E402
 
 OUT = ROOT / ".state" / "bench" / "kernel-noise.json"
 PAIRS = list(itertools.combinations([p.name for p in kn.PROMPT_PATHS], 2))
@@ -175,7 +176,7 @@ def render(d: dict) -> str:
         f"({neg_median / allmax_top:.0f}x the worst kernel-path "
         f"pair), min {weakest['top40']:.2f} ({weakest['name']}, {weakest['change']}).",
         "",
-        f"**Tolerance** (`tests/support/kernel_noise.py`): `LOGIT_TOLERANCE = {tol}` over the "
+        f"**Tolerance** (`scripts/kernel_noise.py`): `LOGIT_TOLERANCE = {tol}` over the "
         f"top-40 (measured max {allmax_top:.2f} here, {variants_top():.2f} over the CPU "
         f"variants below), `VOCAB_TOLERANCE = {kn.VOCAB_TOLERANCE}` over the vocabulary "
         f"(measured max {allmax_voc:.2f}); both at most 2x the measured maximum. Exact answer "
@@ -323,8 +324,6 @@ def main(argv: list[str] | None = None) -> int:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(d, indent=1))
     if args.doc:
-        sys.path.insert(0, str(ROOT / "bench"))
-        from common import update_doc_section  # bench/common.py
         update_doc_section("kernel-noise", render(d))
     bad = [r["name"] for r in d["clear"]
            if not (r["got"].startswith(r["expected"])

@@ -7,9 +7,8 @@ installed openai SDK's own request types.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts.packages import load_package
 
 NOTES = {
     "model": "optional; must name the served model (404 otherwise)",
@@ -38,8 +37,6 @@ NOTES = {
 
 
 def _schema():
-    sys.path.insert(0, str(ROOT))
-    from tests.support.packages import load_package
     return load_package("generate", ("schema",)).schema
 
 

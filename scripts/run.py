@@ -35,14 +35,8 @@ from urllib.parse import urlsplit
 
 from llmfn.contract import Local, discover
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import broker  # noqa: E402
-import knative_pod  # noqa: E402
-import procs  # noqa: E402
-import services  # noqa: E402
-import upload_model  # noqa: E402
-from model_files import smollm2_path  # noqa: E402
+from scripts import broker, knative_pod, procs, services, upload_model
+from scripts.model_files import smollm2_path
 
 ROOT = services.REPO_ROOT
 STATE = ROOT / ".state"

@@ -15,7 +15,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from procs import REPO_ROOT, ServerError, ServerProcess, free_port  # noqa: F401  (scripts/procs.py)
+from scripts.procs import REPO_ROOT, ServerError, ServerProcess, free_port  # noqa: F401  (scripts/procs.py)
 
 BIN_DIR = REPO_ROOT / ".state" / "bin"
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install_services.sh"

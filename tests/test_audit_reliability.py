@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-import services
+from scripts import services
 from tests.support.stack import started
 from tests.support.audit import audit_env, count, encode, make_event, start_gunicorn, unique_db
 

@@ -18,7 +18,7 @@ import yaml
 from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 
-import broker as B  # scripts/broker.py (pytest.ini puts scripts/ on the path)
+from scripts import broker as B  # scripts/broker.py
 
 WAIT_S = 15.0  # upper bound of every wait; never a timing assertion
 FAST = dict(backoff_delay_s=0.01)

@@ -16,11 +16,10 @@ import time
 import pytest
 import requests
 
-import procs  # scripts/procs.py
-import services  # scripts/services.py
-from model_files import smollm2_path
-from tcp_throttle import Throttle
-from upload_model import upload
+from scripts import procs, services
+from scripts.model_files import smollm2_path
+from scripts.tcp_throttle import Throttle
+from scripts.upload_model import upload
 
 BUCKET = "faults"
 KEY = "smollm2-135m-instruct-q4_1.gguf"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import config_table  # scripts/config_table.py
+from scripts import config_table
 from llmfn.settings import describe
-from procs import REPO_ROOT as ROOT  # scripts/procs.py
+from scripts.procs import REPO_ROOT as ROOT
 
 # Top-level folders whose paths the pages name; a path under one of them must exist.
 TREE = ("functions", "llmfn", "scripts", "tests", "deploy", "eventing", "bench", "load", "docs",
@@ -261,10 +261,10 @@ def port_owners() -> dict[int, set[str]]:
     """Port -> who listens on it: scripts/run.py's map (the local broker and the functions),
     MinIO and FerretDB (scripts/services.py), queue-proxy's fixed ports in a pod
     (scripts/knative_pod.py), whose function listens on 8080 as the broker does locally."""
-    import broker
-    import knative_pod
-    import run  # scripts/run.py
-    import services
+    from scripts import broker
+    from scripts import knative_pod
+    from scripts import run
+    from scripts import services
     owners = {port: {name} for name, (_env, port, _key) in run.FUNCTIONS.items()}
     owners[broker.DEFAULT_PORT] = {"broker"}
     for cls, name in ((services.MinioServer, "minio"), (services.FerretDBServer, "ferretdb")):

@@ -16,10 +16,10 @@ import pytest
 import requests
 from openai import OpenAI
 
-import procs  # scripts/procs.py
-from procs import REPO_ROOT as ROOT
+from scripts import procs
+from scripts.procs import REPO_ROOT as ROOT
 from tests.support.calls import WAIT_S, embed
-from upload_model import upload
+from scripts.upload_model import upload
 
 BUCKET, KEY = "models", "all-minilm-l6-v2-f16.gguf"
 MODEL = "all-minilm-l6-v2-f16"

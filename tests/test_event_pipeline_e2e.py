@@ -19,9 +19,8 @@ import requests
 from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 
-import broker as local_broker  # scripts/broker.py
-import procs  # scripts/procs.py
-import run  # scripts/run.py
+from scripts import broker as local_broker
+from scripts import procs, run
 from tests.support.audit import audit_env, unique_db
 from tests.support.calls import ANSWER
 from tests.support.models import upload_function_models

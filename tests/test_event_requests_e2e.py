@@ -17,8 +17,8 @@ from cloudevents.core.bindings.http import (HTTPMessage, from_http_event, to_bin
                                             to_structured_event)
 from cloudevents.core.v1.event import CloudEvent
 
-import procs  # scripts/procs.py
-import run  # scripts/run.py: the models and S3 keys of `make run`
+from scripts import procs
+from scripts import run  # scripts/run.py: the models and S3 keys of `make run`
 from tests.support.audit import start_gunicorn as start_audit
 from tests.support.audit import audit_env, unique_db
 from tests.support.calls import ANSWER, embed

@@ -27,7 +27,7 @@ import uuid
 import pytest
 import requests
 
-import procs  # scripts/procs.py
+from scripts import procs
 from tests.support.eventsink import running_receiver
 from tests.support.models import model_file
 

@@ -16,8 +16,8 @@ import pytest
 import requests
 import yaml
 
-import procs  # scripts/procs.py
-from procs import REPO_ROOT as ROOT
+from scripts import procs
+from scripts.procs import REPO_ROOT as ROOT
 
 IGNORE = shutil.ignore_patterns("__pycache__", "tests", ".func", "llmfn")
 MODELS = ROOT / ".state" / "models"

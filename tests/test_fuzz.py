@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
-import procs  # scripts/procs.py
-from procs import REPO_ROOT as ROOT
+from scripts import procs
+from scripts.procs import REPO_ROOT as ROOT
 
 MODELS = ROOT / ".state" / "models"
 MAX_EXAMPLES = 25

@@ -1,7 +1,7 @@
 """Many streams per pod, end to end: generate under gunicorn with SLOTS=4 and SmolLM2-135M.
 
 Concurrent SSE streams from the official openai client each get their own clear-margin
-answer (tests/support/kernel_noise.py), /metrics proves they were decoded together, and
+answer (scripts/kernel_noise.py), /metrics proves they were decoded together, and
 SIGTERM with every slot busy lets every stream finish before the process exits 0.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 import requests
 from openai import OpenAI
 
-import procs  # scripts/procs.py
-from model_files import smollm2_path
-from procs import ServerProcess
-from tests.support.kernel_noise import CLEAR_PROMPTS
+from scripts import procs
+from scripts.model_files import smollm2_path
+from scripts.procs import ServerProcess
+from scripts.kernel_noise import CLEAR_PROMPTS
 
 SLOTS = 4
 WAIT_S = 120

@@ -4,7 +4,7 @@ not ready -> ready, a chat question answered (streamed and not, the same text), 
 openai client against /v1 unchanged, events with cold-start flags, a client that disconnects
 stops its generation, and func-python serves the same answers.
 
-Exact text is asserted only for answers from tests/support/kernel_noise.py's CLEAR_PROMPTS,
+Exact text is asserted only for answers from scripts/kernel_noise.py's CLEAR_PROMPTS,
 whose every greedy step leads by >= 3x LOGIT_TOLERANCE on every llama.cpp kernel path: a
 near tie (0.10 logits for "What is the capital of France?") flips between CPUs (issue 9 §1).
 """
@@ -19,10 +19,10 @@ import pytest
 import requests
 from openai import OpenAI
 
-import procs  # scripts/procs.py
-from model_files import smollm2_path
+from scripts import procs
+from scripts.model_files import smollm2_path
 from tests.support.calls import ANSWER, CLEAR, QUESTION, WAIT_S, chat
-from upload_model import upload
+from scripts.upload_model import upload
 
 from llmfn.weights import cache_path
 

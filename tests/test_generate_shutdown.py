@@ -6,8 +6,8 @@ import threading
 
 import requests
 
-import procs  # scripts/procs.py
-from model_files import smollm2_path
+from scripts import procs
+from scripts.model_files import smollm2_path
 from tests.support.calls import QUESTION, WAIT_S
 from tests.support.eventsink import running_receiver
 

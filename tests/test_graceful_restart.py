@@ -48,8 +48,8 @@ import pymongo
 import pytest
 import requests
 
-import procs  # scripts/procs.py
-from procs import ServerProcess
+from scripts import procs
+from scripts.procs import ServerProcess
 from tests.support.audit import audit_env, start_gunicorn, unique_db
 from tests.support.models import model_file
 

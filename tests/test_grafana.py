@@ -26,7 +26,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from procs import REPO_ROOT as ROOT
+from scripts.procs import REPO_ROOT as ROOT
 
 from tests.support import stack
 

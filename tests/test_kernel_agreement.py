@@ -1,7 +1,7 @@
 """llama.cpp's CPU kernel paths agree within LOGIT_TOLERANCE, and the clear prompts stay clear.
 
 The same prompt evaluated in one batch or one token per llama_decode, with flash attention on
-or off, must give prompt-end logits within the tolerance of tests/support/kernel_noise.py and
+or off, must give prompt-end logits within the tolerance of scripts/kernel_noise.py and
 the same top-1 token wherever the answer is not a near tie. Tests that assert exact model
 text rely on this (issue 9 §1). A changed prompt token must exceed the tolerance: the
 comparison can fail. `make test-cpu-variants` runs this module once per CPU variant of the
@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.support import kernel_noise as kn
+from scripts import kernel_noise as kn
 from tests.support.models import model_file
 
 VARIANT = os.environ.get("LLMFN_CPU_VARIANT")  # one libggml-cpu-<variant>.so of the portable build

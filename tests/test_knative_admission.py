@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-import knative_pod  # scripts/knative_pod.py
+from scripts import knative_pod
 from tests.support import kustomize
 from tests.support.kn_validate import AUTOSCALER_CM, CLUSTER, EVENTING_FLAG_CM, ROOT, validate
 from tests.support.manifests import (FUNCTIONS, NO_RETRY_AFTER, REQUESTREPLY_YAML, load_docs,

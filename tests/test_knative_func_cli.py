@@ -23,9 +23,7 @@ import pymongo
 import pytest
 import requests
 
-import func_run  # scripts/func_run.py
-import procs  # scripts/procs.py
-import run  # scripts/run.py
+from scripts import func_run, procs, run
 from tests.support.route_walk import assert_every_route_answers
 
 ROOT = procs.REPO_ROOT

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-import knative_pod
+from scripts import knative_pod
 from tests.support import kustomize
 from tests.support.queueproxy import (record, function_env, metric, percentile, revision_spec,
                                       stream)

@@ -17,8 +17,7 @@ import time
 import pytest
 import requests
 
-import knative_pod
-import procs
+from scripts import knative_pod, procs
 from tests.support.queueproxy import record, function_env, revision_spec, stream
 
 START_TIMEOUT_S = 1  # responseStartTimeoutSeconds, shortened below the prefill below

@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 import requests
 
-import knative_pod
-import run  # scripts/run.py: S3 keys of `make run`
-from tcp_throttle import Throttle
+from scripts import knative_pod
+from scripts import run  # scripts/run.py: S3 keys of `make run`
+from scripts.tcp_throttle import Throttle
 from tests.support.models import upload_function_models
 from tests.support.queueproxy import REPORT, record, function_env, revision_spec, stream
 

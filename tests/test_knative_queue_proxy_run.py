@@ -17,8 +17,7 @@ from pathlib import Path
 
 import requests
 
-import knative_pod
-import procs
+from scripts import knative_pod, procs
 from tests.support.calls import ANSWER, chat
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,7 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-import procs  # scripts/procs.py
-import run  # scripts/run.py
+from scripts import procs, run
 from tests.support.models import upload_function_models
 
 READY_S = 180

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-import procs  # scripts/procs.py
-import run  # scripts/run.py: the models, S3 keys and function environments of `make run`
+from scripts import procs
+from scripts import run  # scripts/run.py: the models, S3 keys and function environments of `make run`
 from load import run_load
 from tests.support.audit import unique_db
 from tests.support.models import upload_function_models

@@ -74,7 +74,7 @@ def smollm2_kv_bytes_per_cell() -> int:
     """(K + V bytes per token over all layers in f16, file size) of SmolLM2, from its GGUF."""
     import gguf
 
-    from model_files import smollm2_path
+    from scripts.model_files import smollm2_path
 
     path = smollm2_path()
     reader = gguf.GGUFReader(str(path))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from openai.types import completion_create_params as completion_params
 from openai.types.chat import completion_create_params as chat_params
 
-import params_table  # scripts/params_table.py
-from procs import REPO_ROOT
+from scripts import params_table
+from scripts.procs import REPO_ROOT
 
 SCHEMA = params_table._schema()
 

@@ -17,8 +17,7 @@ from openai import BadRequestError, OpenAI
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, Field
 
-import procs  # scripts/procs.py
-import run  # scripts/run.py
+from scripts import procs, run
 from tests.support.models import upload_function_models
 
 READY_S = 180

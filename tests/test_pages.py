@@ -27,7 +27,7 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-from procs import REPO_ROOT as ROOT
+from scripts.procs import REPO_ROOT as ROOT
 from tests.support import stack
 from tests.support.audit import encode, make_event
 

@@ -15,9 +15,9 @@ import pymongo
 import pytest
 import requests
 
-import procs  # scripts/procs.py
-import run  # scripts/run.py: the models, S3 keys and function environments of `make run`
-from procs import ServerProcess
+from scripts import procs
+from scripts import run  # scripts/run.py: the models, S3 keys and function environments of `make run`
+from scripts.procs import ServerProcess
 from tests.support.audit import count, unique_db
 from tests.support.calls import ANSWER, chat, embed
 from tests.support.models import upload_function_models
@@ -100,7 +100,7 @@ def test_requests_become_documents_and_kpis(stack):
     answer = chat(stack.generate.url, max_tokens=8)
     assert answer.status_code == 200, answer.text
     usage = answer.json()["usage"]
-    # a clear-margin answer (tests/support/kernel_noise.py): the same on every CPU
+    # a clear-margin answer (scripts/kernel_noise.py): the same on every CPU
     assert answer.json()["choices"][0]["message"]["content"].startswith(ANSWER.expected)
     vectors = embed(stack.embed.url, input=["The capital of France is Paris."])
     assert vectors.status_code == 200, vectors.text

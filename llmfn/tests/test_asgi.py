@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from llmfn.asgi import DISCONNECTED_KEY, WSGIBridge
-from tests.support.hypercorn_thread import hypercorn_server
+from scripts.hypercorn_thread import hypercorn_server
 
 DEADLINE_S = 10.0
 

@@ -1,9 +1,16 @@
 """Bearer auth: keys from API_KEYS and a key file, constant-time check, OpenAI-shaped 401."""
-import pytest
+import hashlib
+import os
 
-from llmfn.auth import BearerAuth, load_keys
-from llmfn.errors import Unauthorized
+import pytest
+from flask import Response
+
+from llmfn.auth import BearerAuth, KeyLimiter, key_id, load_keys
+from llmfn.errors import ConcurrencyLimit, Unauthorized
+from llmfn.metrics import HTTPMetrics
+from llmfn.origin import current_origin
 from llmfn.settings import ServerSettings, SettingsError, build
+from llmfn.webapp import create_base_app
 
 
 def test_keys_from_env_and_file(tmp_path):
@@ -39,16 +46,6 @@ def test_accepts(header):
 
 
 # -- who is calling, key rotation, per-key concurrency -----------------------------------------
-import hashlib  # noqa: E402
-import os  # noqa: E402
-
-from flask import Response  # noqa: E402
-
-from llmfn.auth import KeyLimiter, key_id  # noqa: E402
-from llmfn.errors import ConcurrencyLimit  # noqa: E402
-from llmfn.metrics import HTTPMetrics  # noqa: E402
-from llmfn.origin import current_origin  # noqa: E402
-from llmfn.webapp import create_base_app  # noqa: E402
 
 
 def test_key_id_is_a_hash_prefix_not_the_key():

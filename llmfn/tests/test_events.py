@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -16,11 +15,9 @@ from prometheus_client import CollectorRegistry
 from llmfn.events import (INFERENCE_COMPLETED, TYPE_PREFIX, EventEmitter, InferenceRecord,
                           event_source, validate_inference_data)
 from llmfn.settings import EventSettings, SettingsError, build
+from tests.support.eventsink import WAIT_S, Receiver, running_receiver
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from tests.support.eventsink import WAIT_S, Receiver, running_receiver  # noqa: E402
-
 FIXTURES = ROOT / "tests" / "fixtures"
 GOLDEN = FIXTURES / "cloudevent_inference_completed_v1.json"
 REQUEST_ID = "0f4c6a0e6b1d4a5e9c2f3b7a8d9e0f11"

@@ -2,7 +2,7 @@
 import functools
 import threading
 
-import upload_model  # scripts/upload_model.py (conftest puts scripts/ on sys.path)
+from scripts import upload_model
 
 from llmfn.host import ModelHost, model_id, prefetch, preload, same_loader
 from llmfn.metrics import Metrics

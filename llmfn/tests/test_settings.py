@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-import config_table  # scripts/config_table.py: every settings class of the project
+from scripts import config_table  # scripts/config_table.py: every settings class of the project
 from llmfn.settings import ServerSettings, Settings, SettingsError, build, check_templates
 
 

@@ -16,7 +16,7 @@ import pytest
 from llmfn import settings, weights
 from llmfn.weights import FetchResult, WeightsError
 
-import upload_model  # scripts/upload_model.py (conftest puts scripts/ on sys.path)
+from scripts import upload_model
 
 CHUNK = 5 * 1024 * 1024  # the smallest S3 part size
 
@@ -182,7 +182,7 @@ def test_missing_bucket(tmp_path, s3):
 
 def test_unreachable_endpoint(tmp_path, monkeypatch):
     import boto3
-    import services
+    from scripts import services
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")  # credentials, so that the request is sent
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)

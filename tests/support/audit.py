@@ -17,7 +17,7 @@ from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 from llmfn.events import INFERENCE_COMPLETED
 
-from tests.support.packages import load_package
+from scripts.packages import load_package
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDIT_DIR = ROOT / "functions" / "audit"
@@ -116,7 +116,7 @@ READY_DEADLINE_S = 60.0
 
 def start_gunicorn(tmp_path: Path, env: dict):
     """audit under gunicorn, as `make run` and the Containerfile run it; ready."""
-    from procs import free_port, gunicorn_server  # scripts/ (on the root tree's pythonpath)
+    from scripts.procs import free_port, gunicorn_server
     proc = gunicorn_server("audit", free_port(), log_path=tmp_path / "gunicorn.log",
                            env={**env, "GUNICORN_THREADS": "8"})
     proc.start().wait_ready(READY_DEADLINE_S)
@@ -125,7 +125,7 @@ def start_gunicorn(tmp_path: Path, env: dict):
 
 def start_func_python(tmp_path: Path, env: dict):
     """audit as `func deploy` serves it (`invoke: http`: func_python.http); ready."""
-    from procs import free_port, func_python_server
+    from scripts.procs import free_port, func_python_server
     proc = func_python_server("audit", free_port(), log_path=tmp_path / "func.log", env=env)
     proc.start().wait_ready(READY_DEADLINE_S)
     return proc

@@ -1,13 +1,13 @@
 """The HTTP calls the end-to-end tests make to a running function, and the answer they expect.
 
-The chat question is tests/support/kernel_noise.py's clear-margin "pythagoras" prompt, whose
+The chat question is scripts/kernel_noise.py's clear-margin "pythagoras" prompt, whose
 answer is the same on every llama.cpp kernel path.
 """
 from __future__ import annotations
 
 import requests
 
-from tests.support.kernel_noise import CLEAR_PROMPTS
+from scripts.kernel_noise import CLEAR_PROMPTS
 
 WAIT_S = 60
 CLEAR = {c.name: c for c in CLEAR_PROMPTS}

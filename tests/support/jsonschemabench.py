@@ -402,7 +402,7 @@ def _smol_vocab_and_tokenizer():
     from llama_cpp import _internals as internals
 
     from llmfn.llama_backend import ensure_cpu_backend
-    from model_files import smollm2_path
+    from scripts.model_files import smollm2_path
 
     ensure_cpu_backend()
     params = internals.LlamaModel.default_params()

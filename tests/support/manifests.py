@@ -6,10 +6,15 @@ from __future__ import annotations
 import copy
 import os
 import re
-import sys
 from pathlib import Path
 
 import yaml
+
+# the functions' contracts (their request event types), the failed reply and the inference
+# event: the truth the Trigger filters are checked against (no copy here, so they cannot drift)
+from llmfn.contract import FunctionSpec, discover
+from llmfn.event_requests import FAILED
+from llmfn.events import INFERENCE_COMPLETED, TYPE_PREFIX  # noqa: F401  (manifest_rules)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(os.environ.get("SCHEMAS_DIR", ROOT / ".state" / "schemas"))
@@ -19,17 +24,6 @@ PORT = 8080
 MAX_REVISION_TIMEOUT_S = 600
 # The kustomizations we ship (`kubectl apply -k`).
 KUSTOMIZATIONS = ("deploy", "eventing")
-
-try:  # the event type the functions emit (llmfn/src/llmfn/events.py)
-    sys.path.insert(0, str(ROOT / "llmfn" / "src"))
-    from llmfn.events import INFERENCE_COMPLETED, TYPE_PREFIX
-except ImportError:  # pragma: no cover - before events.py exists
-    INFERENCE_COMPLETED, TYPE_PREFIX = "dev.llmfn.inference.completed.v1", "dev.llmfn.inference."
-
-# The request event types generate and embed serve, their replies, and the failed reply: the
-# truth the Trigger filters are checked against (no copy here, so they cannot drift apart).
-from llmfn.contract import FunctionSpec, discover  # noqa: E402
-from llmfn.event_requests import FAILED  # noqa: E402
 
 
 def function_specs(root: Path = ROOT) -> dict[str, FunctionSpec]:

@@ -19,7 +19,7 @@ def model_file(name: str, script: str, timeout_s: float = 600) -> Path:
 
 def upload_function_models(minio) -> None:
     """Put generate's and embed's weights into MinIO where `make run` puts them."""
-    import run  # scripts/run.py (on the root tree's pythonpath)
+    from scripts import run
     run.upload_models(minio.client(), {
         run.FUNCTIONS["generate"][2]: run.smollm2_path(),
         run.FUNCTIONS["embed"][2]: model_file(run.FUNCTIONS["embed"][2], "convert_minilm.py")})

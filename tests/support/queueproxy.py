@@ -13,8 +13,8 @@ from pathlib import Path
 
 import requests
 
-import knative_pod  # scripts/knative_pod.py
-from model_files import smollm2_path
+from scripts import knative_pod
+from scripts.model_files import smollm2_path
 from tests.support import kustomize
 from tests.support.models import model_file
 

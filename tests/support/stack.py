@@ -1,7 +1,7 @@
 """Run a scripts/services.py server for the length of a pytest fixture."""
 from __future__ import annotations
 
-import services  # scripts/services.py
+from scripts import services
 
 
 def started(server, deadline_s: float = 60):
@@ -25,7 +25,7 @@ class Functions:
         self.started: dict[str, "procs.ServerProcess"] = {}
 
     def start(self, name: str, env: dict[str, str]) -> "procs.ServerProcess":
-        import procs  # scripts/procs.py
+        from scripts import procs
 
         self.started[name] = procs.gunicorn_server(
             name, procs.free_port(), log_path=self.tmp / f"{name}.log",

@@ -1,15 +1,9 @@
 """audit's own tests import its `function` package as `audit_function` (tests/support/audit.py).
 
-`make test` runs them in a pytest process of their own, from this folder.
+`make test` runs them in a pytest process of their own, from this folder (`python -m pytest`).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-
-from tests.support.audit import load_audit  # noqa: E402
+from tests.support.audit import load_audit
 
 load_audit()

@@ -18,7 +18,7 @@ from audit_function.func import create_runtime
 from audit_function.service import AuditService
 from audit_function.settings import AuditSettings
 from tests.support.audit import encode, inference_data, make_event
-from tests.support.hypercorn_thread import hypercorn_server
+from scripts.hypercorn_thread import hypercorn_server
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 

@@ -1,22 +1,16 @@
 """Fixtures: the embed app built from test settings on the real MiniLM GGUF."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-FUNCTION_DIR = HERE.parent
-ROOT = FUNCTION_DIR.parents[1]
-sys.path.insert(0, str(FUNCTION_DIR))
-
-from function.func import create_runtime  # noqa: E402
-from tests.support.models import model_file  # noqa: E402
-from tests.support.runtimes import RuntimeFactory  # noqa: E402
-from llmfn.settings import ModelSettings  # noqa: E402
-
-from function.engine import load_embedder  # noqa: E402
+# `function` is this folder's package: `make test` runs `python -m pytest` from the folder
+from function.engine import load_embedder
+from function.func import create_runtime
+from llmfn.settings import ModelSettings
+from tests.support.models import model_file
+from tests.support.runtimes import RuntimeFactory
 
 
 @pytest.fixture(scope="session")

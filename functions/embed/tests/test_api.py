@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-from tests.support.eventsink import running_receiver  # noqa: E402
+from tests.support.eventsink import running_receiver
 
 MODEL = "all-minilm-l6-v2-f16"
 

@@ -1,19 +1,14 @@
 """Fixtures: the generate app built from test settings on the real tiny GGUF model."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-FUNCTION_DIR = HERE.parent
-ROOT = FUNCTION_DIR.parents[1]
-sys.path.insert(0, str(FUNCTION_DIR))
-
-from function.func import create_runtime  # noqa: E402
-from tests.support.models import model_file  # noqa: E402
-from tests.support.runtimes import RuntimeFactory  # noqa: E402
+# `function` is this folder's package: `make test` runs `python -m pytest` from the folder
+from function.func import create_runtime
+from tests.support.models import model_file
+from tests.support.runtimes import RuntimeFactory
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +24,7 @@ def smol_vocab():
     from llama_cpp import _internals as internals
 
     from llmfn.llama_backend import ensure_cpu_backend
-    from model_files import smollm2_path
+    from scripts.model_files import smollm2_path
 
     ensure_cpu_backend()
     params = internals.LlamaModel.default_params()

@@ -10,7 +10,7 @@ import pytest
 from function import schema
 from function.scheduler import log_softmax
 
-from tests.support.kernel_noise import TINY_LOGIT_TOLERANCE, Evaluator, KernelPath
+from scripts.kernel_noise import TINY_LOGIT_TOLERANCE, Evaluator, KernelPath
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -30,7 +30,7 @@ def sse(resp) -> list[dict]:
 
 
 def test_completion_logprobs_are_the_models_log_softmax(client, evaluator):
-    """Against logits from llama-cpp-python's own evaluation (tests/support/kernel_noise)."""
+    """Against logits from llama-cpp-python's own evaluation (scripts/kernel_noise)."""
     r = client.post(COMPLETIONS, json={"prompt": "ok", "max_tokens": 4, "temperature": 0,
                                        "logprobs": 3}).get_json()
     lp = r["choices"][0]["logprobs"]

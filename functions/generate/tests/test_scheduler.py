@@ -1,7 +1,7 @@
 """The slot scheduler (continuous batching) on the real tiny model and on SmolLM2-135M.
 
 Correct under concurrency: concurrent streams each get their own answer (prompts whose greedy
-answer has a clear top-1 margin, tests/support/kernel_noise.py, so batch composition cannot
+answer has a clear top-1 margin, scripts/kernel_noise.py, so batch composition cannot
 flip them); a request alone equals llama-cpp-python's high-level ``Llama``; the prompt-end
 logits of a batched stream stay within the measured kernel-noise tolerance of the same prompt
 alone. Every concurrency test also proves that batching happened (peak busy slots and the
@@ -19,8 +19,8 @@ from function.engine import Params, load_engine
 from function.scheduler import Generation, Scheduler, Text
 from function.settings import GenerateSettings
 from llmfn.settings import ModelSettings, SettingsError
-from model_files import smollm2_path
-from tests.support.kernel_noise import (CLEAR_PROMPTS, LOGIT_TOLERANCE, TINY_CLEAR_PROMPTS,
+from scripts.model_files import smollm2_path
+from scripts.kernel_noise import (CLEAR_PROMPTS, LOGIT_TOLERANCE, TINY_CLEAR_PROMPTS,
                                        TINY_LOGIT_TOLERANCE, VOCAB_TOLERANCE, deltas)
 
 WAIT_S = 120.0
@@ -210,7 +210,7 @@ def test_generated_kv_is_dropped_and_the_prompt_kept_for_reuse(tiny, scheduler_o
     fresh = fresh_scheduler.submit(greedy(follow, 1, logits=True))
     fresh.wait(WAIT_S)
     assert fresh_scheduler.reused_tokens == 0
-    # the tiny model's own kernel noise bound (tests/support/kernel_noise.py)
+    # the tiny model's own kernel noise bound (scripts/kernel_noise.py)
     assert float(np.max(np.abs(reused.prompt_logits - fresh.prompt_logits))) <= \
         TINY_LOGIT_TOLERANCE
 

@@ -6,19 +6,16 @@ import json
 import os
 import queue
 import re
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from llmfn.asgi import WSGIBridge
+from llmfn.events import INFERENCE_COMPLETED, validate_inference_data
+from tests.support.eventsink import running_receiver
+
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-from tests.support.eventsink import running_receiver  # noqa: E402
-
-from llmfn.asgi import WSGIBridge  # noqa: E402
-from llmfn.events import INFERENCE_COMPLETED, validate_inference_data  # noqa: E402
-
 GOLDEN = ROOT / "tests" / "fixtures" / "sse_stream_golden.txt"
 WAIT_S = 30.0
 
@@ -36,7 +33,7 @@ def sse_events(text: str) -> list[str]:
 
 def test_stream_matches_golden(client):
     """The recorded streams' texts are greedy answers of the tiny model that lead the runner-up
-    at every step by well over its kernel noise (0.0117, tests/support/kernel_noise.py): the
+    at every step by well over its kernel noise (0.0117, scripts/kernel_noise.py): the
     chat "vpvm" -> "VVV" by >= 0.062, the completion "ok" -> "VVV" by >= 0.81."""
     chat = client.post("/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "vpvm"}], "max_tokens": 3, "temperature": 0,

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from jsonschema.validators import validator_for
 
 from function.func import create_runtime
-from model_files import smollm2_path
+from scripts.model_files import smollm2_path
 from tests.support.runtimes import RuntimeFactory
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +21,12 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-ROOT = Path(__file__).resolve().parents[2]
-# The portable venv runs this file without the project installed: the two stdlib-only helpers
-# come from the tree (scripts/model_files.py, llmfn/llama_backend.py).
-for _path in (ROOT / "scripts", ROOT / "llmfn" / "src"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-from llmfn.llama_backend import _mapped_libggml as mapped_libggml  # noqa: E402
-from model_files import SMOLLM2_FILE, smollm2_path  # noqa: E402,F401
+# The portable venv has llmfn and llmfn-dev installed without their dependencies
+# (scripts/build_portable_wheel.sh): both modules here are stdlib-only.
+from llmfn.llama_backend import _mapped_libggml as mapped_libggml
+from scripts.model_files import SMOLLM2_FILE, smollm2_path  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / ".state" / "models" / "tiny-llama.gguf"
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 

@@ -1,7 +1,8 @@
 """A function's ``function`` package under a unique name, beside the others in one process.
 
 Every function folder has a top-level package named ``function`` (func requires it), so the
-root test tree (and audit's own tests) import it as ``<function>_function``.
+root test tree (and audit's own tests, params_table.py, the structured benchmark) import it as
+``<function>_function``.
 """
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import importlib.util
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_package(function: str, submodules: tuple[str, ...] = ()):
-    """``functions/<function>/function`` as ``<function>_function``, with ``submodules``."""
+def load_package(function: str, submodules: tuple[str, ...] = (), *, root: Path = ROOT):
+    """``functions/<function>/function`` of the tree at ``root`` (this one unless a benchmark
+    names another checkout) as ``<function>_function``, with ``submodules``; the first load
+    in a process is the one kept."""
     name = f"{function}_function"
     if name not in sys.modules:
-        pkg = ROOT / "functions" / function / "function"
+        pkg = root / "functions" / function / "function"
         spec = importlib.util.spec_from_file_location(name, pkg / "__init__.py",
                                                       submodule_search_locations=[str(pkg)])
         module = importlib.util.module_from_spec(spec)
