@@ -166,6 +166,35 @@ def test_chat_parameters_we_cannot_honour_are_400_naming_them(client, body, para
     assert r.get_json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("path,body,param", [
+    (CHAT, {"messages": HI, "stop": ["a", 1]}, "stop"),
+    (CHAT, {"messages": HI, "logit_bias": {"5": "x"}}, "logit_bias"),
+    (CHAT, {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages[0].content"),
+    (CHAT, {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {
+        "name": "f", "arguments": 5}}]}]}, "messages[0].tool_calls[0]"),
+    (CHAT, {"messages": HI, "tools": [{"type": "function", "function": {"name": 5}}]},
+     "tools[0]"),
+    (CHAT, {"messages": HI, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": []}}]}, "tools[0]"),
+    (CHAT, {"messages": HI, "tool_choice": {"type": "function", "function": {"name": 5}}},
+     "tool_choice"),
+    (CHAT, {"messages": HI, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": 5}}}, "response_format"),
+    (CHAT, {"messages": HI, "modalities": ["audio"]}, "modalities"),
+    (CHAT, {"messages": HI, "stream": True, "stream_options": {"include_usage": 1}},
+     "include_usage"),
+    (COMPLETIONS, {"prompt": [1, "a"]}, "prompt"),
+    ("/detokenize", {"tokens": [1, -1]}, "tokens"),
+])
+def test_a_fault_inside_a_parameter_names_it_as_before(client, path, body, param):
+    """The types name the exact place (``tools[0].function.name``); the 400s keep the param
+    they always had (the parameter, or the message or tool)."""
+    r = client.post(path, json=body)
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["error"]["param"] == param
+
+
 def test_no_effect_parameters_are_accepted(client):
     r = client.post(CHAT, json={"messages": HI, "max_tokens": 1, "user": "u", "store": False,
                                 "metadata": {"k": "v"}, "service_tier": "auto",
