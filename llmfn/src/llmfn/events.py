@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import random
 import re
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from llmfn.backoff import Backoff
 from llmfn.protocol import UNSET, Model, UnsetType, field, to_builtins
 from llmfn.settings import EventSettings, SettingsError
 
@@ -383,7 +383,7 @@ class EventEmitter:
 
     def _deliver(self, item: _Pending) -> None:
         message = self._message(item)
-        delay_s = self.settings.backoff_s
+        delays = Backoff(min(self.settings.backoff_s, _MAX_BACKOFF_S), _MAX_BACKOFF_S).delays()
         for attempt in range(1, self.settings.max_attempts + 1):
             outcome, detail, retry_after_s = self._post(message)
             if outcome == "ok":
@@ -391,9 +391,8 @@ class EventEmitter:
                 return
             if outcome == "fatal" or attempt == self.settings.max_attempts:
                 break
-            # "Equal jitter": half the delay fixed, half random; a sink's Retry-After wins.
-            wait_s = min(max(random.uniform(delay_s / 2, delay_s), retry_after_s), _MAX_BACKOFF_S)
-            delay_s = min(delay_s * 2, _MAX_BACKOFF_S)
+            # a sink's Retry-After wins over the jittered backoff
+            wait_s = min(max(next(delays), retry_after_s), _MAX_BACKOFF_S)
             self._retries.inc()
             if self._stop.wait(wait_s):
                 detail += ", shutting down"

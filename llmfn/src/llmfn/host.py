@@ -16,10 +16,11 @@ it mostly overlaps the imports. The ModelHost
 built later adopts the fetch and the load when its settings and loader are the same ones, and
 otherwise discards the early model and loads its own.
 
-A transient fetch failure (S3 unreachable, 5xx, a timeout) is retried with exponential
-backoff (1 s doubling to 30 s) for ``retry_for_s``; readiness names the reason and the next
-try meanwhile, and liveness stays True, so the pod becomes ready when S3 returns, without a
-restart. Anything else (not found, access denied, a checksum mismatch) fails for good.
+A transient fetch failure (S3 unreachable, 5xx, a timeout) is retried with exponential backoff
+(1 s doubling to 30 s, with jitter: llmfn.backoff) for ``retry_for_s``; readiness names the
+reason and the next try meanwhile, and liveness stays True, so the pod becomes ready when S3
+returns, without a restart. Anything else (not found, access denied, a checksum mismatch) fails
+for good.
 
 Phase timers (``cold_start_s``, and the ``llmfn_cold_start_seconds{phase}`` gauge): download,
 verify (hash tail after the last byte), load (llama.cpp, possibly overlapping the imports);
@@ -40,13 +41,13 @@ from pathlib import PurePosixPath
 from typing import Any, Callable, Mapping
 
 from . import weights
+from .backoff import Backoff
 from .settings import ModelSettings, Settings, StorageSettings, build
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str, ModelSettings], Any]
-RETRY_FIRST_S = 1.0
-RETRY_MAX_S = 30.0
+RETRY = Backoff(first_s=1.0, max_s=30.0)  # between fetch attempts while S3 fails transiently
 RETRY_FOR_S = 900.0  # transient failures are retried this long, then the fetch fails for good
 # llama.cpp reports every step of a load through llama-cpp-python's log callback, a Python
 # function: about 2,300 calls for SmolLM2, each of which must take the GIL. Beside a busy
@@ -116,7 +117,7 @@ class Fetcher:
         self.state = f"downloading {pct:.0f} % ({done / 2**20:.0f}/{total / 2**20:.0f} MiB)"
 
     def _run(self) -> None:
-        delay = RETRY_FIRST_S
+        delays = RETRY.delays()
         give_up = time.monotonic() + self.retry_for_s
         try:
             while True:
@@ -124,6 +125,7 @@ class Fetcher:
                     self.result = self._fetch(self.storage, progress=self._progress)
                     return
                 except weights.WeightsError as err:
+                    delay = next(delays)
                     if not err.transient or time.monotonic() + delay > give_up:
                         raise
                     self.retries += 1
@@ -137,7 +139,6 @@ class Fetcher:
                                       f"{left:.0f} s)")
                         time.sleep(min(left, 1.0))
                     self.state = f"downloading (retry {self.retries} after: {reason})"
-                    delay = min(delay * 2, RETRY_MAX_S)
         except Exception as err:  # reported by the ModelHost
             self.error = err
         finally:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from .backoff import Backoff
 from .settings import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ _HASH_CHUNK_BYTES = 4 * 1024 * 1024
 _READ_BYTES = 1024 * 1024  # one read of a response body
 _LOG_EVERY_S = 2.0
 _BUFFER_BYTES = 256 * 1024 * 1024  # at most this much downloaded but not yet hashed
-_RANGE_RETRY_S = (0.5, 1.0, 2.0, 4.0)  # backoff between resumptions of one range
+# Resumptions of one range cut off mid-body, and the waits between them (0.5-1, 1-2, 2-4, 4-8 s)
+_RANGE_RETRIES = 4
+_RANGE_RETRY = Backoff(first_s=1.0, max_s=8.0)
 _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable",
                     "SlowDown", "RequestTimeout", "XMinioServerNotInitialized"}
 
@@ -311,7 +314,7 @@ class _Download:
 
     Workers start range ``i`` only while ``i`` is within ``window`` ranges of the one being
     hashed, so at most ``window`` ranges are held in memory. A range cut off mid-body is
-    resumed from its last byte (``_RANGE_RETRY_S`` backoff); any other failure stops all.
+    resumed from its last byte (``_RANGE_RETRY`` backoff); any other failure stops all.
     """
 
     def __init__(self, client, bucket: str, key: str, fd: int, size: int, etag: str,
@@ -372,7 +375,7 @@ class _Download:
     def _get(self, r: _Range) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        retries = 0
+        retries, delays = 0, _RANGE_RETRY.delays()
         while r.start + r.got < r.end:
             extra = {"IfMatch": self.etag} if self.etag else {}
             try:
@@ -400,12 +403,12 @@ class _Download:
             except ClientError as err:
                 raise _client_error(self.uri, err, "GET") from err
             except (BotoCoreError, OSError) as err:  # cut off mid-body, timeouts: resume
-                if retries >= len(_RANGE_RETRY_S):
+                if retries >= _RANGE_RETRIES:
                     raise WeightsError(f"{self.uri}: download failed ({type(err).__name__})",
                                        transient=True) from err
                 log.warning("%s: range %d-%d cut off at %d (%s); resuming", self.uri, r.start,
                             r.end - 1, r.start + r.got, type(err).__name__)
-                time.sleep(_RANGE_RETRY_S[retries])
+                time.sleep(next(delays))
                 retries += 1
         with self.cond:
             r.done = True
