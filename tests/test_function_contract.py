@@ -9,6 +9,9 @@ handler) and its page, though no file of llmfn names it.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from llmfn.contract import FunctionSpec, Local, discover
 from llmfn.runtime import create_runtime
 from scripts import run
 from tests.support import manifests
+from tests.support.models import model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_TYPE = "dev.llmfn.toy.echo.requested.v1"
@@ -192,3 +196,25 @@ def test_llmfn_serves_its_page_api_and_request_events(toy):
         assert rt.ready() == (True, "ready")
     finally:
         rt.stop()
+
+
+@pytest.mark.parametrize("name, model, engine", [
+    ("generate", "tiny-llama.gguf", "make_tiny_model.py"),
+    ("embed", "all-minilm-l6-v2-f16.gguf", "convert_minilm.py"),
+])
+def test_the_weight_fetch_starts_before_the_web_stack_is_imported(name, model, engine, tmp_path):
+    """Importing a model function's package (as func-python and gunicorn do) runs its
+    ``early`` module first: the fetch starts, the loader's imports (llama_cpp) run inside it,
+    and only then the web stack (Flask) is imported (``python -X importtime`` lists a module
+    when its import ends, nested ones before it)."""
+    env = {**os.environ, "MODEL_URI": f"file://{model_file(model, engine)}",
+           "MODEL_CACHE_DIR": str(tmp_path), "OMP_WAIT_POLICY": "passive"}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import function"],
+                         cwd=ROOT / "functions" / name, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    order = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+             if line.startswith("import time:") and "|" in line]
+    early, engine_module = order.index("function.early"), order.index("function.engine")
+    assert engine_module < early < order.index("flask"), order[early - 3:early + 3]
+    assert order.index("llama_cpp") < early
