@@ -22,7 +22,7 @@ from . import event_requests, pages
 from .auth import BearerAuth, KeyLimiter
 from .contract import FunctionSpec, Worker
 from .errors import InvalidSettings
-from .metrics import HTTPMetrics
+from .metrics import HTTPMetrics, Metrics
 from .settings import (EventSettings, ServerSettings, Settings, SettingsError, build,
                        check_templates, environ_copy)
 from .webapp import INFLIGHT, create_base_app
@@ -167,16 +167,18 @@ def create_runtime(spec: FunctionSpec, cfg: Mapping[str, str]) -> BaseRuntime:
     own = spec.settings(merged) if spec.settings is not None else None
     server = build(ServerSettings, merged)
     name = server.function or spec.name
+    metrics = spec.metrics() if spec.metrics else None
     rt: BaseRuntime
     if spec.model is None:
-        rt = BaseRuntime(name, server, spec.metrics() if spec.metrics else HTTPMetrics())
+        rt = BaseRuntime(name, server, metrics or HTTPMetrics())
         events = build(EventSettings, merged)
     else:
         from .model_runtime import Runtime  # here: a function without a model never loads it
 
+        if metrics is not None and not isinstance(metrics, Metrics):
+            raise TypeError(f"{spec.name}: a model function's metrics extend llmfn.metrics.Metrics")
         settings = Settings.from_mapping(merged)
-        rt = Runtime(name, settings, loader=spec.model(merged),
-                     metrics=spec.metrics() if spec.metrics else None)
+        rt = Runtime(name, settings, loader=spec.model(merged), metrics=metrics)
         events = settings.events
     rt.plug(spec, own, events)
     return rt
