@@ -106,11 +106,12 @@ _TEXT_FIELDS = ("prompt", "output")
 _OPTIONAL = (*_TEXT_FIELDS, "output_format", "key_id")
 
 
-def _received(record: type[Model]) -> tuple[type[Model], dict[str, Any]]:
+def _received(record: type[Model]) -> tuple[type[msgspec.Struct], dict[str, Any]]:
     """The record's fields as an event received must carry them (all required but
     :data:`_OPTIONAL`, the text fields a string when present; other keys pass), and each
     field's type."""
-    fields, types = [], {}
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    types: dict[str, Any] = {}
     for f in msgspec.structs.fields(record):
         types[f.name] = str if f.name in _TEXT_FIELDS else f.type
         if f.name in _OPTIONAL:

@@ -74,7 +74,7 @@ def to_builtins(value: Any) -> Any:
 
 
 def schemas(kinds: Iterable[type], ref_template: str = "#/components/schemas/{name}"
-            ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+            ) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]]:
     """JSON Schemas (2020-12, as OpenAPI 3.1 takes them) of ``kinds``: one per kind (mostly a
     ``$ref``) and the named components they refer to.
 
