@@ -18,8 +18,10 @@ from bson.errors import InvalidDocument
 from llmfn.ce_http import InvalidEvent
 from llmfn.errors import APIError
 from llmfn.events import INFERENCE_COMPLETED, validate_inference_data
+from llmfn.protocol import to_builtins
 
 from .commit import DUPLICATE, RECORDED, Committer
+from .protocol import DeadLettered, Recorded
 from .store import BATCH_FIELD, AuditStore, DocumentRejected, StoreUnavailable, event_key
 
 log = logging.getLogger(__name__)
@@ -164,7 +166,8 @@ class Ingestor:
         return DatabaseUnavailable(self.retry_after_s)
 
     def record(self, event) -> dict:
-        """Validate and store one inference event; the answer's body, or raise APIError."""
+        """Validate and store one inference event; the answer's body (protocol.Recorded), or
+        raise APIError."""
         self.metrics.received.labels(self._label(event)).inc()
         try:
             data = validate(event, self.validators)
@@ -181,14 +184,15 @@ class Ingestor:
             result = None
         if result == RECORDED:
             self.metrics.recorded.inc()
-            return {"status": "recorded", "id": event.get_id()}
+            return to_builtins(Recorded(status="recorded", id=event.get_id()))
         if result == DUPLICATE:
             self.metrics.duplicates.inc()
-            return {"status": "duplicate", "id": event.get_id()}
+            return to_builtins(Recorded(status="duplicate", id=event.get_id()))
         raise self.unavailable("commit", StoreUnavailable(result or "commit timed out"))
 
     def dead_letter(self, event) -> dict:
-        """Store any CloudEvent a Knative delivery gave up on; never rejects its content."""
+        """Store any CloudEvent a Knative delivery gave up on; never rejects its content. The
+        answer's body is protocol.DeadLettered."""
         doc = dead_letter_document(event, self.clock(), self.validators)
         try:
             try:
@@ -206,4 +210,5 @@ class Ingestor:
         log.warning("dead letter id=%r source=%r type=%r code=%r dest=%r", event.get_id(),
                     event.get_source(), event.get_type(), doc.get("knativeerrorcode"),
                     doc.get("knativeerrordest"))
-        return {"status": "dead_letter" if new else "duplicate", "id": event.get_id()}
+        return to_builtins(DeadLettered(status="dead_letter" if new else "duplicate",
+                                        id=event.get_id()))
