@@ -91,3 +91,27 @@ def test_attach_serves_the_document():
     doc = openapi.document("t", "", OPS)
     assert openapi.attach(app, doc) is doc
     assert app.extensions[openapi.EXTENSION_KEY] is doc
+
+
+def test_a_type_named_like_a_shared_one_is_refused():
+    class Error(Model):  # a function's own "Error" would take the shared responses' name
+        reason: str
+
+    op = Operation("/x", "get", "x", "x", ("x",), response=Error)
+    with pytest.raises(ValueError, match="named Error"):
+        openapi.document("t", "", [op], groups=())
+
+
+def test_schema_names_come_from_msgspec():
+    """Two types of one name (from two modules) are both written, each referenced by the name
+    msgspec gives it."""
+    First = type("Twin", (Model,), {"__annotations__": {"a": int}, "__module__": "m1"})
+    Second = type("Twin", (Model,), {"__annotations__": {"b": str}, "__module__": "m2"})
+    doc = openapi.document("t", "", [
+        Operation("/a", "get", "a", "a", ("x",), response=First),
+        Operation("/b", "get", "b", "b", ("x",), response=Second)], groups=())
+    refs = [doc["paths"][p]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+            ["$ref"].rsplit("/", 1)[1] for p in ("/a", "/b")]
+    assert len(set(refs)) == 2 and set(refs) <= set(doc["components"]["schemas"])
+    assert "StructuredCloudEvent" not in doc["components"]["schemas"]  # no event route
+    validate(doc)

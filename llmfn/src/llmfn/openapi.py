@@ -230,17 +230,22 @@ def document(title: str, description: str, operations: Iterable[Operation],
     """The OpenAPI 3.1 document of a function: the shared ``groups`` (:data:`GROUPS`) and its
     own ``operations``, each (path, method) described once."""
     ops = [op for group in groups for op in GROUPS[group]] + list(operations)
+    kinds = list(dict.fromkeys([Error, StructuredCloudEvent]
+                               + [kind for op in ops for kind in op.types()]))
+    refs, schemas = protocol.schemas(kinds)
+    ref = dict(zip(kinds, refs))
+    for shared in (Error, StructuredCloudEvent):  # the shared responses name them
+        if ref[shared] != _schema_ref(shared):
+            raise ValueError(f"a type of the function is named {shared.__name__} too")
+    if not any(op.event for op in ops):
+        del schemas[StructuredCloudEvent.__name__]
     paths: dict[str, dict[str, Any]] = {}
     for op in ops:
         item = paths.setdefault(op.path, {})
         method = op.method.lower()
         if method in item:
             raise ValueError(f"{op.method.upper()} {op.path} described twice")
-        item[method] = _operation(op)
-    kinds = [Error] + [kind for op in ops for kind in op.types()]
-    if any(op.event for op in ops):
-        kinds.append(StructuredCloudEvent)
-    _, schemas = protocol.schemas(dict.fromkeys(kinds))
+        item[method] = _operation(op, ref)
     used = {status for op in ops for status in _statuses(op)}
     return {
         "openapi": "3.1.0",
@@ -278,7 +283,7 @@ def _statuses(op: Operation) -> list[int]:
     return sorted(s for s in statuses if s not in op.responses)
 
 
-def _operation(op: Operation) -> dict[str, Any]:
+def _operation(op: Operation, ref: Mapping[type, dict[str, str]]) -> dict[str, Any]:
     out: dict[str, Any] = {"operationId": op.operation_id, "tags": list(op.tags),
                            "summary": op.summary}
     if op.description:
@@ -288,7 +293,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.parameters:
         out["parameters"] = [p.spec() for p in op.parameters]
     if op.event:  # the data: the request type's, else any object
-        data = ({"description": "binary mode: the event's data", **_schema_ref(op.request)}
+        data = ({"description": "binary mode: the event's data", **ref[op.request]}
                 if op.request is not None else
                 {"type": "object", "description": "binary mode: the event's data"})
         out["requestBody"] = {"required": True, "content": {
@@ -296,8 +301,8 @@ def _operation(op: Operation) -> dict[str, Any]:
             "application/cloudevents+json": {"schema": _schema_ref(StructuredCloudEvent)}}}
     elif op.request is not None:
         out["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": _schema_ref(op.request)}}}
-    responses: dict[str, Any] = {"200": _ok(op)}
+            "application/json": {"schema": ref[op.request]}}}
+    responses: dict[str, Any] = {"200": _ok(op, ref)}
     for status in _statuses(op):
         responses[str(status)] = {"$ref": f"#/components/responses/{_ERROR_RESPONSES[status][0]}"}
     for status, response in op.responses.items():
@@ -307,16 +312,16 @@ def _operation(op: Operation) -> dict[str, Any]:
     return out
 
 
-def _ok(op: Operation) -> dict[str, Any]:
+def _ok(op: Operation, ref: Mapping[type, dict[str, str]]) -> dict[str, Any]:
     """The 200 response: the ``response`` type as JSON, the SSE stream, ``content``."""
     content: dict[str, Any] = {}
     if op.response is not None:
-        content["application/json"] = {"schema": _schema_ref(op.response)}
+        content["application/json"] = {"schema": ref[op.response]}
     if op.stream is not None:
         content["text/event-stream"] = {
             "schema": {"type": "string",
                        "description": f"`data:` events of {op.stream.__name__} JSON"},
-            "x-llmfn-chunk": _schema_ref(op.stream)}
+            "x-llmfn-chunk": ref[op.stream]}
     for media, schema in (op.content or {}).items():
         content[media] = {"schema": dict(schema)}
     text = op.returns or "OK"
