@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 
 from scripts import config_table  # scripts/config_table.py: every settings class of the project
-from llmfn.settings import ServerSettings, Settings, SettingsError, build, check_templates
+from llmfn.settings import (ServerSettings, Settings, SettingsError, build, check_templates,
+                            with_defaults)
 
 
 def test_defaults_and_overrides():
@@ -76,3 +77,24 @@ def test_every_field_is_a_described_setting_with_its_unit():
             for suffix, word in units.items():
                 if f.name.endswith(suffix):
                     assert word in doc, f"{key}: the description does not give the unit"
+
+
+def test_each_key_is_declared_once():
+    """One field per environment key across every settings class (SHUTDOWN_GRACE_S and
+    LOG_LEVEL were once in both ServerSettings and GunicornSettings, with two defaults)."""
+    keys = [f.metadata["key"] for _title, cls in config_table.sections()
+            for f in dataclasses.fields(cls)]
+    assert sorted(k for k in set(keys) if keys.count(k) > 1) == []
+
+
+def test_cfg_over_defaults_and_an_unset_value_hides_no_default():
+    cfg = {"N_CTX": "512", "QUEUE_SIZE": None, "K_SINK": ""}
+    merged = with_defaults(cfg, {"N_CTX": "1024", "QUEUE_SIZE": "8", "SLOTS": "2"})
+    assert merged == {"N_CTX": "512", "QUEUE_SIZE": "8", "SLOTS": "2", "K_SINK": ""}
+    assert with_defaults({"A": None}) == {}
+
+
+def test_no_mapping_means_the_process_environment(monkeypatch):
+    monkeypatch.setenv("LLMFN_TEST_SETTING", "from-env")
+    merged = with_defaults(None, {"LLMFN_TEST_SETTING": "default", "OTHER": "x"})
+    assert merged["LLMFN_TEST_SETTING"] == "from-env" and merged["OTHER"] == "x"

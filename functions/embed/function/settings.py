@@ -38,4 +38,4 @@ class EmbedSettings:
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "EmbedSettings":
-        return build(cls, {k: v for k, v in env.items() if v is not None})
+        return build(cls, env)  # a key set to None is unset

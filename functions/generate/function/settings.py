@@ -30,4 +30,4 @@ class GenerateSettings:
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "GenerateSettings":
-        return build(cls, {k: v for k, v in env.items() if v is not None})
+        return build(cls, env)  # a key set to None is unset

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .settings import with_defaults
+
 if TYPE_CHECKING:
     from flask import Flask
 
@@ -129,8 +131,7 @@ class FunctionSpec:
 
     def config(self, cfg: Mapping[str, str]) -> dict[str, str]:
         """``cfg`` over the function's defaults (and ``FUNCTION_NAME``), unset values dropped."""
-        return {"FUNCTION_NAME": self.name, **self.defaults,
-                **{k: v for k, v in cfg.items() if v is not None}}
+        return with_defaults(cfg, {"FUNCTION_NAME": self.name, **self.defaults})
 
     @property
     def event_types(self) -> frozenset[str]:

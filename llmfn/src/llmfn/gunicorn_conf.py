@@ -18,7 +18,7 @@ preload_app = False
 # the runtime's stop (Runtime._stop) before gunicorn may kill the worker: the grace, or
 # SHUTDOWN_MIN_S when longer; up to 5 s for the last bytes of responses cancelled at the end
 # of the grace; EVENTS_FLUSH_S for the events; then a margin
-graceful_timeout = int(max(_cfg.grace_s + 5, _server.min_stop_s) + _events.flush_s) + 5
+graceful_timeout = int(max(_server.grace_s + 5, _server.min_stop_s) + _events.flush_s) + 5
 timeout = 120  # worker heartbeat (the gthread main loop), not a request timeout
 # above queue-proxy's idle pool (Go's IdleConnTimeout, 90 s): a connection queue-proxy may
 # still reuse is never closed here first (it does not retry a POST)
@@ -26,7 +26,7 @@ keepalive = 95
 # gunicorn 27 opens a control socket at one fixed path per user: with several servers on one
 # host (make run, the tests) the last one takes it and the first to stop deletes it. Unused.
 control_socket_disable = True
-loglevel = _cfg.log_level
+loglevel = _server.log_level
 accesslog = "-"
 errorlog = "-"
 

@@ -42,7 +42,8 @@ from typing import Any, Callable, Mapping
 
 from . import weights
 from .backoff import Backoff
-from .settings import ModelSettings, Settings, StorageSettings, build
+from .settings import (ModelSettings, ServerSettings, Settings, StorageSettings, build,
+                       with_defaults)
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,8 @@ def prefetch(env: Mapping[str, str] | None = None, *, wait_s: float = PREFETCH_W
     ``wait_s``: see PREFETCH_WAIT_S. Never raises: with bad settings it does nothing and the
     ModelHost reports the problem."""
     try:
-        _ensure_log_handler()
-        merged = {**defaults, **(os.environ if env is None else env)}
+        merged = with_defaults(env, defaults)
+        _ensure_log_handler(build(ServerSettings, merged).log_level)
         storage = build(StorageSettings, merged)
         if not storage.model_uri.startswith(("s3://", "file://")):
             return None
@@ -248,7 +249,7 @@ def preload(make_loader: Callable[[Mapping[str, str]], Loader],
     :func:`same_loader`). Call it once the loader's own heavy imports are done, before the
     web stack's. Never raises: with bad settings it does nothing and the ModelHost reports."""
     try:
-        merged = {**defaults, **(os.environ if env is None else env)}
+        merged = with_defaults(env, defaults)
         settings = Settings.from_mapping(merged)
         settings.require_model()
         loader = make_loader(merged)
@@ -287,9 +288,9 @@ def _adopt(storage: StorageSettings) -> tuple[Fetcher | None, Preload | None]:
         return _early.pop(storage, None), _preloads.pop(storage, None)
 
 
-def _ensure_log_handler() -> None:
+def _ensure_log_handler(log_level: str) -> None:
     """Make llmfn's INFO lines (download progress, phases) reach stderr when the server
-    configured no logging (gunicorn configures only its own loggers)."""
+    configured no logging (gunicorn configures only its own loggers), at ``LOG_LEVEL``."""
     import logging as _logging
 
     root, ours = _logging.getLogger(), _logging.getLogger("llmfn")
@@ -299,7 +300,7 @@ def _ensure_log_handler() -> None:
     handler.setFormatter(_logging.Formatter(
         "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
     ours.addHandler(handler)
-    level = os.environ.get("LOG_LEVEL", "info").upper()
+    level = log_level.upper()
     ours.setLevel(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
 
 
@@ -331,7 +332,7 @@ class ModelHost:
             if self._thread is not None:
                 return
             self._state = "starting"
-            _ensure_log_handler()
+            _ensure_log_handler(self.settings.server.log_level)
             self._gauge("import", process_age_s())
             self._thread = threading.Thread(target=self._load, name="model-load", daemon=True)
             self._thread.start()

@@ -86,8 +86,18 @@ def _parse(key: str, raw: str, kind: type, lo, hi):
 _KINDS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
+def with_defaults(env: Mapping[str, str | None] | None,
+                  defaults: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` over ``defaults`` (a function's own): the mapping its settings are built from.
+    ``env`` is func's ``cfg``, where a key set to None is unset, or None for the process
+    environment; a None value never hides a default."""
+    source = os.environ if env is None else env
+    return {**(defaults or {}), **{k: v for k, v in source.items() if v is not None}}
+
+
 def build(cls, env: Mapping[str, str]):
-    """Build the frozen settings dataclass ``cls`` from ``env`` (unknown keys are ignored)."""
+    """Build the frozen settings dataclass ``cls`` from ``env`` (unknown keys are ignored, and
+    so is a key set to None)."""
     values = {}
     for f in dataclasses.fields(cls):
         key = f.metadata.get("key")
@@ -172,6 +182,7 @@ class ServerSettings:
     max_concurrent_per_key: int = setting("MAX_CONCURRENT_PER_KEY", 0,
                                           "requests one API key may have in flight; one more "
                                           "gets 429 + Retry-After; 0 = no limit", lo=0)
+    log_level: str = setting("LOG_LEVEL", "info", "log level (llmfn's and gunicorn's)")
 
 
 @dataclass(frozen=True)
@@ -202,16 +213,14 @@ class EventSettings:
 
 @dataclass(frozen=True)
 class GunicornSettings:
-    """How the gunicorn path (`make run`, Containerfile) serves the Flask app."""
+    """How the gunicorn path (`make run`, Containerfile) serves the Flask app (its graceful
+    timeout and log level come from ServerSettings)."""
     bind: str = setting("BIND", "", "host:port to listen on; empty = 0.0.0.0:$PORT")
     port: int = setting("PORT", 8080, "port when BIND is empty (Knative sets PORT)", lo=1,
                         hi=65535)
     threads: int = setting("GUNICORN_THREADS", 16, "gthread threads: one per running and "
                            "waiting request (SLOTS + QUEUE_SIZE) plus health and metrics",
                            lo=2, hi=256)
-    grace_s: float = setting("SHUTDOWN_GRACE_S", 25.0, "graceful timeout for in-flight streams, s",
-                             lo=0)
-    log_level: str = setting("LOG_LEVEL", "info", "log level")
 
 
 @dataclass(frozen=True)
@@ -225,7 +234,7 @@ class Settings:
     @classmethod
     def from_mapping(cls, env: Mapping[str, str], **defaults: str) -> "Settings":
         """Build from ``env``; ``defaults`` fill keys that ``env`` lacks (a function's own)."""
-        merged = {**defaults, **{k: v for k, v in env.items() if v is not None}}
+        merged = with_defaults(env, defaults)
         return cls(storage=build(StorageSettings, merged), model=build(ModelSettings, merged),
                    server=build(ServerSettings, merged), events=build(EventSettings, merged))
 
