@@ -5,7 +5,7 @@ rejection of valid ones, compile time and time per token mask, with SmolLM2's vo
 Run by hand (not in `make test`): the engines live in venvs of their own, so each engine runs
 where it imports and the report merges their JSON (.state/bench/structured-engines-ENGINE.json):
 
-    .state/venv-engines/bin/python bench/structured_engines.py --engines llguidance,xgrammar
+    .state/venv-engines/bin/python -m bench.structured_engines --engines llguidance,xgrammar
     .venv/bin/python bench/structured_engines.py --engines gbnf      # llama.cpp's sampler
     .venv/bin/python bench/structured_engines.py --report [--no-doc]
 
