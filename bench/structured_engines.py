@@ -22,7 +22,6 @@ import argparse
 import json
 import lzma
 import multiprocessing as mp
-import statistics
 import subprocess
 import sys
 import time

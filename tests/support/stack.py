@@ -1,7 +1,7 @@
 """Run a scripts/services.py server for the length of a pytest fixture."""
 from __future__ import annotations
 
-from scripts import services
+from scripts import procs, services
 
 
 def started(server, deadline_s: float = 60):
@@ -22,11 +22,9 @@ class Functions:
 
     def __init__(self, tmp):
         self.tmp = tmp
-        self.started: dict[str, "procs.ServerProcess"] = {}
+        self.started: dict[str, procs.ServerProcess] = {}
 
-    def start(self, name: str, env: dict[str, str]) -> "procs.ServerProcess":
-        from scripts import procs
-
+    def start(self, name: str, env: dict[str, str]) -> procs.ServerProcess:
         self.started[name] = procs.gunicorn_server(
             name, procs.free_port(), log_path=self.tmp / f"{name}.log",
             env={"MODEL_CACHE_DIR": str(self.tmp / "cache"), "N_THREADS": "1", **env}).start()
