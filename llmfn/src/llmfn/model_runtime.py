@@ -113,8 +113,8 @@ def fetch_naming_cache_dir(storage: StorageSettings, **kw) -> weights.FetchResul
         return weights.fetch(storage, **kw)
     except Exception as err:
         cause = _os_error(err)
-        why = _CACHE_FAULTS.get(getattr(cause, "errno", None))
-        if why is None or not storage.model_uri.startswith("s3://"):
+        why = _CACHE_FAULTS.get(cause.errno) if cause is not None and cause.errno else None
+        if cause is None or why is None or not storage.model_uri.startswith("s3://"):
             raise
         raise weights.WeightsError(
             f"MODEL_CACHE_DIR {storage.cache_dir!r} is {why}: {cause.strerror}; the weights of "
