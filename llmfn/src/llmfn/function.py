@@ -11,10 +11,13 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from .contract import FunctionSpec
 from .runtime import BaseRuntime, build_runtime
+
+if TYPE_CHECKING:  # asyncio's bridge: imported in start(), only this (func-python's) path
+    from .asgi import WSGIBridge
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ class LLMFunction:
         self.spec = spec
         self.function = spec.name
         self.runtime: BaseRuntime | None = None
-        self._bridge = None  # llmfn.asgi.WSGIBridge once started
+        self._bridge: WSGIBridge | None = None  # once started
         self._draining = False
 
     def start(self, cfg: Mapping[str, str]) -> None:

@@ -80,7 +80,8 @@ def file_response(path: Path, mimetype: str | None = None) -> Response:
     resp.set_etag(hashlib.sha256(data).hexdigest()[:32])
     resp.cache_control.no_cache = True
     resp.headers["X-Content-Type-Options"] = "nosniff"
-    return resp.make_conditional(request)
+    resp.make_conditional(request)  # in place: 304 and no body when the ETag matches
+    return resp
 
 
 def _static_view(filename: str) -> Response:
