@@ -1,10 +1,11 @@
 """ModelHost: background fetch + load, readiness reasons, failure for good, cold-start flag."""
 import functools
 import threading
+import time
 
 from scripts import upload_model
 
-from llmfn.host import ModelHost, model_id, prefetch, preload, same_loader
+from llmfn.host import ModelHost, model_id, prefetch, preload, same_loader, start_model_early
 from llmfn.metrics import Metrics
 from llmfn.settings import Settings
 from llmfn.weights import sha256_file
@@ -194,3 +195,28 @@ def test_prefetch_lets_a_cold_s3_fetch_set_up_first(tmp_path, s3, bucket, s3_env
     assert host.wait(WAIT_S)
     assert host.model == payload and host._fetcher is None
     assert host.cold_start_s["download"] > 0  # the early fetch downloaded it, nobody else
+
+
+def test_start_model_early_fetches_before_the_loader_imports(tmp_path):
+    """A function's early.py: the fetch is already running when ``make_loader`` is called (its
+    heavy imports overlap the download), the model loads as soon as the file is there, and a
+    host with the same settings adopts both."""
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF fake weights")
+    defaults = {"MODEL_URI": f"file://{weights}", "N_CTX": "512",
+                "MODEL_CACHE_DIR": str(tmp_path / "cache")}
+    calls: list = []
+    loader = counting_loader(calls)
+    asked_at: list = []
+
+    def make_loader(cfg):
+        asked_at.append(time.monotonic())
+        return loader
+
+    pre = start_model_early(make_loader, defaults)
+    assert pre is not None and len(asked_at) == 1
+    assert 0 < pre.fetcher.t_start <= asked_at[0]  # the fetch began first
+    host = ModelHost(Settings.from_mapping(defaults), loader)
+    host.start()
+    assert host.wait(WAIT_S)
+    assert calls == [str(weights)] and host.model is pre.model  # loaded once, early
