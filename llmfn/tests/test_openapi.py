@@ -89,8 +89,24 @@ def test_attach_serves_the_document():
 
     app = Flask("t")
     doc = openapi.document("t", "", OPS)
-    assert openapi.attach(app, doc) is doc
-    assert app.extensions[openapi.EXTENSION_KEY] is doc
+    openapi.attach(app, doc)
+    assert openapi.served(app) is doc
+
+
+def test_attach_builds_a_lazy_document_once_on_first_use():
+    from flask import Flask
+
+    app, built = Flask("t"), []
+
+    def build():
+        built.append(1)
+        return openapi.document("t", "", OPS)
+
+    openapi.attach(app, build)
+    assert built == []  # not at start: a cold start does not pay for it
+    first = openapi.served(app)
+    assert openapi.served(app) is first and built == [1]
+    assert openapi.served(Flask("other")) is None
 
 
 def test_a_type_named_like_a_shared_one_is_refused():

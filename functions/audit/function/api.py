@@ -43,7 +43,7 @@ def register(app: Flask, runtime: BaseRuntime, settings: AuditSettings) -> Audit
     for path in EVENT_PATHS:
         public(app, path, f"record{path.replace('/', '_')}", record, methods=("POST",))
     public(app, DEAD_LETTER_PATH, "dead_letter", dead_letter, methods=("POST",))
-    openapi.attach(app, openapi.function_document(protocol))
+    openapi.attach(app, lambda: openapi.function_document(protocol))  # on first GET
 
     @app.get("/kpis")
     @app.get("/kpis/timeseries")

@@ -41,7 +41,7 @@ def register(app: Flask, runtime: Runtime, embed: EmbedSettings) -> Batcher:
                       registry=runtime.metrics.registry)
     api = EmbeddingsAPI(runtime, batcher, embed)
     routes.add(app, ENDPOINT, "embeddings", api.embeddings)
-    openapi.attach(app, openapi.function_document(protocol))
+    openapi.attach(app, lambda: openapi.function_document(protocol))  # on first GET
     return batcher
 
 

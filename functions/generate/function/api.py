@@ -49,7 +49,7 @@ def register(app: Flask, runtime: Runtime, gen: GenerateSettings) -> Scheduler:
     routes.add(app, "/v1/chat/completions", "chat_completions", api.chat)
     routes.add(app, "/tokenize", "tokenize", api.tokenize)
     routes.add(app, "/detokenize", "detokenize", api.detokenize)
-    openapi.attach(app, openapi.function_document(protocol))
+    openapi.attach(app, lambda: openapi.function_document(protocol))  # on first GET
     return scheduler
 
 

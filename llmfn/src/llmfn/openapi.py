@@ -11,9 +11,10 @@ types are the validation and the document. The base app serves the result at
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from flask import Flask
 
@@ -335,7 +336,26 @@ def _ok(op: Operation, ref: Mapping[type, dict[str, str]]) -> dict[str, Any]:
     return out
 
 
-def attach(app: Flask, doc: dict[str, Any]) -> dict[str, Any]:
-    """Serve ``doc`` (built by :func:`document`) at ``/openapi.json``."""
-    app.extensions[EXTENSION_KEY] = doc
-    return doc
+def attach(app: Flask, doc: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+    """Serve ``doc`` (built by :func:`document`) at ``/openapi.json``; a callable is called on
+    the first request and its document kept. The functions pass one: building a document
+    (the JSON Schemas of every type) takes 20-150 ms, which a cold start should not pay."""
+    app.extensions[EXTENSION_KEY] = _Lazy(doc)
+
+
+def served(app: Flask) -> dict[str, Any] | None:
+    """The document :func:`attach` gave ``app`` (built now if it was not yet), or None."""
+    lazy = app.extensions.get(EXTENSION_KEY)
+    return None if lazy is None else lazy.get()
+
+
+class _Lazy:
+    def __init__(self, doc: dict[str, Any] | Callable[[], dict[str, Any]]):
+        self._doc = doc
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[str, Any]:
+        with self._lock:
+            if callable(self._doc):
+                self._doc = self._doc()
+            return self._doc

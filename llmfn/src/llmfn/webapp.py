@@ -19,7 +19,7 @@ from . import errors
 from .auth import BearerAuth, KeyLimiter
 from .errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from .metrics import HTTPMetrics
-from .openapi import EXTENSION_KEY as OPENAPI_KEY
+from . import openapi
 from .origin import KEY_ID_KEY
 from .protocol import Request, decode, to_builtins
 from .shapes import ModelCard, ModelList
@@ -133,7 +133,7 @@ def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
     public(app, "/metrics", "metrics", prometheus)
 
     def openapi_document():  # the function's, set by llmfn.openapi.attach
-        doc = app.extensions.get(OPENAPI_KEY)
+        doc = openapi.served(app)
         if doc is None:
             raise errors.NotFound("Unknown URL: no such route.")
         return jsonify(doc)
