@@ -33,13 +33,23 @@ import requests
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 
-from bench.common import (HOST, REPO_ROOT, STATE, figure_footer, free_port,
-                          gunicorn_server, log, machine_line, percentile, save_figure)
+from bench.common import (
+    HOST,
+    REPO_ROOT,
+    STATE,
+    figure_footer,
+    free_port,
+    gunicorn_server,
+    log,
+    machine_line,
+    percentile,
+    save_figure,
+)
 from scripts import services
 
 AUDIT_DIR = REPO_ROOT / "functions" / "audit"
 TYPE = "dev.llmfn.inference.completed.v1"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def record(i: int, t: dt.datetime, rng: random.Random) -> dict:

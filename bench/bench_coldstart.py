@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import re
 import resource
@@ -38,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import io
 import time
 from pathlib import Path
 

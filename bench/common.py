@@ -14,9 +14,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from scripts import procs  # the server processes (stdlib only, like this module)
 from scripts.doc_sections import update_doc_section  # noqa: F401  (each bench's own section)

@@ -260,6 +260,7 @@ class Gbnf:
 
     def __init__(self, vocab_path: Path):
         import ctypes
+
         import llama_cpp as L
 
         self.L, self.ct = L, ctypes

@@ -213,7 +213,7 @@ class AuditUser(_Base):
     @task
     def event(self):
         def send():
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             data = {"request_id": f"load-{uuid.uuid4().hex}", "function": "generate",
                     "model": "load-test", "model_sha256": "ab" * 32, "service": "load",
                     "revision": "load-00001", "endpoint": "/v1/chat/completions",

@@ -59,7 +59,7 @@ class Stack:
         ports = {n: int(os.environ.get(env, default)) for n, (env, default) in FUNCTIONS.items()}
         self.urls = {n: f"http://{HOST}:{p}" for n, p in ports.items()}
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         if all(ready(u) for u in self.urls.values()):
             log(f"using the running stack: {self.urls}")
             return self

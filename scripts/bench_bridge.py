@@ -184,6 +184,7 @@ def main() -> None:
     runs = max(1, min(args.runs, 50))
 
     from asgiref.wsgi import WsgiToAsgi
+
     from llmfn.asgi import WSGIBridge
 
     results = {}

@@ -47,10 +47,11 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
@@ -92,7 +93,7 @@ class Event:
     def get(self, name: str) -> str | None:
         return self.attrs.get(name)
 
-    def replace(self, drop: Iterable[str] = (), **values: Any) -> "Event":
+    def replace(self, drop: Iterable[str] = (), **values: Any) -> Event:
         dropped = set(drop)
         attrs = {k: v for k, v in self.attrs.items() if k not in dropped}
         attrs.update({k: str(v) for k, v in values.items()})
@@ -111,7 +112,7 @@ class Event:
         return "ce-specversion" in lower or _media(lower) in (STRUCTURED, BATCH)
 
     @classmethod
-    def from_http(cls, headers: Mapping[str, str], body: bytes) -> "Event":
+    def from_http(cls, headers: Mapping[str, str], body: bytes) -> Event:
         """Binary or structured mode; :class:`BadEvent` says why not."""
         lower = {k.lower(): v for k, v in headers.items()}
         media = _media(lower)
@@ -223,7 +224,7 @@ class Trigger:
     """One Trigger: ``filters`` (Knative's SQL-less dialect, all must match), else the legacy
     exact-match ``attributes``; ``subscriber`` is a URL or a callable (an exception = 500)."""
     name: str
-    subscriber: "str | Callable[[Event], None]"
+    subscriber: str | Callable[[Event], None]
     filters: list[dict] = field(default_factory=list)
     attributes: dict[str, str] | None = None
     delivery: Delivery = field(default_factory=Delivery)
@@ -367,7 +368,7 @@ def replies_trigger(path: str | Path) -> Trigger:
 
 # -- the broker --------------------------------------------------------------------------------
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
 
 
@@ -380,7 +381,7 @@ def _retry_after_s(value: str | None) -> float:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
     except (TypeError, ValueError):
         return 0.0
 
@@ -445,7 +446,7 @@ class Broker:
     def running(self) -> bool:
         return self._server_thread is not None and self._server_thread.is_alive()
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         self._server = ThreadingHTTPServer((self.host, self.port), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -463,7 +464,7 @@ class Broker:
                  "; ".join(f"{q.trigger.name} -> {q.trigger.target}" for q in self.queues))
         return self
 
-    def __enter__(self) -> "Broker":
+    def __enter__(self) -> Broker:
         return self.start()
 
     def __exit__(self, *exc) -> None:

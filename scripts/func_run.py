@@ -30,8 +30,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts import procs, services
-from scripts import run  # the local values and the model upload of `make run`
+from scripts import (
+    procs,
+    run,  # the local values and the model upload of `make run`
+    services,
+)
 
 ROOT = services.REPO_ROOT
 STATE = ROOT / ".state"

@@ -295,7 +295,7 @@ def deltas(a: np.ndarray, b: np.ndarray, top_k: int = TOP_K) -> tuple[float, flo
     return float(diff[top].max()), float(diff.max())
 
 
-def last_word_changed(model: "Evaluator", tokens: list[int]) -> tuple[int, list[int]]:
+def last_word_changed(model: Evaluator, tokens: list[int]) -> tuple[int, list[int]]:
     """A negative control: ``tokens`` with the last token of the user's text (the prompt's last
     token, or for a chat the one before its final punctuation and end of turn) replaced by the
     next token id. Returns the position and the new tokens."""

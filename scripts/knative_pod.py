@@ -97,7 +97,7 @@ def render_services(kdir: Path = ROOT / "deploy") -> dict[str, dict]:
     return services([d for d in yaml.safe_load_all(proc.stdout) if d])
 
 
-def revision_specs(kdir: Path = ROOT / "deploy") -> dict[str, "RevisionSpec"]:
+def revision_specs(kdir: Path = ROOT / "deploy") -> dict[str, RevisionSpec]:
     """name -> :class:`RevisionSpec` of each Knative Service ``kustomize build kdir`` renders:
     what every pod here (tests, benchmark, ``make run KNATIVE=1``) configures queue-proxy from."""
     return {name: RevisionSpec.from_service(svc) for name, svc in render_services(kdir).items()}
@@ -116,7 +116,7 @@ class RevisionSpec:
     full_duplex: bool = False  # features.knative.dev/http-full-duplex: Enabled on the template
 
     @classmethod
-    def from_service(cls, svc: dict) -> "RevisionSpec":
+    def from_service(cls, svc: dict) -> RevisionSpec:
         spec = svc["spec"]["template"]["spec"]
         annotations = svc["spec"]["template"].get("metadata", {}).get("annotations", {})
         (container,) = spec["containers"]
@@ -337,7 +337,7 @@ class Pod:
     def direct_url(self) -> str:
         return self.fn.url
 
-    def start(self) -> "Pod":
+    def start(self) -> Pod:
         """Start both containers together (as the kubelet does); returns at once."""
         self.queue.start()
         self.fn.start()
@@ -399,7 +399,7 @@ class Pod:
             if self._own_netns:
                 self.netns.delete()
 
-    def __enter__(self) -> "Pod":
+    def __enter__(self) -> Pod:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -415,7 +415,9 @@ class LocalService:
 
     def __init__(self, function: str, spec: RevisionSpec, *, host: str, port: int,
                  log_dir: Path):
-        from scripts.tcp_throttle import Throttle  # scripts/tcp_throttle.py: a plain relay at rate 0
+        from scripts.tcp_throttle import (
+            Throttle,  # scripts/tcp_throttle.py: a plain relay at rate 0
+        )
 
         self._relay = Throttle
         self.function, self.spec, self.host, self.port = function, spec, host, port
@@ -447,7 +449,7 @@ class LocalService:
         return (f"{self.pod.fn.log_tail(n_bytes)}\n--- queue-proxy\n"
                 f"{self.pod.queue.log_tail(n_bytes // 2)}")
 
-    def start(self, env: dict[str, str]) -> "LocalService":
+    def start(self, env: dict[str, str]) -> LocalService:
         """Start the pod with the function's ``env`` and publish its queue-proxy."""
         try:
             relay = self._relay(upstream=(self.netns.pod_addr, QUEUE_PORT), host=self.host,

@@ -24,8 +24,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -143,7 +143,7 @@ class ServerProcess:
     def environ(self) -> dict[str, str]:
         return {**os.environ, **self.env}
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         """Start the process (returns at once; then :meth:`wait_ready`). No-op while running."""
         if self.running:
             return self

@@ -34,7 +34,6 @@ from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from llmfn.contract import Local, discover
-
 from scripts import broker, knative_pod, procs, services, upload_model
 from scripts.model_files import smollm2_path
 

@@ -60,7 +60,7 @@ class _Service(ServerProcess):
     def binary(self) -> Path:
         return self.bin_dir / self.name
 
-    def start(self) -> "_Service":
+    def start(self) -> _Service:
         """Start the process (returns at once; call :meth:`wait_ready`)."""
         if self.running:
             return self

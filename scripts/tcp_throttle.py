@@ -39,11 +39,11 @@ class Throttle:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "Throttle":
+    def start(self) -> Throttle:
         self._thread.start()
         return self
 
-    def __enter__(self) -> "Throttle":
+    def __enter__(self) -> Throttle:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -14,13 +14,22 @@ import pymongo
 import pytest
 import requests
 from cloudevents.core.v1.event import CloudEvent
+
 from llmfn.events import INFERENCE_COMPLETED
+from tests.support.audit import (
+    audit_env,
+    count,
+    deliveries,
+    encode,
+    inference_data,
+    load_audit,
+    make_event,
+    start_func_python,
+    start_gunicorn,
+    unique_db,
+)
 
-from tests.support.audit import (audit_env, count, deliveries, encode, inference_data,
-                                 load_audit, make_event, start_func_python, start_gunicorn,
-                                 unique_db)
-
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def label_counts(data: list[dict]) -> dict:

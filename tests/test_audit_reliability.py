@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from scripts import services
-from tests.support.stack import started
 from tests.support.audit import audit_env, count, encode, make_event, start_gunicorn, unique_db
+from tests.support.stack import started
 
 RESEND_DEADLINE_S = 60.0
 
@@ -34,7 +34,7 @@ def test_database_outage_then_recovery(own_ferretdb, tmp_path):
     db = unique_db()
     proc = start_gunicorn(tmp_path, audit_env(own_ferretdb.uri, db, RETRY_AFTER_S="2"))
     try:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         first = [make_event(i, now) for i in range(1, 11)]
         second = [make_event(i, now) for i in range(11, 21)]
         assert all(_post(proc.url, ev).status_code == 200 for ev in first)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.audit import load_audit, unique_db
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 4, 10, 15, 30, tzinfo=UTC)
 
 

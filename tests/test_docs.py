@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import config_table
 from llmfn.settings import describe
+from scripts import config_table
 from scripts.procs import REPO_ROOT as ROOT
 
 # Top-level folders whose paths the pages name; a path under one of them must exist.
@@ -261,10 +261,7 @@ def port_owners() -> dict[int, set[str]]:
     """Port -> who listens on it: scripts/run.py's map (the local broker and the functions),
     MinIO and FerretDB (scripts/services.py), queue-proxy's fixed ports in a pod
     (scripts/knative_pod.py), whose function listens on 8080 as the broker does locally."""
-    from scripts import broker
-    from scripts import knative_pod
-    from scripts import run
-    from scripts import services
+    from scripts import broker, knative_pod, run, services
     owners = {port: {name} for name, (_env, port, _key) in run.FUNCTIONS.items()}
     owners[broker.DEFAULT_PORT] = {"broker"}
     for cls, name in ((services.MinioServer, "minio"), (services.FerretDBServer, "ferretdb")):

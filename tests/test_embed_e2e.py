@@ -18,8 +18,8 @@ from openai import OpenAI
 
 from scripts import procs
 from scripts.procs import REPO_ROOT as ROOT
-from tests.support.calls import WAIT_S, embed
 from scripts.upload_model import upload
+from tests.support.calls import WAIT_S, embed
 
 BUCKET, KEY = "models", "all-minilm-l6-v2-f16.gguf"
 MODEL = "all-minilm-l6-v2-f16"

@@ -37,7 +37,7 @@ class Consumer:
     __name__ = "test-consumer"
 
     def __init__(self):
-        self.events: "queue.Queue[local_broker.Event]" = queue.Queue()
+        self.events: queue.Queue[local_broker.Event] = queue.Queue()
 
     def __call__(self, event) -> None:
         self.events.put(event)
@@ -100,7 +100,7 @@ def pipeline(minio, ferretdb, tmp_path_factory):
 
 def request_event(kind: str, data: dict, **attrs) -> CloudEvent:
     return CloudEvent({"type": kind, "source": "/test/pipeline", "id": uuid.uuid4().hex,
-                       "time": dt.datetime.now(dt.timezone.utc),
+                       "time": dt.datetime.now(dt.UTC),
                        "datacontenttype": "application/json", **attrs}, data)
 
 

@@ -13,14 +13,20 @@ import numpy as np
 import pymongo
 import pytest
 import requests
-from cloudevents.core.bindings.http import (HTTPMessage, from_http_event, to_binary_event,
-                                            to_structured_event)
+from cloudevents.core.bindings.http import (
+    HTTPMessage,
+    from_http_event,
+    to_binary_event,
+    to_structured_event,
+)
 from cloudevents.core.v1.event import CloudEvent
 
-from scripts import procs
-from scripts import run  # scripts/run.py: the models and S3 keys of `make run`
-from tests.support.audit import start_gunicorn as start_audit
+from scripts import (
+    procs,
+    run,  # scripts/run.py: the models and S3 keys of `make run`
+)
 from tests.support.audit import audit_env, unique_db
+from tests.support.audit import start_gunicorn as start_audit
 from tests.support.calls import ANSWER, embed
 from tests.support.models import upload_function_models
 
@@ -66,7 +72,7 @@ def stack(minio, ferretdb, tmp_path_factory):
 
 def request_event(kind: str, data: dict, **attrs) -> CloudEvent:
     return CloudEvent({"type": kind, "source": "/test/producer", "id": uuid.uuid4().hex,
-                       "time": dt.datetime(2026, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc),
+                       "time": dt.datetime(2026, 5, 6, 7, 8, 9, tzinfo=dt.UTC),
                        "datacontenttype": "application/json", **attrs}, data)
 
 

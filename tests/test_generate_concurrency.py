@@ -16,9 +16,9 @@ import requests
 from openai import OpenAI
 
 from scripts import procs
+from scripts.kernel_noise import CLEAR_PROMPTS
 from scripts.model_files import smollm2_path
 from scripts.procs import ServerProcess
-from scripts.kernel_noise import CLEAR_PROMPTS
 
 SLOTS = 4
 WAIT_S = 120

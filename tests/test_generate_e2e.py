@@ -19,12 +19,11 @@ import pytest
 import requests
 from openai import OpenAI
 
+from llmfn.weights import cache_path
 from scripts import procs
 from scripts.model_files import smollm2_path
-from tests.support.calls import ANSWER, CLEAR, QUESTION, WAIT_S, chat
 from scripts.upload_model import upload
-
-from llmfn.weights import cache_path
+from tests.support.calls import ANSWER, CLEAR, QUESTION, WAIT_S, chat
 
 BUCKET, KEY = "models", "smollm2-135m-instruct-q4_1.gguf"
 # Margins: the smallest lead of each asserted token, over kernel paths and CPU variants.

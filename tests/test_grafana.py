@@ -27,7 +27,6 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.procs import REPO_ROOT as ROOT
-
 from tests.support import stack
 
 GRAFANA = ROOT / "deploy" / "grafana" / "llmfn.json"

@@ -14,9 +14,16 @@ import pytest
 from scripts import knative_pod
 from tests.support import kustomize
 from tests.support.kn_validate import AUTOSCALER_CM, CLUSTER, EVENTING_FLAG_CM, ROOT, validate
-from tests.support.manifests import (FUNCTIONS, NO_RETRY_AFTER, REQUESTREPLY_YAML, load_docs,
-                                     SETTING_DEFAULTS, load_func, patch_for,
-                                     service_setting)
+from tests.support.manifests import (
+    FUNCTIONS,
+    NO_RETRY_AFTER,
+    REQUESTREPLY_YAML,
+    SETTING_DEFAULTS,
+    load_docs,
+    load_func,
+    patch_for,
+    service_setting,
+)
 
 SERVING, EVENTING = "kn-validate-serving", "kn-validate-eventing"
 EVENTING_KINDS = ("Broker", "Trigger", "SinkBinding")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import time
 import uuid
@@ -208,7 +207,7 @@ def test_audit(runs, ferretdb):
     assert_installed_offline(fn, "pymongo")
     event = json.loads(FIXTURE.read_text())["data"]
     event["request_id"] = uuid.uuid4().hex
-    event["time"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    event["time"] = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     event_id, source = f"func-invoke-{uuid.uuid4().hex}", "/tests/func-invoke"
     invoke("audit", fn.url + "/", "--format", "cloudevent", "--type", INFERENCE_COMPLETED,
            "--source", source, "--id", event_id, "--data", json.dumps(event))

@@ -24,8 +24,7 @@ import requests
 
 from scripts import knative_pod
 from tests.support import kustomize
-from tests.support.queueproxy import (record, function_env, metric, percentile, revision_spec,
-                                      stream)
+from tests.support.queueproxy import function_env, metric, percentile, record, revision_spec, stream
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_EOS = {"0": -100, "1": -100, "2": -100}  # SmolLM2's end-of-generation tokens

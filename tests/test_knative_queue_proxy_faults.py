@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from scripts import knative_pod, procs
-from tests.support.queueproxy import record, function_env, revision_spec, stream
+from tests.support.queueproxy import function_env, record, revision_spec, stream
 
 START_TIMEOUT_S = 1  # responseStartTimeoutSeconds, shortened below the prefill below
 HEARTBEAT_S = 0.25  # SSE_HEARTBEAT_S, below it as 5 s is below the manifest's 300 s

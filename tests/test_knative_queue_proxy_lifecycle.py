@@ -33,11 +33,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts import knative_pod
-from scripts import run  # scripts/run.py: S3 keys of `make run`
+from scripts import (
+    knative_pod,
+    run,  # scripts/run.py: S3 keys of `make run`
+)
 from scripts.tcp_throttle import Throttle
 from tests.support.models import upload_function_models
-from tests.support.queueproxy import REPORT, record, function_env, revision_spec, stream
+from tests.support.queueproxy import REPORT, function_env, record, revision_spec, stream
 
 COLD_RUNS = 1  # starts, each seen direct and through queue-proxy; the first one throttled
 # MinIO through the relay at this many bytes/s per connection: SmolLM2's 12 ranges of 8 MiB,

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-from scripts import procs
-from scripts import run  # scripts/run.py: the models, S3 keys and function environments of `make run`
 from load import run_load
+from scripts import (
+    procs,
+    run,  # scripts/run.py: the models, S3 keys and function environments of `make run`
+)
 from tests.support.audit import unique_db
 from tests.support.models import upload_function_models
 

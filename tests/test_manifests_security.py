@@ -9,7 +9,6 @@ import copy
 
 import pytest
 
-from tests.support.manifest_schemas import crd_errors
 from tests.support.manifest_rules import (
     containerfile_errors,
     func_secret_errors,
@@ -17,6 +16,7 @@ from tests.support.manifest_rules import (
     networkpolicy_errors,
     text_secret_errors,
 )
+from tests.support.manifest_schemas import crd_errors
 from tests.support.manifests import (
     FUNCTIONS,
     MODEL_FUNCTIONS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Literal, Optional
+from typing import Literal
 
 import jsonschema
 import pytest
@@ -48,7 +48,7 @@ class Order(BaseModel):
 
 class Book(BaseModel):
     title: str = Field(max_length=40)
-    subtitle: Optional[str] = Field(max_length=40)
+    subtitle: str | None = Field(max_length=40)
     tags: list[Literal["fiction", "history", "science"]] = Field(max_length=3)
 
 

@@ -280,7 +280,7 @@ def total(values) -> float:
 
 def test_dashboard_charts_the_events_sent_and_filters(servers, watch):
     audit = servers["audit"]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     events = dashboard_events(now)
     for i, data in enumerate(events, start=1):
         headers, body = encode(make_event(i, now, source="/pages-test", **data), "binary")

@@ -128,7 +128,7 @@ def test_no_key_or_secret_in_logs_bodies_or_events(tmp_path, tiny_model, minio):
                 texts.append(r.text)
 
             audit.wait_listening(DEADLINE_S)
-            headers, data = encode(make_event(1, dt.datetime.now(dt.timezone.utc)), "binary")
+            headers, data = encode(make_event(1, dt.datetime.now(dt.UTC)), "binary")
             r = requests.post(f"{audit.url}/", headers=headers, data=data, timeout=30)
             assert r.status_code == 503, r.text  # the database is down: retried later
             texts.append(r.text)

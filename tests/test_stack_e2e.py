@@ -15,8 +15,10 @@ import pymongo
 import pytest
 import requests
 
-from scripts import procs
-from scripts import run  # scripts/run.py: the models, S3 keys and function environments of `make run`
+from scripts import (
+    procs,
+    run,  # scripts/run.py: the models, S3 keys and function environments of `make run`
+)
 from scripts.procs import ServerProcess
 from tests.support.audit import count, unique_db
 from tests.support.calls import ANSWER, chat, embed

@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+
 @pytest.fixture
 def s3(minio):
     """A boto3 S3 client for the session MinIO."""

@@ -3,13 +3,17 @@ event (Knative's data plane), ids derived from the request so a redelivery is th
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 
 import pytest
-from cloudevents.core.bindings.http import (HTTPMessage, from_http_event, to_binary_event,
-                                            to_structured_event)
+from cloudevents.core.bindings.http import (
+    HTTPMessage,
+    from_http_event,
+    to_binary_event,
+    to_structured_event,
+)
 from cloudevents.core.v1.event import CloudEvent
+
 from llmfn import event_requests, routes
 from llmfn.contract import FunctionSpec, RequestEvent, Worker
 from llmfn.errors import InvalidRequest, NotReady, QueueFull
@@ -19,7 +23,7 @@ from tests.support.eventsink import running_receiver
 EMBED = "dev.llmfn.embeddings.requested.v1"
 COMPLETE = "dev.llmfn.completion.requested.v1"
 CORRELATION = "8f1e:QmFzZTY0L2VuY3J5cHRlZD09:2"  # RequestReply's <id>:<encrypted id>:<replica>
-TIME = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+TIME = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 
 
 class FakeAPI(Worker):
@@ -125,7 +129,7 @@ def test_created_falls_back_to_the_broker_arrival_time(served):
     msg = to_binary_event(event)
     headers = {k: v for k, v in msg.headers.items() if k != "ce-time"}
     resp = served[1].post("/", headers=headers, data=msg.body)
-    arrival = dt.datetime(2026, 3, 4, 5, 6, 8, tzinfo=dt.timezone.utc)
+    arrival = dt.datetime(2026, 3, 4, 5, 6, 8, tzinfo=dt.UTC)
     assert reply_of(resp).get_data()["created"] == int(arrival.timestamp())
     assert reply_of(resp).get_extension("knativearrivaltime") is None  # the Broker's own
 

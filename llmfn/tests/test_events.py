@@ -12,10 +12,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from llmfn.events import (INFERENCE_COMPLETED, TYPE_PREFIX, EventEmitter, InferenceRecord,
-                          event_source, validate_inference_data)
+from llmfn.events import (
+    INFERENCE_COMPLETED,
+    TYPE_PREFIX,
+    EventEmitter,
+    InferenceRecord,
+    event_source,
+    validate_inference_data,
+)
 from llmfn.settings import EventSettings, SettingsError, build
-from tests.support.eventsink import WAIT_S, Receiver, running_receiver
+from tests.support.eventsink import WAIT_S, running_receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"

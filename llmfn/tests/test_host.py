@@ -3,12 +3,11 @@ import functools
 import threading
 import time
 
-from scripts import upload_model
-
 from llmfn.host import ModelHost, model_id, prefetch, preload, same_loader, start_model_early
 from llmfn.metrics import Metrics
 from llmfn.settings import Settings
 from llmfn.weights import sha256_file
+from scripts import upload_model
 
 WAIT_S = 30
 

@@ -8,11 +8,10 @@ import pytest
 from flask import Flask
 
 from llmfn import pages
-from llmfn.contract import Page
 from llmfn.auth import BearerAuth
+from llmfn.contract import Page
 from llmfn.metrics import HTTPMetrics
 from llmfn.webapp import create_base_app, public
-
 
 PLAYGROUND = {name: Page("/", pages.STATIC / f"{name}.html", "playground")
               for name in ("generate", "embed")}

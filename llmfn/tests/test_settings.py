@@ -3,9 +3,15 @@ import dataclasses
 
 import pytest
 
+from llmfn.settings import (
+    ServerSettings,
+    Settings,
+    SettingsError,
+    build,
+    check_templates,
+    with_defaults,
+)
 from scripts import config_table  # scripts/config_table.py: every settings class of the project
-from llmfn.settings import (ServerSettings, Settings, SettingsError, build, check_templates,
-                            with_defaults)
 
 
 def test_defaults_and_overrides():

@@ -15,7 +15,6 @@ import pytest
 
 from llmfn import settings, weights
 from llmfn.weights import FetchResult, WeightsError
-
 from scripts import upload_model
 
 CHUNK = 5 * 1024 * 1024  # the smallest S3 part size
@@ -182,6 +181,7 @@ def test_missing_bucket(tmp_path, s3):
 
 def test_unreachable_endpoint(tmp_path, monkeypatch):
     import boto3
+
     from scripts import services
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")  # credentials, so that the request is sent
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pymongo
 from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
-from llmfn.events import INFERENCE_COMPLETED
 
+from llmfn.events import INFERENCE_COMPLETED
 from scripts.packages import load_package
 
 ROOT = Path(__file__).resolve().parents[2]

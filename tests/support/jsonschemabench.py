@@ -19,9 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmfn.errors import InvalidRequest
-
 from function import constraint, schema_rules
+from llmfn.errors import InvalidRequest
 
 SEPARATORS = constraint.SEPARATORS
 

@@ -1,7 +1,7 @@
 """Started function runtimes for a function's own tests, stopped at teardown."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from flask.testing import FlaskClient
 

@@ -34,7 +34,7 @@ class Functions:
         for proc in self.started.values():
             proc.wait_ready(deadline_s)
 
-    def __enter__(self) -> "Functions":
+    def __enter__(self) -> Functions:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,6 +7,7 @@ a 401. With ``API_KEYS`` set, the KPI queries need a key.
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
+
 from llmfn import openapi
 from llmfn.ce_http import InvalidEvent, decode_http
 from llmfn.runtime import BaseRuntime

@@ -22,8 +22,8 @@ import datetime as dt
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable
 
 from . import rollup
 from .ledger import Ledger

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from . import ledger, rollup
 from .ledger import Ledger

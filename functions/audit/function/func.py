@@ -7,7 +7,7 @@ llmfn builds the runtime, ``new()`` and gunicorn's app (``wsgi.py``) from it.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from llmfn import runtime
 from llmfn.contract import FunctionSpec, Local, Page

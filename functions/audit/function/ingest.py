@@ -11,10 +11,12 @@ import base64
 import datetime as dt
 import json
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import bson
 from bson.errors import InvalidDocument
+
 from llmfn.ce_http import InvalidEvent
 from llmfn.errors import APIError
 from llmfn.events import INFERENCE_COMPLETED, validate_inference_data
@@ -96,7 +98,7 @@ def event_document(event, data: dict, received_at: dt.datetime) -> dict:
     """The stored form: data fields at top level, `time` as a date, attributes under `ce`."""
     doc = {k: v for k, v in data.items() if k not in RESERVED}
     doc.update(_id=event_key(event.get_source(), event.get_id()), ce=_attributes_doc(event),
-               time=dt.datetime.fromisoformat(data["time"]).astimezone(dt.timezone.utc),
+               time=dt.datetime.fromisoformat(data["time"]).astimezone(dt.UTC),
                error=int(data.get("status", 0) >= 400), received_at=received_at)
     return doc
 
@@ -138,7 +140,7 @@ class Ingestor:
     def __init__(self, store: AuditStore, metrics, committer: Committer, *,
                  validators: Mapping[str, Callable[[Any], list[str]]] = KNOWN_TYPES,
                  retry_after_s: int = 2, wait_s: float = 30.0,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
         self.store = store
         self.metrics = metrics
         self.committer = committer

@@ -13,12 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from . import rollup
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DEFAULT_WINDOW = dt.timedelta(hours=24)
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

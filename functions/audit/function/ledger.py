@@ -20,7 +20,7 @@ persisted changes, and outside this module they have the names of the functions 
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from . import rollup
 

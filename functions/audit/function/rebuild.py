@@ -22,7 +22,7 @@ def main() -> int:
     store = AuditStore(settings)
     t0 = time.perf_counter()
     try:
-        n = Rollups(store, settings, clock=lambda: dt.datetime.now(dt.timezone.utc)).rebuild()
+        n = Rollups(store, settings, clock=lambda: dt.datetime.now(dt.UTC)).rebuild()
     finally:
         store.close()
     print(f"rebuilt the rollups of {n} events in {time.perf_counter() - t0:.1f} s")

@@ -37,7 +37,8 @@ import datetime as dt
 import json
 import math
 import secrets
-from typing import Iterable, Mapping, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 GAMMA = 2 ** (1 / 8)
 RELATIVE_ERROR = math.sqrt(GAMMA) - 1  # 0.044
@@ -107,7 +108,7 @@ class CellKey(NamedTuple):
     start_s: int  # epoch seconds, a multiple of resolution_s
     resolution_s: int  # the interval's length: MINUTE_S or HOUR_S
 
-    def coarsened(self, resolution_s: int) -> "CellKey":
+    def coarsened(self, resolution_s: int) -> CellKey:
         """The key of the coarser cell (a multiple of this resolution) holding this one."""
         return self._replace(start_s=self.start_s // resolution_s * resolution_s,
                              resolution_s=resolution_s)
@@ -161,7 +162,7 @@ class Cell:
              bounded=True)
         _add(self.key_ids, label(doc.get("key_id")), bounded=True)
 
-    def merge(self, other: "Cell") -> None:
+    def merge(self, other: Cell) -> None:
         """Add ``other`` to this cell (counts, sums, histograms and label counts)."""
         for name in _SUMS:
             setattr(self, name, getattr(self, name) + getattr(other, name))

@@ -9,12 +9,13 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from llmfn.contract import Worker
 from llmfn.errors import InvalidRequest
 from llmfn.metrics import HTTPMetrics
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from . import kpis
 from .commit import Committer
@@ -69,7 +70,7 @@ class AuditService(Worker):
 
     def __init__(self, settings: AuditSettings, *, retry_after_s: int = 2,
                  store: AuditStore | None = None, metrics: AuditMetrics | None = None,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
         self.settings = settings
         self.store = store or AuditStore(settings)
         self.metrics = metrics or AuditMetrics()

@@ -6,12 +6,13 @@ llmfn's ``ServerSettings``, shared with generate and embed; audit gives them its
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from llmfn.settings import SettingsError, build, setting
 from pymongo.errors import ConfigurationError
 from pymongo.uri_parser import parse_uri
+
+from llmfn.settings import SettingsError, build, setting
 
 FUNCTION = "audit"
 
@@ -61,7 +62,7 @@ class AuditSettings:
                                    "buckets one timeseries query may return", lo=1)
 
     @classmethod
-    def from_mapping(cls, env: Mapping[str, str]) -> "AuditSettings":
+    def from_mapping(cls, env: Mapping[str, str]) -> AuditSettings:
         """Build from ``env`` (unknown keys ignored; errors name the key)."""
         settings = build(cls, env)
         check_mongodb_uri(settings.mongodb_uri)

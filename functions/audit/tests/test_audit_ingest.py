@@ -3,14 +3,14 @@ import datetime as dt
 import json
 
 import pytest
+from audit_function import ingest
+from audit_function.store import event_key
 from cloudevents.core.v1.event import CloudEvent
+
 from llmfn.ce_http import InvalidEvent
 from llmfn.events import INFERENCE_COMPLETED
 
-from audit_function import ingest
-from audit_function.store import event_key
-
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def data(**kw):

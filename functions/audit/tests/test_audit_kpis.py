@@ -1,10 +1,9 @@
 import datetime as dt
 
 import pytest
-
 from audit_function import kpis, rollup
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
 

@@ -5,7 +5,7 @@ import datetime as dt
 
 from audit_function import ledger, rollup
 
-T0 = dt.datetime(2026, 1, 2, 12, 0, 30, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 2, 12, 0, 30, tzinfo=dt.UTC)
 
 
 class MemoryStore:

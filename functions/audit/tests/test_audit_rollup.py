@@ -6,10 +6,9 @@ import math
 import random
 
 import pytest
-
 from audit_function import rollup
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
 

@@ -10,17 +10,17 @@ import threading
 
 import httpx
 import pytest
-from func_python.http import ASGIApplication
-from llmfn.events import INFERENCE_COMPLETED
-
 from audit_function import new
 from audit_function.func import create_runtime
 from audit_function.service import AuditService
 from audit_function.settings import AuditSettings
-from tests.support.audit import encode, inference_data, make_event
-from scripts.hypercorn_thread import hypercorn_server
+from func_python.http import ASGIApplication
 
-NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+from llmfn.events import INFERENCE_COMPLETED
+from scripts.hypercorn_thread import hypercorn_server
+from tests.support.audit import encode, inference_data, make_event
+
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 def closed_port() -> int:

@@ -1,7 +1,7 @@
 import pytest
-from llmfn.settings import SettingsError
-
 from audit_function.settings import AuditSettings
+
+from llmfn.settings import SettingsError
 
 
 def test_defaults():

@@ -3,9 +3,9 @@ is a 400 `invalid_event` (not retried), never a 500; no database needed to say s
 from __future__ import annotations
 
 import pytest
-from llmfn.events import INFERENCE_COMPLETED
-
 from audit_function.func import create_runtime
+
+from llmfn.events import INFERENCE_COMPLETED
 
 DEEP = b'{"a": ' * 50_000 + b"1" + b"}" * 50_000
 

@@ -7,12 +7,12 @@ import datetime as dt
 import json
 
 import msgspec
-
 from audit_function import kpis, protocol, rollup
 from audit_function.func import create_runtime
+
 from tests.support import openapi_routes
 
-NOW = dt.datetime(2026, 1, 2, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 2, 12, 0, tzinfo=dt.UTC)
 
 
 def test_openapi_document_matches_the_app():

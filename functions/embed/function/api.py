@@ -15,9 +15,9 @@ from flask import Flask
 
 from llmfn import openapi, routes
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
+from llmfn.model_runtime import Runtime
 from llmfn.origin import Origin
 from llmfn.protocol import to_builtins
-from llmfn.model_runtime import Runtime
 from llmfn.shapes import Usage
 
 from . import protocol, schema

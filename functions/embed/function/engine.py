@@ -21,7 +21,7 @@ from llmfn.settings import ModelSettings, SettingsError
 log = logging.getLogger(__name__)
 
 
-def load_embedder(path: str, model: ModelSettings) -> "Embedder":
+def load_embedder(path: str, model: ModelSettings) -> Embedder:
     """Load the GGUF at ``path`` in embedding mode (called by the ModelHost's loader thread).
 
     N_CTX is the per-input limit; the llama.cpp context holds a whole batch of sequences, so it

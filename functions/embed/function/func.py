@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from llmfn import runtime
 from llmfn.contract import FunctionSpec, Local, Page, RequestEvent

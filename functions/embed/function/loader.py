@@ -2,7 +2,7 @@
 the web stack is imported."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from llmfn.host import Loader
 

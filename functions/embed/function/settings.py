@@ -6,8 +6,8 @@ several sequences, so the llama.cpp batch is larger than one input).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from llmfn.settings import build, setting
 
@@ -37,5 +37,5 @@ class EmbedSettings:
                              "of answering 400")
 
     @classmethod
-    def from_mapping(cls, env: Mapping[str, str]) -> "EmbedSettings":
+    def from_mapping(cls, env: Mapping[str, str]) -> EmbedSettings:
         return build(cls, env)  # a key set to None is unset

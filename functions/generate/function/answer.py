@@ -13,10 +13,26 @@ from typing import Any, cast
 from llmfn.protocol import UNSET, Model, to_builtins
 
 from . import structured
-from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatLogprobs,
-                       ChatMessage, ChatTokenLogprob, ChunkChoice, Completion, CompletionChoice,
-                       CompletionChunk, CompletionLogprobs, CompletionUsage, Delta,
-                       FinishReason, FunctionCallOut, ToolCallDelta, ToolCallOut, TopLogprob)
+from .protocol import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatLogprobs,
+    ChatMessage,
+    ChatTokenLogprob,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionUsage,
+    Delta,
+    FinishReason,
+    FunctionCallOut,
+    ToolCallDelta,
+    ToolCallOut,
+    TopLogprob,
+)
 from .scheduler import Generation, Outcome, TokenLogprob
 
 

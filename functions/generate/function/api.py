@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from flask import Flask
 

@@ -36,7 +36,7 @@ JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separa
 SEPARATORS = (",", ":")  # the compact JSON the engine emits (the conformance test's too)
 
 
-def tokenizer_from_vocab(vocab, eog_tokens: list[int]) -> "llguidance.LLTokenizer":
+def tokenizer_from_vocab(vocab, eog_tokens: list[int]) -> llguidance.LLTokenizer:
     """llguidance's tokenizer of a llama.cpp vocabulary (about 1 s: build once per model).
     Every end-of-generation token ends the output, and only where the JSON is complete.
     As ``llguidance.llamacpp.lltokenizer_from_vocab`` (which calls a llama.cpp function
@@ -68,11 +68,11 @@ class Grammar:
     """One compiled schema: a matcher to copy per generation, and the validator of its
     answers (the post-decode safety net)."""
 
-    def __init__(self, key: str, schema, matcher: "llguidance.LLMatcher"):
+    def __init__(self, key: str, schema, matcher: llguidance.LLMatcher):
         self.key, self.schema, self._template = key, schema, matcher
         self.validator = schema_rules.validator(schema)
 
-    def matcher(self) -> "llguidance.LLMatcher":
+    def matcher(self) -> llguidance.LLMatcher:
         return self._template.deep_copy()
 
     def violation(self, text: str) -> str | None:
@@ -87,7 +87,7 @@ class Grammar:
         return f"{error.message[:200]} at #{''.join('/' + str(p) for p in error.path)}"
 
 
-def compile_matcher(tokenizer, schema) -> "llguidance.LLMatcher":
+def compile_matcher(tokenizer, schema) -> llguidance.LLMatcher:
     """The engine's matcher of ``schema`` (slow part of a compile); ValueError if it refuses."""
     grammar = llguidance.LLMatcher.grammar_from_json_schema(
         json.dumps(tighten_formats(disjoint_one_of(_as_object(schema)))),
@@ -238,7 +238,7 @@ def _pointers(schema, keyword: str, path: str = "#", out: list | None = None) ->
     return out
 
 
-def apply_mask(matcher: "llguidance.LLMatcher", row: np.ndarray) -> None:
+def apply_mask(matcher: llguidance.LLMatcher, row: np.ndarray) -> None:
     """Set the logits the matcher forbids next to -inf, in place (``row`` is the context's
     logits row of the slot: the sampler then only sees allowed tokens)."""
     bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)

@@ -57,7 +57,7 @@ def kv_bytes_per_cell(model) -> int:
     return n_layer * 2 * (n_embd // n_head) * n_head_kv * KV_BYTES_PER_VALUE
 
 
-def load_engine(path: str, model: ModelSettings, *, gen: GenerateSettings) -> "Engine":
+def load_engine(path: str, model: ModelSettings, *, gen: GenerateSettings) -> Engine:
     """Load the GGUF at ``path`` and make its context (called on the ModelHost's loader
     thread); fails with the arithmetic when weights + KV exceed the memory limit."""
     _check_batch(model, gen)
@@ -100,7 +100,7 @@ def _check_batch(model: ModelSettings, gen: GenerateSettings) -> None:
 class Engine:
     """One loaded model: its context, the chat template from the GGUF, and the tokenizer."""
 
-    def __init__(self, llm: "internals.LlamaModel", ctx: "internals.LlamaContext", *,
+    def __init__(self, llm: internals.LlamaModel, ctx: internals.LlamaContext, *,
                  n_ctx: int, slots: int, n_batch: int):
         self.llm = llm
         self.context = ctx

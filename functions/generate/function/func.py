@@ -5,12 +5,12 @@
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
+from llmfn import runtime
 from llmfn.contract import FunctionSpec, Local, Page, RequestEvent
 from llmfn.function import LLMFunction
 from llmfn.pages import STATIC
-from llmfn import runtime
 
 from . import api
 from .loader import make_loader

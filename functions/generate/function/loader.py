@@ -3,7 +3,7 @@ before the web stack is imported."""
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from collections.abc import Mapping
 
 from llmfn.host import Loader
 

@@ -38,8 +38,8 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import llama_cpp
 import numpy as np
@@ -67,7 +67,7 @@ class Outcome:
     generation_s: float = 0.0  # from getting a slot to the end
     text: str = ""
     logprob_sum: float = 0.0  # of the generated tokens (with logprobs): best_of ranks by it
-    tokens: list["TokenLogprob"] | None = None  # with logprobs: one per token of ``text``
+    tokens: list[TokenLogprob] | None = None  # with logprobs: one per token of ``text``
     deadline: bool = False  # ended by the request deadline (finish_reason "length")
 
 

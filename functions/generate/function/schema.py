@@ -15,8 +15,15 @@ from llmfn.errors import InvalidRequest
 
 from . import protocol, structured
 from .engine import Params
-from .protocol import (CHAT_PARAMETERS, COMPLETION_PARAMETERS, REJECTED_WHY,
-                       ChatCompletionRequest, CompletionRequest, Message, Sampling)
+from .protocol import (
+    CHAT_PARAMETERS,
+    COMPLETION_PARAMETERS,
+    REJECTED_WHY,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Message,
+    Sampling,
+)
 
 __all__ = ["CHAT_PARAMETERS", "COMPLETION_PARAMETERS", "REJECTED_WHY", "Request", "completion",
            "chat"]

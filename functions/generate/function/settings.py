@@ -4,8 +4,8 @@ with generate's defaults in :data:`DEFAULTS`.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from llmfn.settings import build, setting
 
@@ -29,5 +29,5 @@ class GenerateSettings:
                                        "\"Timeouts\"); 0 = none, s", lo=0)
 
     @classmethod
-    def from_mapping(cls, env: Mapping[str, str]) -> "GenerateSettings":
+    def from_mapping(cls, env: Mapping[str, str]) -> GenerateSettings:
         return build(cls, env)  # a key set to None is unset

@@ -5,6 +5,7 @@ import json
 import threading
 
 import pytest
+
 from function.engine import Params
 from function.scheduler import Generation
 

@@ -4,7 +4,6 @@ the app's routes; the types it names are the ones the code validates and answers
 from __future__ import annotations
 
 from function import protocol
-
 from tests.support import openapi_routes
 
 

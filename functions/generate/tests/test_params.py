@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+
 from function import schema
 from function.scheduler import log_softmax
-
 from scripts.kernel_noise import TINY_LOGIT_TOLERANCE, Evaluator, KernelPath
 
 CHAT = "/v1/chat/completions"

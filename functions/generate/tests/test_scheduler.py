@@ -19,9 +19,15 @@ from function.engine import Params, load_engine
 from function.scheduler import Generation, Scheduler, Text
 from function.settings import GenerateSettings
 from llmfn.settings import ModelSettings, SettingsError
+from scripts.kernel_noise import (
+    CLEAR_PROMPTS,
+    LOGIT_TOLERANCE,
+    TINY_CLEAR_PROMPTS,
+    TINY_LOGIT_TOLERANCE,
+    VOCAB_TOLERANCE,
+    deltas,
+)
 from scripts.model_files import smollm2_path
-from scripts.kernel_noise import (CLEAR_PROMPTS, LOGIT_TOLERANCE, TINY_CLEAR_PROMPTS,
-                                       TINY_LOGIT_TOLERANCE, VOCAB_TOLERANCE, deltas)
 
 WAIT_S = 120.0
 SLOTS = 4

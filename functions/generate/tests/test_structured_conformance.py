@@ -84,8 +84,8 @@ def test_a_dropped_bound_would_be_caught(tokenizer, tmp_path):
 def test_every_enforced_format_has_a_checker_and_the_masks_obey_it(tokenizer):
     """Each format the engine enforces is checked by jsonschema's FORMAT_CHECKER, and random
     strings drawn from the engine's masks all pass that checker."""
-    import random
     import json
+    import random
     checker = schema_rules.validator({}).FORMAT_CHECKER
     assert schema_rules.ENGINE_FORMATS <= set(checker.checkers), \
         schema_rules.ENGINE_FORMATS - set(checker.checkers)

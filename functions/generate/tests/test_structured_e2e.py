@@ -16,10 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from jsonschema.validators import validator_for
 from openai import OpenAI
 from pydantic import BaseModel, Field
-
-from jsonschema.validators import validator_for
 
 from function.func import create_runtime
 from scripts.model_files import smollm2_path

@@ -81,7 +81,7 @@ class BearerAuth:
         self._required = bool(keys)
 
     @classmethod
-    def from_settings(cls, server: ServerSettings) -> "BearerAuth":
+    def from_settings(cls, server: ServerSettings) -> BearerAuth:
         """Keys of `API_KEYS` and `API_KEYS_FILE` (SettingsError if the file is unreadable)."""
         env_keys = _clean([k.strip() for k in server.api_keys.split(",")])
         return cls(load_keys(server), env_keys=env_keys, key_file=server.api_keys_file)

@@ -7,7 +7,7 @@ mode (``application/cloudevents-batch+json``) is refused: Knative never delivers
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 from .errors import InvalidRequest
 

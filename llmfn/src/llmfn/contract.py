@@ -18,9 +18,10 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .settings import with_defaults
 
@@ -124,7 +125,7 @@ class FunctionSpec:
     accepts: tuple[str, ...] = ()
     """Other event types its ``POST /`` takes (audit: the inference event), for the Triggers."""
     page: Page | None = None
-    metrics: Callable[[], "HTTPMetrics"] | None = None
+    metrics: Callable[[], HTTPMetrics] | None = None
     """Its metrics' class when it has more than llmfn's (default: llmfn's, model metrics
     included for a model function)."""
     local: Local | None = None

@@ -34,7 +34,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, Response, request
 
@@ -62,7 +63,7 @@ class UnknownEventType(NotFound):
 
 
 def register(app: Flask, function: str, settings: EventSettings,
-             types: Mapping[str, RequestEvent]) -> "EventRequests":
+             types: Mapping[str, RequestEvent]) -> EventRequests:
     """Serve the request event ``types`` (a contract's ``events``) on ``POST /`` (public: the
     Broker sends no key); their routes' handlers must be on ``app`` already."""
     for kind in types.values():
@@ -86,7 +87,7 @@ def _created(event) -> int:
                 return int(dt.datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp())
             except ValueError:
                 continue
-    return int(dt.datetime.now(dt.timezone.utc).timestamp())
+    return int(dt.datetime.now(dt.UTC).timestamp())
 
 
 def _structured_attr(name: str) -> Any:
@@ -177,7 +178,7 @@ class EventRequests:
         attrs.update({"specversion": "1.0", "id": f"{digest[:32]}.r",
                       "source": self.function_source, "type": reply_type,
                       "datacontenttype": "application/json",
-                      "time": dt.datetime.now(dt.timezone.utc),
+                      "time": dt.datetime.now(dt.UTC),
                       "causationid": event.get_id(),
                       "correlationid": event.get_extension("correlationid") or event.get_id()})
         if event.get_subject():

@@ -28,7 +28,7 @@ import time
 import typing
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -57,7 +57,7 @@ _EXTENSION_NAME = re.compile(r"^[a-z0-9]+$")  # CloudEvents 1.0 "Attribute Namin
 
 def utc_now_rfc3339() -> str:
     """The current UTC time as RFC 3339 with millisecond precision and a ``Z`` suffix."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class InferenceRecord(Model, kw_only=True):
@@ -283,7 +283,7 @@ class EventEmitter:
         to those of ``K_CE_OVERRIDES``.
         """
         item = _Pending(event_type, dict(data), id or uuid.uuid4().hex, subject or None,
-                        datetime.now(timezone.utc), source,
+                        datetime.now(UTC), source,
                         tuple(sorted((extensions or {}).items())))
         with self._cond:
             if not self.enabled or self._closed:

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .contract import FunctionSpec
 from .runtime import BaseRuntime, build_runtime

@@ -37,13 +37,13 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from . import weights
 from .backoff import Backoff
-from .settings import (ModelSettings, ServerSettings, Settings, StorageSettings, build,
-                       with_defaults)
+from .settings import ModelSettings, ServerSettings, Settings, StorageSettings, build, with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Fetcher:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-fetch", daemon=True)
 
-    def start(self) -> "Fetcher":
+    def start(self) -> Fetcher:
         self.t_start = time.monotonic()
         self._thread.start()
         return self
@@ -198,7 +198,7 @@ class Preload:
         self.load_s = 0.0
         self._thread = threading.Thread(target=self._run, name="model-preload", daemon=True)
 
-    def start(self) -> "Preload":
+    def start(self) -> Preload:
         self._thread.start()
         return self
 

@@ -14,8 +14,8 @@ import logging
 import re
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

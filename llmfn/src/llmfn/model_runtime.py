@@ -10,9 +10,9 @@ import errno
 import logging
 from typing import Any
 
+from . import weights
 from .errors import NotReady
 from .events import EventEmitter, InferenceRecord
-from . import weights
 from .host import Loader, ModelHost
 from .metrics import Metrics
 from .origin import Origin

@@ -12,9 +12,10 @@ types are the validation and the document. The base app serves the result at
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from flask import Flask
 

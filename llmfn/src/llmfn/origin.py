@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 ORIGIN_KEY = "llmfn.origin"
 """WSGI environ key of the request's :class:`Origin` (set by the event route, else made here)."""
@@ -32,7 +32,7 @@ class Origin:
     """:func:`llmfn.auth.key_id` of the caller's bearer key; None without auth (or an event)."""
 
     @classmethod
-    def fresh(cls, key_id: str | None = None) -> "Origin":
+    def fresh(cls, key_id: str | None = None) -> Origin:
         return cls(uuid.uuid4().hex, int(time.time()), key_id=key_id)
 
 

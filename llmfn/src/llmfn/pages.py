@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from flask import Flask, Response, request
 from werkzeug.security import safe_join

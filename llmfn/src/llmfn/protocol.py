@@ -21,7 +21,8 @@ and a class's docstring become the document's descriptions. Checks that span fie
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect

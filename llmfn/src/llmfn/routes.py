@@ -14,8 +14,9 @@ both paths.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
@@ -23,8 +24,15 @@ from .auth import BearerAuth, KeyLimiter
 from .contract import FunctionSpec, Worker
 from .errors import InvalidSettings
 from .metrics import HTTPMetrics, Metrics
-from .settings import (EventSettings, ServerSettings, Settings, SettingsError, build,
-                       check_templates, environ_copy)
+from .settings import (
+    EventSettings,
+    ServerSettings,
+    Settings,
+    SettingsError,
+    build,
+    check_templates,
+    environ_copy,
+)
 from .webapp import INFLIGHT, create_base_app
 
 log = logging.getLogger(__name__)

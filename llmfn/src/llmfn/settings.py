@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -232,7 +233,7 @@ class Settings:
     events: EventSettings
 
     @classmethod
-    def from_mapping(cls, env: Mapping[str, str], **defaults: str) -> "Settings":
+    def from_mapping(cls, env: Mapping[str, str], **defaults: str) -> Settings:
         """Build from ``env``; ``defaults`` fill keys that ``env`` lacks (a function's own)."""
         merged = with_defaults(env, defaults)
         return cls(storage=build(StorageSettings, merged), model=build(ModelSettings, merged),

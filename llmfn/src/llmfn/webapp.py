@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import errors
+from . import errors, openapi
 from .auth import BearerAuth, KeyLimiter
 from .errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from .metrics import HTTPMetrics
-from . import openapi
 from .origin import KEY_ID_KEY
 from .protocol import Request, decode, to_builtins
 from .shapes import ModelCard, ModelList
@@ -149,7 +149,7 @@ def public(app: Flask, rule: str, endpoint: str, view: Callable, *,
     app.extensions[_PUBLIC].add(endpoint)
 
 
-def add_model_routes(app: Flask, host: "ModelHost") -> None:
+def add_model_routes(app: Flask, host: ModelHost) -> None:
     """``/v1/models`` and ``/v1/models/<id>``: the one model this process serves."""
     created = int(time.time())
 
@@ -164,7 +164,7 @@ def add_model_routes(app: Flask, host: "ModelHost") -> None:
         return jsonify(to_builtins(model_card(host, created)))
 
 
-def model_card(host: "ModelHost", created: int) -> ModelCard:
+def model_card(host: ModelHost, created: int) -> ModelCard:
     """One entry of /v1/models in OpenAI's shape."""
     return ModelCard(id=host.model_id, created=created)
 

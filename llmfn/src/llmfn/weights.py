@@ -36,10 +36,10 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from .backoff import Backoff
 from .settings import StorageSettings
@@ -318,7 +318,7 @@ class _Download:
     """
 
     def __init__(self, client, bucket: str, key: str, fd: int, size: int, etag: str,
-                 chunk: int, concurrency: int, meter: "_Meter"):
+                 chunk: int, concurrency: int, meter: _Meter):
         self.client, self.bucket, self.key, self.fd = client, bucket, key, fd
         self.etag, self.meter = etag, meter
         self.uri = f"s3://{bucket}/{key}"
