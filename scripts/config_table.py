@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from llmfn import settings as shared
+from llmfn.contract import discover
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,13 @@ def _load(path: Path):
     return module
 
 
+def function_names() -> list[str]:
+    """The functions, from their contracts (``llmfn.contract.discover``): model functions
+    first, as the shared sections above are theirs."""
+    specs = discover(ROOT)
+    return sorted(specs, key=lambda name: (specs[name].model is None, name))
+
+
 def sections() -> list[tuple[str, type]]:
     """(title, settings class) in the order of docs/configuration.md."""
     out = [("Weights (generate, embed)", shared.StorageSettings),
@@ -30,7 +38,7 @@ def sections() -> list[tuple[str, type]]:
            ("Server (all functions)", shared.ServerSettings),
            ("Events (generate, embed)", shared.EventSettings),
            ("gunicorn (all functions)", shared.GunicornSettings)]
-    for name in ("generate", "embed", "audit"):
+    for name in function_names():
         path = ROOT / "functions" / name / "function" / "settings.py"
         if path.exists():
             module = _load(path)
@@ -44,7 +52,7 @@ def sections() -> list[tuple[str, type]]:
 def function_defaults() -> list[tuple[str, dict]]:
     """(function, {key: value}) of the shared settings each function gives its own default."""
     out = []
-    for name in ("generate", "embed", "audit"):
+    for name in function_names():
         path = ROOT / "functions" / name / "function" / "settings.py"
         if path.exists():
             out.append((name, dict(getattr(_load(path), "DEFAULTS", {}))))
