@@ -9,6 +9,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -16,7 +17,9 @@ from llmfn.events import (
     INFERENCE_COMPLETED,
     TYPE_PREFIX,
     EventEmitter,
+    InferenceData,
     InferenceRecord,
+    api_of,
     event_source,
     validate_inference_data,
 )
@@ -328,3 +331,26 @@ def test_validate_accepts_events_from_before_output_format_and_key_id():
     old = record().to_data(False)
     del old["output_format"], old["key_id"]
     assert validate_inference_data(old) == []
+
+
+def test_api_is_the_routes_unless_given():
+    """``api`` defaults to the API of ``endpoint`` (null for another route); a caller that
+    serves one API through another's pipeline names it."""
+    assert record().api == "chat" and record().to_data(False)["api"] == "chat"
+    assert [record(endpoint=e).api for e in ("/v1/completions", "/v1/embeddings",
+                                             "/v1/responses", "/v1/messages", "/tokenize")] == \
+        ["completions", "embeddings", "responses", "messages", None]
+    assert record(endpoint="/v1/messages", api="messages").api == "messages"
+    assert record(endpoint="/", api="responses").to_data(False)["api"] == "responses"
+    assert api_of(None) is None and api_of(["/v1/completions"]) is None
+
+
+def test_events_from_before_api_still_load():
+    """An event stored before ``api`` existed validates and decodes (``api`` unset); a
+    wrong type is named."""
+    old = json.loads(GOLDEN.read_text())["data"]
+    del old["api"]
+    assert validate_inference_data(old) == []
+    assert msgspec.convert(old, InferenceData, strict=True).api is msgspec.UNSET
+    assert validate_inference_data({**old, "api": None}) == []
+    assert validate_inference_data({**old, "api": 3}) == ["api must be str or null, got int"]

@@ -55,6 +55,19 @@ _RESERVED = {"id", "source", "type", "specversion", "time", "subject", "datacont
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]+$")  # CloudEvents 1.0 "Attribute Naming Convention"
 
 
+API_OF_ROUTE = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+                "/v1/responses": "responses", "/v1/messages": "messages",
+                "/v1/embeddings": "embeddings"}
+"""The inference event's ``api`` for a route (OpenAI's and Anthropic's paths, whichever
+function serves them)."""
+
+
+def api_of(endpoint: object) -> str | None:
+    """Which API served a request on ``endpoint`` (:data:`API_OF_ROUTE`); None for another
+    route. The emitter's default for ``api``, and audit's reading of events sent before it."""
+    return API_OF_ROUTE.get(endpoint) if isinstance(endpoint, str) else None
+
+
 def utc_now_rfc3339() -> str:
     """The current UTC time as RFC 3339 with millisecond precision and a ``Z`` suffix."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -74,6 +87,7 @@ class InferenceRecord(Model, kw_only=True):
     service: str = ""
     revision: str = ""
     endpoint: str
+    api: str | None = None  # chat | completions | responses | messages | embeddings
     status: int
     error_code: str | None = None
     prompt_tokens: int
@@ -91,6 +105,10 @@ class InferenceRecord(Model, kw_only=True):
     prompt: str | None = None
     output: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.api is None:  # not given: the API of the route
+            self.api = api_of(self.endpoint)
+
     def to_data(self, include_text: bool) -> dict[str, Any]:
         """The event data; ``prompt`` and ``output`` only when ``include_text`` (and set)."""
         data = to_builtins(self)
@@ -101,9 +119,9 @@ class InferenceRecord(Model, kw_only=True):
 
 
 _TEXT_FIELDS = ("prompt", "output")
-# All fields but these are required in an event received (output_format and key_id came later:
-# older events lack them; the text fields are left out when not sent, never sent as null).
-_OPTIONAL = (*_TEXT_FIELDS, "output_format", "key_id")
+# All fields but these are required in an event received (output_format, key_id and api came
+# later: older events lack them; the text fields are left out when not sent, never sent as null).
+_OPTIONAL = (*_TEXT_FIELDS, "output_format", "key_id", "api")
 
 
 def _received(record: type[Model]) -> tuple[type[msgspec.Struct], dict[str, Any]]:
