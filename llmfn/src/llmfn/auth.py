@@ -1,5 +1,8 @@
 """Optional bearer-token auth: `API_KEYS` and/or a key file from a mounted secret.
 
+The key comes in ``Authorization: Bearer <key>`` or, if that header is absent, in
+``x-api-key: <key>`` (Anthropic's clients send it there).
+
 Keys are compared in constant time (hmac.compare_digest) against every configured key.
 
 - Who is calling: :func:`key_id` names a key without revealing it (the first 12 hex digits of
@@ -123,16 +126,20 @@ class BearerAuth:
             log.warning("API_KEYS_FILE has no keys: every request gets 401 until it has some")
         return True
 
-    def check(self, authorization: str | None) -> str | None:
-        """Raise Unauthorized unless the header carries one of the keys; the matching key's
-        :func:`key_id` (None when auth is disabled)."""
+    def check(self, authorization: str | None, api_key: str | None = None) -> str | None:
+        """Raise Unauthorized unless the ``Authorization: Bearer`` header, or else the
+        ``x-api-key`` header (``api_key``, as Anthropic's clients send the key), carries one of
+        the keys; the matching key's :func:`key_id` (None when auth is disabled)."""
         self.reload_if_changed()
         keys, ids = self.keys, self._ids
         if not keys and not self._required:
             return None
         scheme, _, token = (authorization or "").partition(" ")
+        if authorization is None and api_key and api_key.strip():
+            scheme, token = "bearer", api_key
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <API key>'.")
+            raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <API key>' "
+                               "(or 'x-api-key: <API key>').")
         given = token.strip().encode()
         found = None
         for key, kid in zip(keys, ids):  # no early exit: time does not depend on which matched

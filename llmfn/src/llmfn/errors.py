@@ -6,6 +6,7 @@ Unexpected exceptions are logged with their traceback and answered with a generi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,39 @@ def internal_error() -> InternalError:
     return InternalError("The server had an error while processing your request.")
 
 
+ErrorShape = Callable[[APIError], dict]
+"""An error's JSON body in another API's shape (Anthropic's ``{"type": "error", ...}``)."""
+SHAPES = "llmfn.error_shapes"
+"""``app.extensions`` key: the (path prefix, :data:`ErrorShape`) pairs of :func:`shape_errors`."""
+
+
+def shape_errors(app, prefix: str, shape: ErrorShape) -> None:
+    """Answer every error on ``prefix`` and the paths under it (``prefix/...``) with
+    ``shape(err)`` as the body, instead of OpenAI's shape: a function whose routes speak
+    another API sets it for them, so the shared checks (auth 401, 404/405, 413/415, 429,
+    not ready and shutting down 503, the generic 500) answer in that API's shape too."""
+    app.extensions.setdefault(SHAPES, []).append((prefix.rstrip("/"), shape))
+
+
+def body_for(app, path: str, err: APIError) -> dict:
+    """``err``'s body for a request to ``path``: the shape :func:`shape_errors` set for it (the
+    longest matching prefix), else OpenAI's."""
+    best: tuple[str, ErrorShape] | None = None
+    for prefix, shape in app.extensions.get(SHAPES, ()):
+        if (path == prefix or path.startswith(prefix + "/")) and (
+                best is None or len(prefix) > len(best[0])):
+            best = (prefix, shape)
+    return err.body() if best is None else best[1](err)
+
+
 def register_flask(app) -> None:
-    """Map every error raised in ``app`` to an OpenAI-shaped JSON response."""
-    from flask import jsonify
+    """Map every error raised in ``app`` to a JSON response: OpenAI's shape, or the one
+    :func:`shape_errors` set for the request's path."""
+    from flask import jsonify, request
     from werkzeug.exceptions import HTTPException
 
     def respond(err: APIError):
-        resp = jsonify(err.body())
+        resp = jsonify(body_for(app, request.path, err))
         resp.status_code = err.status
         for k, v in err.headers().items():
             resp.headers[k] = v

@@ -93,7 +93,8 @@ def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
         if getattr(probes, "stopping", False) and request.endpoint not in _PROBES:
             raise errors.ShuttingDown(retry_after_s)
         if auth is not None and request.endpoint not in app.extensions[_PUBLIC]:
-            kid = auth.check(request.headers.get("Authorization"))
+            kid = auth.check(request.headers.get("Authorization"),
+                             request.headers.get("x-api-key"))
             request.environ[KEY_ID_KEY] = kid
             if kid is not None and key_limiter is not None and key_limiter.limit:
                 key_limiter.acquire(kid)
