@@ -17,7 +17,7 @@ FUNCTIONS := $(patsubst %/,%,$(dir $(wildcard functions/*/func.yaml)))
 # Model files made locally: the tiny synthetic LLaMA (generate's fast tests) and MiniLM as GGUF.
 MODEL_FILES := $(STATE)/models/tiny-llama.gguf $(STATE)/models/all-minilm-l6-v2-f16.gguf
 
-.PHONY: venv services models vendor run test clean distclean
+.PHONY: venv services models vendor run test clean distclean js-clients
 
 # Tests run llama.cpp with the deployment's thread policy (docs/deploy.md "Threads and CPU"):
 # OpenMP threads sleep while they wait instead of spinning (beside a busy core, spinning turned
@@ -66,7 +66,17 @@ run: venv services models vendor
 # Each function's own tests run in their own pytest process: every function folder has a
 # top-level package named `function`, as func requires, so they cannot share one interpreter.
 # `python -m pytest` from the folder puts it first on sys.path (its `function`, its vendored llmfn).
-test: venv services models vendor test-tools knative
+# JavaScript clients of the tests (tests/test_js_clients.py): npm ci into the git-ignored
+# clients/js/node_modules, pinned by the committed package-lock.json; re-run only when it changes.
+JS_STAMP := clients/js/node_modules/.ci.stamp
+
+js-clients: $(JS_STAMP)
+
+$(JS_STAMP): clients/js/package-lock.json clients/js/package.json
+	cd clients/js && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+test: venv services models vendor test-tools knative js-clients
 	$(TEST_ENV) $(VENV)/bin/pytest -q llmfn/tests tests
 	for fn in $(FUNCTIONS); do \
 	  (cd "$$fn" && $(TEST_ENV) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests); \
