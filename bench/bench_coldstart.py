@@ -66,8 +66,8 @@ def load() -> float:
 # -- models and MinIO -----------------------------------------------------------------------------
 def models() -> dict[str, Path]:
     if not SYNTH.exists():
-        subprocess.run([str(common.VENV_PY), str(HERE.parent / "scripts" / "make_synthetic_gguf.py"),
-                        "--out", str(SYNTH)], check=True)
+        script = HERE.parent / "scripts" / "make_synthetic_gguf.py"
+        subprocess.run([str(common.VENV_PY), str(script), "--out", str(SYNTH)], check=True)
     return {"94 MB": common.smollm2_path(), "500 MB": SYNTH}
 
 
@@ -305,12 +305,12 @@ def main(argv: list[str] | None = None) -> int:
                 prof["baseline"] = []
             fn_now = common.REPO_ROOT / "functions" / "generate"
             no_model = {**env, "MODEL_URI": ""}  # the imports alone: no early fetch or load
-            for i in range(args.runs + 2):
+            for _ in range(args.runs + 2):
                 for k in prof:
                     prof[k].append(import_profile(fn_now if k == "now" else base_dir, no_model))
             data["profile"] = prof
-            log("profile: " + ", ".join(f"{k} wall {summary([r['wall_s'] for r in v])['median']:.3f} s"
-                                        for k, v in prof.items()))
+            walls = {k: summary([r["wall_s"] for r in v])["median"] for k, v in prof.items()}
+            log("profile: " + ", ".join(f"{k} wall {w:.3f} s" for k, w in walls.items()))
 
         if "throughput" not in skip:
             data["throughput"] = throughput(minio, keys["500 MB"], data["sizes"]["500 MB"],

@@ -192,7 +192,7 @@ def main() -> int:
             bound.append((n8 / dt8) / (n1 / dt1))
             log(f"round {r + 1}: in-process {CLIENTS} inputs per call vs 1: {bound[-1]:.2f} x")
             for c in contenders:
-                n, dt = run_for(args.seconds, args.max_requests, lambda: c.batch(texts))
+                n, dt = run_for(args.seconds, args.max_requests, lambda c=c: c.batch(texts))
                 rates[c.name].append(n / dt)
                 log(f"round {r + 1}: {c.name}: {n / dt:.1f} embeddings/s")
             for label, proc in (("BATCH_WINDOW_MS=5", batched), ("BATCH_WINDOW_MS=0", unbatched)):

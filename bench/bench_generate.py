@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, srv in servers.items():  # one at a time: start-up does not overlap
             log(f"{name}: ready in {srv.start().wait_ready():.2f} s (port {srv.port})")
             memory[name] = {"after_load": srv.memory_kb()}
-        for name, srv in servers.items():  # warm-up: first request of each process
+        for srv in servers.values():  # warm-up: first request of each process
             common.post_completion(srv.port, body(0, stream=True, max_tokens=8))
             common.post_completion(srv.port, body(0, stream=False, max_tokens=8))
         t0 = time.perf_counter()

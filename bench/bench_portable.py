@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for name, python in builds.items():
             results[name].append(run_worker(python, args))
+        last = {n: sorted(results[n][-1]["decode_tps"]) for n in builds}
         common.log(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{n} {sorted(results[n][-1]['decode_tps'])[len(results[n][-1]['decode_tps']) // 2]:.1f}"
-            " tok/s" for n in builds))
+            f"{n} {tps[len(tps) // 2]:.1f} tok/s" for n, tps in last.items()))
     data = {**common.run_stamp(), "model": args.model.name, "rounds": args.rounds,
             "runs": args.runs, "max_tokens": args.max_tokens, "threads": args.threads,
             "results": results}

@@ -351,7 +351,8 @@ def render_pairs(p: dict) -> list[str]:
                     f"{a:.1f} | {b:.1f} |")
     toks = p["rounds"][0]
     return [f"Paired arms ({len(p['rounds'])} rounds; each request and burst of one arm "
-            "beside the same of the other, alternating which goes first; end-of-generation tokens banned in both, max_tokens = the json_schema "
+            "beside the same of the other, alternating which goes first; end-of-generation "
+            "tokens banned in both, max_tokens = the json_schema "
             f"answer's length per schema, {sum(p['lengths'])} tokens per arm at 1 stream: "
             f"json_schema {toks[PAIR_A]['tokens_1']}, unconstrained {toks[PAIR_B]['tokens_1']} "
             f"in round 1; at 4 streams {toks[PAIR_A]['tokens_4']} and "

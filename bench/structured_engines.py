@@ -488,7 +488,7 @@ def _version(name: str) -> str:
     return version(pkg)
 
 
-# -- report -----------------------------------------------------------------------------------------
+# -- report ----------------------------------------------------------------------------------------
 def aggregate(data: dict) -> dict:
     """Per dataset and overall: schemas, covered, refused, under/over-constraint, timings."""
     rows: dict[str, dict] = {}

@@ -1,1 +1,4 @@
-"""The load suite (`make load PROFILE=...`): locust users, load shapes and the runner; see docs/load.md."""
+"""The load suite (`make load PROFILE=...`): locust users, load shapes and the runner.
+
+See docs/load.md.
+"""

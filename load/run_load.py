@@ -159,10 +159,10 @@ def run_locust(profile: str, urls: dict[str, str], out: Path, *,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-            raise RuntimeError(f"locust ran over {timeout}s; see {out / 'locust.log'}")
+            raise RuntimeError(f"locust ran over {timeout}s; see {out / 'locust.log'}") from e
     if rc != 0:
         raise RuntimeError(f"locust exited with {rc}; see {out / 'locust.log'}")
     return out
@@ -241,7 +241,8 @@ def markdown(profile: str, summary: dict, meta: dict) -> str:
                   ""]
     if meta.get("samples"):
         s0, s1 = meta["samples"]["start"], meta["samples"]["end"]
-        lines += ["| function | RSS start MiB | RSS end MiB | growth | fds start | fds end | growth |",
+        lines += ["| function | RSS start MiB | RSS end MiB | growth "
+                  "| fds start | fds end | growth |",
                   "|---|---|---|---|---|---|---|"]
         for name in s0:
             a, b = s0[name], s1[name]

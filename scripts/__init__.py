@@ -1,1 +1,4 @@
-"""The repository's tools (`make run`, the local services, model files); run each as `python scripts/x.py`."""
+"""The repository's tools (`make run`, the local services, model files).
+
+Run each as `python scripts/x.py`.
+"""

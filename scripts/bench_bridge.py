@@ -168,7 +168,7 @@ def table(results: dict[str, dict], runs: int) -> str:
             ("generator ran on after close, ms",
              lambda r: ms([d["ran_on_s"] for d in r["disconnect"]]))]
     names = list(results)
-    out = ["| measure (median (min–max) over %d runs) | %s |" % (runs, " | ".join(names)),
+    out = [f"| measure (median (min–max) over {runs} runs) | {' | '.join(names)} |",
            "|---|" + "---|" * len(names)]
     for label, fn in rows:
         out.append(f"| {label} | " + " | ".join(fn(results[n]) for n in names) + " |")

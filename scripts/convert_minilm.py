@@ -119,7 +119,8 @@ def convert(model_dir: Path, out: Path) -> None:
     writer.add_token_type_count(hp.get("type_vocab_size", 1))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    # as gguf.SpecialVocab writes them for BERT: bos = [CLS] (the cls key is deprecated), eos = [SEP]
+    # as gguf.SpecialVocab writes them for BERT: bos = [CLS] (the cls key is deprecated),
+    # eos = [SEP]
     writer.add_bos_token_id(ids["cls"])
     writer.add_eos_token_id(ids["sep"])
     writer.add_sep_token_id(ids["sep"])

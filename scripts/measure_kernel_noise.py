@@ -282,9 +282,10 @@ def recommendation(d: dict) -> str:
 
 def machine() -> str:
     with open("/proc/cpuinfo") as f:
-        name = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+        name = next((line.split(":", 1)[1].strip() for line in f
+                     if line.startswith("model name")), "?")
     with open("/proc/cpuinfo") as f:
-        flags = next((l for l in f if l.startswith("flags")), "")
+        flags = next((line for line in f if line.startswith("flags")), "")
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return f"{name} ({isa}), {os.cpu_count()} cores"
 

@@ -90,11 +90,12 @@ def knative_function(name: str, port: int, key: str | None, spec: knative_pod.Re
             s3 = SimpleNamespace(endpoint_url=f"http://{s3_host}:{s3_port}",
                                  access_key=minio.access_key, secret_key=minio.secret_key)
             bus = urlsplit(sink_url)
-            sink = "http://%s:%d" % svc.reach(bus.hostname, bus.port)
+            sink_host, sink_port = svc.reach(bus.hostname, bus.port)
+            sink = f"http://{sink_host}:{sink_port}"
         else:
             s3 = minio  # audit calls no S3
-            db = SimpleNamespace(
-                uri="mongodb://%s:%d/" % svc.reach(ferretdb.host, ferretdb.port))
+            db_host, db_port = svc.reach(ferretdb.host, ferretdb.port)
+            db = SimpleNamespace(uri=f"mongodb://{db_host}:{db_port}/")
         return svc.start({"PYTHONUNBUFFERED": "1",
                           **function_env(name, key, s3, db, bool(sink), sink)})
     except BaseException:

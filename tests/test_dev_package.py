@@ -1,4 +1,4 @@
-"""The dev package llmfn-dev (the root pyproject.toml): its parts import one way, none edits sys.path.
+"""The dev package llmfn-dev (root pyproject.toml): its parts import one way, none edits sys.path.
 
 scripts/ is the base (the local stack, model files, `make run`); tests/support and load/ build
 on it, bench/ on scripts and tests/support. A cycle would make `python scripts/x.py` import test

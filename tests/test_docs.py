@@ -22,7 +22,8 @@ from scripts.procs import REPO_ROOT as ROOT
 # Top-level folders whose paths the pages name; a path under one of them must exist.
 TREE = ("functions", "llmfn", "scripts", "tests", "deploy", "eventing", "bench", "load", "docs",
         "mk", ".ci")
-PATH_RE = re.compile(r"(?:^|(?<=[\s`(\"'=]))((?:%s)/[\w./-]*)" % "|".join(re.escape(t) for t in TREE))
+TREE_ALT = "|".join(re.escape(t) for t in TREE)
+PATH_RE = re.compile(rf"(?:^|(?<=[\s`(\"'=]))((?:{TREE_ALT})/[\w./-]*)")
 LINK_RE = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 QUOTED_HEADING_RE = re.compile(r"(?:docs/)?([\w-]+\.md) \"([^\"]+)\"")
 MAKE_RE = re.compile(r"\bmake ([a-z][\w-]*)")
@@ -376,7 +377,8 @@ def test_links_and_anchors_resolve():
 
 def test_every_figure_is_shown_by_a_page():
     text = "".join(p.read_text() for p in pages(ROOT))
-    unused = [p.name for p in sorted((ROOT / "docs" / "img").glob("*")) if f"img/{p.name}" not in text]
+    unused = [p.name for p in sorted((ROOT / "docs" / "img").glob("*"))
+              if f"img/{p.name}" not in text]
     assert unused == []
 
 

@@ -131,27 +131,34 @@ def fuzz(server, mode: GenerationMode) -> tuple[list[str], dict[str, int]]:
     for result in loaded_schema(server).get_all_operations():
         operation = result.ok()
         counts[operation.label] = 0
-
-        body = operation.method.upper() == "POST"
-
-        @FUZZ
-        @given(case=operation.as_strategy(generation_mode=mode),
-               hostile=st.sampled_from([None, *LONE_SURROGATES]) if body else st.none(),
-               which=st.integers(0, 63) if body else st.just(0))
-        def run(case, hostile, which):
-            counts[operation.label] += 1
-            if hostile is not None:
-                poison(case, hostile, which)
-            case.call_and_validate(base_url=server.url, checks=CHECKS,
-                                   timeout=REQUEST_TIMEOUT_S)
-
-        try:
-            run()
-        except Unsatisfiable:  # nothing to negate (no parameters, no body)
-            pass
-        except (Exception, BaseExceptionGroup) as err:  # schemathesis' FailureGroup is the latter
-            failures.append(f"{operation.label} ({mode.value}):\n{err}")
+        failure = fuzz_operation(server, operation, mode, counts)
+        if failure is not None:
+            failures.append(failure)
     return failures, counts
+
+
+def fuzz_operation(server, operation, mode: GenerationMode, counts: dict[str, int]) -> str | None:
+    """``MAX_EXAMPLES`` cases of one operation in ``mode``, counted in ``counts``: its failure
+    (shrunk by Hypothesis), or None."""
+    body = operation.method.upper() == "POST"
+
+    @FUZZ
+    @given(case=operation.as_strategy(generation_mode=mode),
+           hostile=st.sampled_from([None, *LONE_SURROGATES]) if body else st.none(),
+           which=st.integers(0, 63) if body else st.just(0))
+    def run(case, hostile, which):
+        counts[operation.label] += 1
+        if hostile is not None:
+            poison(case, hostile, which)
+        case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=REQUEST_TIMEOUT_S)
+
+    try:
+        run()
+    except Unsatisfiable:  # nothing to negate (no parameters, no body)
+        pass
+    except (Exception, BaseExceptionGroup) as err:  # schemathesis' FailureGroup is the latter
+        return f"{operation.label} ({mode.value}):\n{err}"
+    return None
 
 
 def check_function(server, function: str) -> None:

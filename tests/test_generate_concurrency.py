@@ -43,7 +43,8 @@ def generate(tmp_path_factory):
 
 def stream_answer(client: OpenAI, entry) -> str:
     """One clear prompt as a stream (chat or completion); the concatenated text."""
-    args = {"model": client.models.list().data[0].id, "max_tokens": entry.tokens, "temperature": 0, "stream": True}
+    args = {"model": client.models.list().data[0].id, "max_tokens": entry.tokens,
+            "temperature": 0, "stream": True}
     if entry.messages is not None:
         chunks = client.chat.completions.create(messages=entry.messages, **args)
         return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -51,7 +51,8 @@ REQUIRED = {
     "event delivery": "llmfn_events_sent_total",
     "event delivery (audit)": "audit_events_recorded_total",
 }
-SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+SUFFIXES = {"counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
             "summary": ("", "_sum", "_count", "_created"), "gauge": ("",), "info": ("_info",),
             "stateset": ("",), "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
             "unknown": ("",)}
@@ -109,7 +110,8 @@ def test_dashboard_is_a_valid_grafana_model():
 
 
 def test_alert_rules_pass_promtool():
-    assert PROMTOOL.exists(), "promtool is missing: run `make test-tools` (scripts/install_browser.sh)"
+    assert PROMTOOL.exists(), \
+        "promtool is missing: run `make test-tools` (scripts/install_browser.sh)"
     for args in (["check", "rules", RULES.name], ["test", "rules", RULE_TESTS.name]):
         out = subprocess.run([str(PROMTOOL), *args], cwd=RULES.parent, capture_output=True,
                              text=True, timeout=60)
@@ -156,7 +158,8 @@ def metrics(ferretdb, tmp_path_factory) -> dict[str, set[str]]:
             time.sleep(0.2)
         out: dict[str, set[str]] = {}
         for proc in fns.started.values():
-            for name, labels in exported(requests.get(f"{proc.url}/metrics", timeout=30).text).items():
+            text = requests.get(f"{proc.url}/metrics", timeout=30).text
+            for name, labels in exported(text).items():
                 out.setdefault(name, set()).update(labels)
         return out
 

@@ -115,10 +115,10 @@ def test_tiny_clear_prompts_are_clear_on_every_path(tiny, entry):
 def _write_report(logits: dict, variant: str) -> None:
     """The largest |Δlogit| per path pair, and the batched prompt-end logits (to compare
     variants with each other), for make test-cpu-variants."""
-    pairs = {f"{a.name} vs {b.name}": [max(kn.deltas(l[a], l[b])[i] for l in logits.values())
+    pairs = {f"{a.name} vs {b.name}": [max(kn.deltas(lg[a], lg[b])[i] for lg in logits.values())
                                        for i in (0, 1)] for a, b in PAIRS}
     with open(REPORT, "w") as f:
         json.dump({"variant": variant, "pairs": pairs}, f)
-    np.savez_compressed(REPORT + ".npz", **{f"{name}|{p.name}": l[p]
-                                            for name, l in logits.items()
+    np.savez_compressed(REPORT + ".npz", **{f"{name}|{p.name}": lg[p]
+                                            for name, lg in logits.items()
                                             for p in kn.PROMPT_PATHS if p.mode == "batch"})

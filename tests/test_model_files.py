@@ -68,7 +68,8 @@ def test_tiny_model_is_small_and_deterministic(tiny_path: Path, tmp_path: Path) 
     assert sha256(again) == sha256(tiny_path)
 
 
-@pytest.mark.parametrize("text", ["Hello world", "  two  spaces\nand a newline\t", "Grüße, 世界 🚀", "<|im_end|> as text"])
+@pytest.mark.parametrize("text", ["Hello world", "  two  spaces\nand a newline\t", "Grüße, 世界 🚀",
+                                  "<|im_end|> as text"])
 def test_tiny_tokenize_round_trip(tiny: llama_cpp.Llama, text: str) -> None:
     tokens = tiny.tokenize(text.encode("utf-8"))
     assert tokens[0] == tiny.token_bos()
@@ -98,7 +99,8 @@ def test_tiny_chat_uses_embedded_chatml_template(tiny: llama_cpp.Llama) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     out = tiny.create_chat_completion(messages=messages, max_tokens=4)
 
-    prompt = "<s><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    prompt = ("<s><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+              "<|im_start|>assistant\n")
     expected_prompt_tokens = len(tiny.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
     assert out["usage"]["prompt_tokens"] == expected_prompt_tokens
     assert out["usage"]["completion_tokens"] == 4

@@ -8,7 +8,7 @@ enums, lists, optional fields), streamed and not, each validated with jsonschema
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 import jsonschema
@@ -24,7 +24,7 @@ READY_S = 180
 MAX_TOKENS = 300
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     red = "red"
     green = "green"
     blue = "blue"

@@ -140,14 +140,15 @@ def test_generate_playground_streams_a_chat(servers, watch):
     page.goto(url + "/")
     wait_js(page, "document.getElementById('model').value === 'tiny-llama'")
     page.fill("#system", "You are a terse assistant.")
-    page.eval_on_selector("#temperature", "(e) => { e.value = '0'; e.dispatchEvent(new Event('input')); }")
+    page.eval_on_selector("#temperature",
+                          "(e) => { e.value = '0'; e.dispatchEvent(new Event('input')); }")
     page.fill("#max-tokens", "24")
     # count the DOM updates of the answer: a streamed answer arrives in several chunks
     page.evaluate("""() => {
         window.textUpdates = 0;
         new MutationObserver((records) => {
-            for (const r of records) if (r.target.closest && r.target.closest('.msg.assistant .text')
-                || r.target.parentElement && r.target.parentElement.closest('.msg.assistant .text'))
+            const inAnswer = (n) => n && n.closest && n.closest('.msg.assistant .text');
+            for (const r of records) if (inAnswer(r.target) || inAnswer(r.target.parentElement))
                 window.textUpdates++;
         }).observe(document.getElementById('messages'),
                    {subtree: true, childList: true, characterData: true});

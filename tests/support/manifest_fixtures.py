@@ -83,7 +83,8 @@ def func_schema(schema_index):
 
 @pytest.fixture(scope="session")
 def known_annotations(schema_index) -> set[str]:
-    """Annotation keys declared as constants in knative.dev/serving pkg/apis/{autoscaling,serving}."""
+    """Annotation keys declared as constants in knative.dev/serving
+    pkg/apis/{autoscaling,serving}."""
     return annotation_keys(SCHEMAS / schema_index["serving"]["dir"])
 
 

@@ -1,7 +1,8 @@
 """The schemas the manifest tests validate with: the Knative Serving/Eventing CRD
-``openAPIV3Schema`` and the Kubernetes OpenAPI v3 schema of NetworkPolicy, made strict (a field the API server would prune is an error here), our own
-statement of the func.yaml fields we use, and the Knative annotation keys declared in the Serving
-source. scripts/fetch_schemas.sh fetches and caches them (tests/support/manifest_fixtures.py)."""
+``openAPIV3Schema`` and the Kubernetes OpenAPI v3 schema of NetworkPolicy, made strict (a field the
+API server would prune is an error here), our own statement of the func.yaml fields we use, and the
+Knative annotation keys declared in the Serving source. scripts/fetch_schemas.sh fetches and caches
+them (tests/support/manifest_fixtures.py)."""
 from __future__ import annotations
 
 import json
@@ -160,7 +161,8 @@ _KEY_CONST = re.compile(r'^\s*(\w+)\s*=\s*(?:"([\w.]*)"\s*\+\s*)?GroupName\s*\+\
 
 
 def annotation_keys(serving_dir: Path) -> set[str]:
-    """Annotation keys declared as constants in knative.dev/serving pkg/apis/{autoscaling,serving}."""
+    """Annotation keys declared as constants in knative.dev/serving
+    pkg/apis/{autoscaling,serving}."""
     keys = set()
     for fname, group in (("autoscaling_register.go", "autoscaling.knative.dev"),
                          ("serving_register.go", "serving.knative.dev")):

@@ -70,7 +70,8 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
-FUNC_SECRET_REF = re.compile(r"^\{\{\s*secret:[a-z0-9]([-a-z0-9.]*[a-z0-9])?:[-._a-zA-Z0-9]+\s*\}\}$")
+FUNC_SECRET_REF = re.compile(
+    r"^\{\{\s*secret:[a-z0-9]([-a-z0-9.]*[a-z0-9])?:[-._a-zA-Z0-9]+\s*\}\}$")
 # Literal credentials anywhere in a shipped file.
 CREDENTIAL_PATTERNS = (
     re.compile(r"AKIA[0-9A-Z]{16}"),                       # AWS access key id

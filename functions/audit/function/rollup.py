@@ -1,11 +1,11 @@
 """KPI rollup cells: what one group of events contributes to `/kpis`, mergeable and small.
 
 A :class:`Cell` holds the KPIs of the events of one (function, model, service) whose event time
-falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its
-:class:`CellKey`: counts, token sums, log-bucket histograms of latency, time to first token
-and cold-start latency, and counts by label of the events' ``finish_reason``,
-``output_format`` and ``key_id`` (who called: a hash prefix of the bearer key). Cells add up exactly (counts, sums) and their histograms and label counts
-merge exactly (label counts: below their cap), so a rollup over a day is the same as the
+falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its :class:`CellKey`:
+counts, token sums, log-bucket histograms of latency, time to first token and cold-start latency,
+and counts by label of the events' ``finish_reason``, ``output_format`` and ``key_id`` (who called:
+a hash prefix of the bearer key). Cells add up exactly (counts, sums) and their histograms and label
+counts merge exactly (label counts: below their cap), so a rollup over a day is the same as the
 rollup of its minutes.
 
 Label counts stay open-ended but bounded (:func:`label`, :data:`MAX_LABELS`): an event's value
@@ -19,16 +19,16 @@ Percentiles come from the histograms: bucket ``i`` holds values in ``[G**i, G**(
 ``G = 2**(1/8)``, and a percentile is reported as the bucket's geometric middle, so it is within
 ``G**0.5 - 1`` (4.4 %) of the nearest-rank value.
 
-Stored format (:func:`encode`, :func:`decode`; the one place that knows it): the cells of a
-document are JSON text in one field (FerretDB v1 spends its time per field it decodes, and one
-string is one field), a list of rows ``[function, model, service, start_s, resolution_s,
-{stored name: value}]``. The stored names stay the short ones the first version wrote (``n``,
-``e``, ``c``, ``pt``, ``ct``, ``tn``, ``ts``, ``hl``, ``ht``, ``hc``, and since the label counts
-``fr``, ``of`` and ``ki``; each :class:`Cell` field declares its own, gathered in :data:`STORED_NAMES`):
-the text is read whole on every KPI query, short keys keep it compact, and documents written
-before the fields got words decode unchanged, so nothing persisted needs a migration. A field
-missing from a stored row (written before the field existed) decodes as its empty default.
-Python code uses only the field names; nothing outside this module sees a stored name.
+Stored format (:func:`encode`, :func:`decode`; the one place that knows it): the cells of a document
+are JSON text in one field (FerretDB v1 spends its time per field it decodes, and one string is one
+field), a list of rows ``[function, model, service, start_s, resolution_s, {stored name: value}]``.
+The stored names stay the short ones the first version wrote (``n``, ``e``, ``c``, ``pt``, ``ct``,
+``tn``, ``ts``, ``hl``, ``ht``, ``hc``, and since the label counts ``fr``, ``of`` and ``ki``; each
+:class:`Cell` field declares its own, gathered in :data:`STORED_NAMES`): the text is read whole on
+every KPI query, short keys keep it compact, and documents written before the fields got words
+decode unchanged, so nothing persisted needs a migration. A field missing from a stored row (written
+before the field existed) decodes as its empty default. Python code uses only the field names;
+nothing outside this module sees a stored name.
 """
 from __future__ import annotations
 

@@ -177,6 +177,7 @@ def test_events_per_request_for_success_and_errors(make_runtime):
     assert data["input_count"] == 2 and data["prompt_tokens"] == 4 + 3
     assert data["cold_start"] is True and data["duration_s"] > 0
     assert "prompt" not in data and "output" not in data
+    assert bad.status_code == 400
     error = next(e["data"] for e in by_id.values() if e["data"]["status"] == 400)
     assert error["error_code"] == "context_length_exceeded" and error["cold_start"] is False
     assert error["input_count"] == 1

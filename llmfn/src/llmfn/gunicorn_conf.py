@@ -1,8 +1,10 @@
-"""gunicorn configuration for every function (`gunicorn -c llmfn/gunicorn_conf.py function.wsgi:app`).
+"""gunicorn configuration for every function.
 
-gthread, draining at SIGTERM before it stops listening (llmfn.gunicorn_worker) (never `sync`, whose timeout kills long streams; never gevent, which a blocking C call
-stalls), one worker, app imported in the worker (no preload) so the model loads after fork,
-threads for health and metrics while a generation runs, graceful timeout for streams.
+Used as `gunicorn -c llmfn/gunicorn_conf.py function.wsgi:app`. gthread, draining at SIGTERM before
+it stops listening (llmfn.gunicorn_worker) (never `sync`, whose timeout kills long streams; never
+gevent, which a blocking C call stalls), one worker, app imported in the worker (no preload) so the
+model loads after fork, threads for health and metrics while a generation runs, graceful timeout for
+streams.
 """
 from llmfn.settings import EventSettings, GunicornSettings, ServerSettings, build, environ_copy
 

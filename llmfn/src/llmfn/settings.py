@@ -134,7 +134,8 @@ class StorageSettings:
     s3_max_attempts: int = setting("S3_MAX_ATTEMPTS", 5, "boto3 `standard` retry attempts",
                                    lo=1, hi=20)
     verify_attempts: int = setting("MODEL_VERIFY_ATTEMPTS", 3,
-                                   "downloads tried before a checksum mismatch is final", lo=1, hi=10)
+                                   "downloads tried before a checksum mismatch is final",
+                                   lo=1, hi=10)
 
     def __post_init__(self):
         check_url("S3_ENDPOINT_URL", self.s3_endpoint_url)
