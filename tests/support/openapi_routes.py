@@ -64,10 +64,18 @@ def check(app, doc: dict) -> None:
 
 
 def protocol_of(function: str) -> ModuleType:
-    """functions/<function>/function/protocol.py, loaded by path (it imports only llmfn): every
-    function's package is named ``function``, and importing it would start its model fetch."""
-    path = ROOT / "functions" / function / "function" / "protocol.py"
-    spec = importlib.util.spec_from_file_location(f"_protocol_{function}", path)
+    """functions/<function>/function/protocol.py, loaded by path (it imports only llmfn and
+    its sibling ``*_protocol`` modules): every function's package is named ``function``, and
+    importing it would start its model fetch. It is loaded as a module of a stand-in package
+    (no ``__init__`` run), so its relative imports of siblings work."""
+    folder = ROOT / "functions" / function / "function"
+    package = f"_protocol_{function}"
+    if package not in sys.modules:
+        stand_in = ModuleType(package)
+        stand_in.__path__ = [str(folder)]
+        sys.modules[package] = stand_in
+    path = folder / "protocol.py"
+    spec = importlib.util.spec_from_file_location(f"{package}.protocol", path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # msgspec reads the annotations in it

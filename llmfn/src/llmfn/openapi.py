@@ -12,6 +12,7 @@ types are the validation and the document. The base app serves the result at
 from __future__ import annotations
 
 import threading
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -87,6 +88,8 @@ class Operation:
     event: str = ""
     headers: tuple[str, ...] = ()
     responses: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    sse: str = ""
+    """What the stream is, when not OpenAI's chunks (:data:`SSE`): another API's events."""
 
     def types(self) -> list[type]:
         return [t for t in (self.request, self.response, self.stream) if t is not None]
@@ -134,10 +137,13 @@ def _header_ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/headers/{_HEADERS[name][0]}"}
 
 
-def error_response(description: str, status: int = 400) -> dict[str, Any]:
-    """An error response in OpenAI's shape whose ``description`` is the route's own."""
-    out: dict[str, Any] = {"description": description,
-                           "content": {"application/json": {"schema": _schema_ref(Error)}}}
+def error_response(description: str, status: int = 400, shape: type | None = None
+                   ) -> dict[str, Any]:
+    """An error response in OpenAI's shape whose ``description`` is the route's own; or in the
+    ``shape`` type's (a type of the route's operation: routes answering their errors in another
+    API's shape, ``llmfn.errors.shape_errors``)."""
+    out: dict[str, Any] = {"description": description, "content": {
+        "application/json": {"schema": _schema_ref(shape or Error)}}}
     if status in _RETRY:
         out["headers"] = {"Retry-After": _header_ref("Retry-After")}
     return out
@@ -322,19 +328,25 @@ def _ok(op: Operation, ref: Mapping[type, dict[str, str]]) -> dict[str, Any]:
     if op.stream is not None:
         content["text/event-stream"] = {
             "schema": {"type": "string",
-                       "description": f"`data:` events of {op.stream.__name__} JSON"},
+                       "description": f"`data:` events of {_type_name(op.stream)} JSON"},
             "x-llmfn-chunk": ref[op.stream]}
     for media, schema in (op.content or {}).items():
         content[media] = {"schema": dict(schema)}
     text = op.returns or "OK"
     if op.stream is not None:
-        text = f"{text}, or with `stream: true` {SSE}"
+        text = f"{text}, or with `stream: true` {op.sse or SSE}"
     out: dict[str, Any] = {"description": text}
     if op.headers:
         out["headers"] = {name: _header_ref(name) for name in op.headers}
     if content:
         out["content"] = content
     return out
+
+
+def _type_name(kind: Any) -> str:
+    """A type's name; a union's as ``A | B`` (a stream of several event types)."""
+    name = getattr(kind, "__name__", None)
+    return name if name else " | ".join(_type_name(k) for k in typing.get_args(kind))
 
 
 def attach(app: Flask, doc: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
