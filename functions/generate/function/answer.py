@@ -29,6 +29,7 @@ from .protocol import (
     Delta,
     FinishReason,
     FunctionCallOut,
+    PromptTokensDetails,
     ToolCallDelta,
     ToolCallOut,
     TopLogprob,
@@ -103,7 +104,15 @@ class Call:
         done = completion_tokens if completion_tokens is not None else sum(
             j.outcome.completion_tokens for j in self.jobs if j.outcome is not None)
         return CompletionUsage(prompt_tokens=self.prompt_tokens, completion_tokens=done,
-                               total_tokens=self.prompt_tokens + done)
+                               total_tokens=self.prompt_tokens + done,
+                               prompt_tokens_details=PromptTokensDetails(
+                                   cached_tokens=self.cached_tokens()) if self.chat else UNSET)
+
+    def cached_tokens(self) -> int:
+        """Prompt tokens no choice computed again (their KV kept in its slot): the fewest
+        over the choices, as usage counts the prompt once."""
+        return min((j.outcome.cached_tokens for j in self.jobs if j.outcome is not None),
+                   default=0)
 
     @staticmethod
     def completion_logprobs(tokens: list[TokenLogprob] | None,

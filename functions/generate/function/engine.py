@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class Params:
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: object = None  # constraint.Grammar the output must match (structured, tools)
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's and the top k
+    ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's)
 
 
 def kv_bytes_per_cell(model) -> int:
@@ -121,6 +123,7 @@ class Engine:
                                           bos_token=bos_text) if template else None)
         self._compiler = None
         self._compiler_lock = threading.Lock()
+        self._eog: list[int] | None = None
 
     @property
     def compiler(self):
@@ -129,10 +132,16 @@ class Engine:
         with self._compiler_lock:
             if self._compiler is None:
                 from . import constraint  # llguidance: only imported once a schema needs it
-                eog = [t for t in range(self.n_vocab) if self.is_eog(t)]
                 self._compiler = constraint.Compiler(
-                    constraint.tokenizer_from_vocab(self.vocab, eog))
+                    constraint.tokenizer_from_vocab(self.vocab, self.eog_tokens))
             return self._compiler
+
+    @property
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (listed on first use: ~50k calls)."""
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if self.is_eog(t)]
+        return self._eog
 
     def close(self) -> None:
         if self._compiler is not None:
@@ -182,15 +191,18 @@ class Engine:
         return llama_cpp.llama_vocab_is_eog(self.vocab, token)
 
     def new_sampler(self, params: Params, seed: int):
-        """A sampler chain for one slot, in llama-server's order: logit bias -> penalties,
+        """A sampler chain for one slot, in llama-server's order: logit bias (and -inf on
+        end-of-generation tokens with ``ignore_eos``) -> penalties,
         then greedy at temperature 0, else top_k -> top_p -> min_p -> temperature ->
         dist(seed). Free with ``llama_sampler_free``."""
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        if params.logit_bias:
-            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
-                *(llama_cpp.llama_logit_bias(token, bias)
-                  for token, bias in params.logit_bias.items()))
+        bias = dict(params.logit_bias)
+        if params.ignore_eos:  # as llama-server: -inf, whatever bias the request gave them
+            bias.update(dict.fromkeys(self.eog_tokens, -math.inf))
+        if bias:
+            biases = (llama_cpp.llama_logit_bias * len(bias))(
+                *(llama_cpp.llama_logit_bias(token, b) for token, b in bias.items()))
             add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
         if params.presence_penalty or params.frequency_penalty:
             # over everything generated (OpenAI's definition), not a window of the last tokens

@@ -157,6 +157,9 @@ class Sampling(Request):
     frequency_penalty: Penalty | None = None
     logit_bias: Annotated[dict[str, Bias] | None, Meta(
         description="token id (string key) -> bias")] = None
+    ignore_eos: Annotated[bool | None, Meta(
+        description="extension (llama-server, vLLM): end-of-generation tokens are never "
+        "sampled; `stop` and `max_tokens` still end the answer")] = None
     user: Annotated[str | None, Meta(description="no effect here")] = None
 
 
@@ -286,11 +289,20 @@ def decode(kind: type[Request], body: dict) -> Any:
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
+class PromptTokensDetails(Model):
+    """What the prompt's tokens cost."""
+    cached_tokens: Annotated[int, Meta(
+        description="prompt tokens whose KV a slot kept from an earlier request, so they were "
+        "not computed again (the fewest over the choices; 0 on a cold cache)")]
+
+
 class CompletionUsage(Model):
-    """Tokens the request used (every choice and ``best_of`` candidate counted)."""
+    """Tokens the request used (every choice and ``best_of`` candidate counted); chat
+    completions say in ``prompt_tokens_details`` how many prompt tokens came from the cache."""
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | UnsetType = UNSET
 
 
 class TopLogprob(Model):

@@ -8,10 +8,12 @@ Each step is one ``llama_decode`` of one batch that holds, in this order:
    is split over steps and never stalls the others' decoding.
 
 Each slot has its own sampler chain and reads the logits at its own batch index; stop strings,
-end of generation, ``max_tokens`` and cancel are per slot (a client that leaves stops its slot
-within one token, and no other). When a request ends, the KV of its generated tokens is
+end of generation (unless ``ignore_eos``: the sampler never picks an end-of-generation
+token, as llama-server does), ``max_tokens`` and cancel are per slot (a client that leaves
+stops its slot within one token, and no other). When a request ends, the KV of its generated tokens is
 removed and its prompt's KV stays, so a later request sharing a prefix (the next turn of a
-chat) is given that slot and only its new tokens are processed.
+chat) is given that slot and only its new tokens are processed; ``Outcome.cached_tokens`` is
+that kept prefix (usage's ``cached_tokens``, llama-server's ``n_prompt_tokens_cache``).
 
 With ``logprobs`` a slot also reads its logits row and records, per generated token, the
 model's raw log-softmax (before bias, penalties, grammar and temperature: the distribution
@@ -69,6 +71,7 @@ class Outcome:
     logprob_sum: float = 0.0  # of the generated tokens (with logprobs): best_of ranks by it
     tokens: list[TokenLogprob] | None = None  # with logprobs: one per token of ``text``
     deadline: bool = False  # ended by the request deadline (finish_reason "length")
+    cached_tokens: int = 0  # prompt tokens whose KV the slot kept (not recomputed)
 
 
 @dataclass
@@ -348,6 +351,7 @@ class Scheduler(ModelLoop):
         if keep < len(slot.cache):
             self._forget(engine, slot, keep)
         self.reused_tokens += keep
+        slot.outcome.cached_tokens = keep
         seed = gen.params.seed if gen.params.seed is not None else random.getrandbits(32)
         slot.sampler = engine.new_sampler(gen.params, seed)
         if gen.params.grammar is not None:

@@ -4,7 +4,8 @@ protocol.py declares every parameter of the two endpoints (as the ``openai`` SDK
 ``completion_create_params`` declare them) and validates types and bounds; here are the checks
 a type cannot make: bounds set by the settings (``n``, ``best_of`` at most ``SLOTS``), a
 rejected parameter's 400 with its reason, and what spans fields (``best_of`` >= ``n``,
-``stream_options`` only with ``stream``, structured output with no ``stop``).
+``stream_options`` only with ``stream``, structured output with no ``stop`` nor
+``ignore_eos``).
 """
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ def chat(body: dict, default_max_tokens: int, max_choices: int) -> Request:
     if req.output.schema is not None and req.params.stop:
         raise InvalidRequest("'stop' cannot be combined with structured output: a stop string "
                              "could cut the JSON.", param="stop")
+    if req.output.schema is not None and req.params.ignore_eos:
+        raise InvalidRequest("'ignore_eos' cannot be combined with structured output or a "
+                             "forced tool call: the answer ends where its JSON ends.",
+                             param="ignore_eos")
     return req
 
 
@@ -101,7 +106,8 @@ def _common(typed: Sampling, default_max_tokens: int, max_choices: int) -> Reque
                     stop=[s for s in stop if s], seed=typed.seed,
                     presence_penalty=_or(typed.presence_penalty, 0.0),
                     frequency_penalty=_or(typed.frequency_penalty, 0.0),
-                    logit_bias=_logit_bias(typed.logit_bias))
+                    logit_bias=_logit_bias(typed.logit_bias),
+                    ignore_eos=bool(typed.ignore_eos))
     return Request(params=params, max_tokens_given=max_tokens is not None, stream=stream,
                    include_usage=include_usage, n=n, best_of=n)
 
