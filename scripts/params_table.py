@@ -22,6 +22,8 @@ NOTES = {
     "presence_penalty": "-2..2, over the generated tokens",
     "frequency_penalty": "-2..2, over the generated tokens",
     "logit_bias": "token id (string key) -> -100..100",
+    "ignore_eos": "extension (llama-server, vLLM): end-of-generation tokens never end the "
+                  "answer, `stop` and `max_tokens` do; not with structured output (400)",
     "response_format": "text, json_object, json_schema (a grammar; unsupported keywords: 400)",
     "tools": "function tools; their parameters schema is enforced when a call is forced",
     "tool_choice": "none, auto (the model decides), required, or a named function (forced)",
