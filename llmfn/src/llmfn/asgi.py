@@ -254,7 +254,9 @@ class WSGIBridge:
         try:
             await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
-            if fut.cancelled() and not asyncio.current_task().cancelling():
+            task = asyncio.current_task()
+            assert task is not None  # a coroutine awaited by the server runs in a task
+            if fut.cancelled() and not task.cancelling():
                 await self._reject(send, ShuttingDown(self.retry_after_s))  # queued at shutdown()
                 return
             req.disconnect()  # the server cancelled us: the worker stops within one chunk

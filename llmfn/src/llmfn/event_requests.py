@@ -130,6 +130,7 @@ class EventRequests:
         except APIError as err:
             status, body, headers = err.status, err.body(), err.headers()
         if status == 200:
+            assert kind is not None  # an unknown type raised UnknownEventType above
             return self._reply(event, digest, kind.reply, body)
         if status == 429 or status >= 500:  # may succeed later: the Broker retries
             return Response(json.dumps(body), status=status, headers=headers,

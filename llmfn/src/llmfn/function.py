@@ -67,6 +67,7 @@ class LLMFunction:
 
         async def drain():
             try:
+                assert self.runtime is not None  # start() built it before installing this
                 await asyncio.to_thread(self.runtime.stop)
             finally:
                 os.kill(os.getpid(), signal.SIGINT)

@@ -153,7 +153,7 @@ _early_lock = threading.Lock()
 
 
 def prefetch(env: Mapping[str, str] | None = None, *, wait_s: float = PREFETCH_WAIT_S,
-             **defaults: str) -> Fetcher | None:
+             defaults: Mapping[str, str] | None = None) -> Fetcher | None:
     """Start fetching the weights that ``env`` (default: the process environment, over
     ``defaults``) names, now, on a thread; a ModelHost built later with the same storage
     settings adopts the fetch. Call it before the heavy imports. When the file must come from
@@ -241,7 +241,8 @@ _preloads: dict[StorageSettings, Preload] = {}
 
 
 def preload(make_loader: Callable[[Mapping[str, str]], Loader],
-            env: Mapping[str, str] | None = None, **defaults: str) -> Preload | None:
+            env: Mapping[str, str] | None = None, *,
+            defaults: Mapping[str, str] | None = None) -> Preload | None:
     """Start loading the model that ``env`` (default: the process environment, over
     ``defaults``) names, on a thread, as soon as its fetch (:func:`prefetch`'s, or one started
     now) has the file; ``make_loader(env)`` gives the loader. A ModelHost built later adopts
@@ -271,8 +272,8 @@ def start_model_early(make_loader: Callable[[Mapping[str, str]], Loader],
     (:func:`prefetch`); ``make_loader`` then imports the loader's own modules (llama_cpp,
     numpy) while it runs; the model loads on another thread as soon as the file is there
     (:func:`preload`), while the package goes on importing the web stack. Never raises."""
-    prefetch(**defaults)
-    return preload(make_loader, **defaults)
+    prefetch(defaults=defaults)
+    return preload(make_loader, defaults=defaults)
 
 
 def same_loader(a: Loader, b: Loader) -> bool:
@@ -368,6 +369,7 @@ class ModelHost:
             if fetcher.error is not None:
                 raise fetcher.error
             result = fetcher.result
+            assert result is not None  # a fetcher that ended without an error has its result
             self.sha256 = result.sha256
             self._phase("download", 0.0 if result.cached else result.download_s)
             self._phase("verify", result.verify_s)

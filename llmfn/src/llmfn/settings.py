@@ -30,7 +30,8 @@ def check_templates(env: Mapping[str, str]) -> None:
     found = sorted(k for k, v in env.items() if isinstance(v, str) and FUNC_TEMPLATE.search(v))
     if found:
         # the template only, never the value around it (a URI may hold a password)
-        shown = ", ".join(f"{k} holds {FUNC_TEMPLATE.search(env[k]).group(0)!r}" for k in found)
+        shown = ", ".join(f"{k} holds {m.group(0)!r}" for k in found
+                          if (m := FUNC_TEMPLATE.search(env[k])))
         raise SettingsError(
             f"{', '.join(found)} {'is an' if len(found) == 1 else 'are'} unresolved func.yaml "
             f"template{'s' if len(found) > 1 else ''} ({shown}): only `func deploy` resolves "
@@ -61,6 +62,7 @@ def setting(key: str, default: Any, doc: str, *, lo: float | None = None,
 
 def _parse(key: str, raw: str, kind: type, lo, hi):
     raw = raw.strip()
+    value: int | float
     try:
         if kind is bool:
             low = raw.lower()
