@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from typing import cast
 
 import numpy as np
 from flask import Flask
@@ -82,14 +83,15 @@ class EmbeddingsAPI:
 
     def _sequences(self, engine: Embedder, req: schema.Request) -> list[list[int]]:
         """Token ids per input; an input over the limit is a 400 naming it (or cut: TRUNCATE)."""
+        seqs: list[list[int]]
         if req.tokens_given:
-            seqs = req.inputs
+            seqs = cast("list[list[int]]", req.inputs)  # tokens_given: the inputs are id lists
             for i, seq in enumerate(seqs):
                 if max(seq) >= engine.n_vocab:
                     raise InvalidRequest(f"'input[{i}]' has token ids >= the vocabulary size "
                                          f"{engine.n_vocab}.", param=f"input[{i}]")
         else:
-            seqs = [engine.tokenize(text) for text in req.inputs]
+            seqs = [engine.tokenize(text) for text in cast("list[str]", req.inputs)]
         limit = engine.max_input_tokens
         for i, seq in enumerate(seqs):
             if len(seq) > limit:

@@ -46,6 +46,7 @@ class Pending:
             raise TimeoutError("embedding did not finish in time")
         if self.error is not None:
             raise self.error
+        assert self.vectors is not None  # done without an error: every input's vector is in
         return self.vectors
 
     def _fail(self, err: BaseException) -> None:
