@@ -173,6 +173,7 @@ def test_events_per_request_for_success_and_errors(make_runtime):
     assert first["headers"]["ce-source"] == "/llmfn/embed"
     data = first["data"]
     assert data["function"] == "embed" and data["endpoint"] == "/v1/embeddings"
+    assert data["api"] == "embeddings"
     assert data["status"] == 200 and data["error_code"] is None
     assert data["input_count"] == 2 and data["prompt_tokens"] == 4 + 3
     assert data["cold_start"] is True and data["duration_s"] > 0

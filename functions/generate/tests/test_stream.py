@@ -112,6 +112,7 @@ def test_events_for_success_and_error(make_runtime):
     assert plain["status"] == 200 and plain["finish_reason"] == "length"
     assert len(plain["model_sha256"]) == 64
     assert bad["status"] == 400 and bad["error_code"] is None and bad["completion_tokens"] == 0
+    assert [e["data"]["api"] for e in events] == ["completions"] * 3  # the route's API
 
 
 def test_function_name_setting_names_the_events(make_runtime):
