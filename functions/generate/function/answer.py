@@ -1,6 +1,6 @@
 """generate's answers, each built by one function from the protocol's types (protocol.py):
-OpenAI's completion objects, their SSE chunks, choices with text, messages, tool calls and
-log-probabilities.
+OpenAI's completion objects, their chunks (typed; api.py writes them as SSE), choices with
+text, messages, tool calls and log-probabilities.
 
 One :class:`Call` per admitted request; its ``choices`` (``n``, or ``best_of`` candidates) are
 generations of the scheduler.
@@ -41,8 +41,11 @@ class Call:
     """The state of one admitted request while it is answered."""
 
     def __init__(self, *, origin, t0: float, chat: bool, req, prompt_tokens: int,
-                 jobs: list[Generation], cold: bool, model: str, echo_text: str = ""):
+                 jobs: list[Generation], cold: bool, model: str, echo_text: str = "",
+                 route: str | None = None, api: str | None = None):
         self.origin, self.t0, self.chat, self.req = origin, t0, chat, req
+        self.route = route or ("/v1/chat/completions" if chat else "/v1/completions")
+        self.api = api or ("chat" if chat else "completions")  # the inference event's api
         self.rid, self.created = origin.rid, origin.created
         self.prompt_tokens, self.jobs = prompt_tokens, jobs
         self.cold, self.model = cold, model
@@ -50,10 +53,6 @@ class Call:
         self.prompt_text: str | None = None  # only with EVENTS_INCLUDE_TEXT
         self.events = jobs[0].events  # shared by the choices
         self.first_finish: str | None = None  # the finish_reason choice 0 was answered with
-
-    @property
-    def route(self) -> str:
-        return "/v1/chat/completions" if self.chat else "/v1/completions"
 
     @property
     def buffered(self) -> bool:
@@ -136,24 +135,25 @@ class Call:
 
     # -- SSE chunks -----------------------------------------------------------------------
     def chunk(self, index: int, delta: str | Delta, finish_reason: FinishReason | None = None,
-              tokens: list[TokenLogprob] | None = None) -> bytes:
-        """One SSE chunk of choice ``index``: ``delta`` is new text (or a ready chat delta)."""
+              tokens: list[TokenLogprob] | None = None) -> ChatCompletionChunk | CompletionChunk:
+        """One chunk of choice ``index``: ``delta`` is new text (or a ready chat delta)."""
         if self.chat:
             chat_logprobs = self.chat_logprobs(tokens) if tokens else None
             delta = Delta(content=delta) if isinstance(delta, str) else delta
-            return sse_data(ChatCompletionChunk(
+            return ChatCompletionChunk(
                 **self.head(),
                 choices=[ChunkChoice(index=index, delta=delta, logprobs=chat_logprobs,
                                      finish_reason=finish_reason)],
-                usage=None if self.req.include_usage else UNSET))
+                usage=None if self.req.include_usage else UNSET)
         assert isinstance(delta, str)
         logprobs = self.completion_logprobs(tokens) if tokens else None
-        return sse_data(CompletionChunk(
+        return CompletionChunk(
             **self.head(),
             choices=[CompletionChoice(text=delta, index=index, logprobs=logprobs,
-                                      finish_reason=finish_reason)]))
+                                      finish_reason=finish_reason)])
 
-    def last_chunks(self, index: int, outcome: Outcome, text: str) -> list[bytes]:
+    def last_chunks(self, index: int, outcome: Outcome,
+                    text: str) -> list[ChatCompletionChunk | CompletionChunk]:
         """The end of choice ``index``: a buffered answer, then its finish reason."""
         out = []
         calls = self.tool_calls(outcome, index) if self.buffered else None
@@ -169,13 +169,11 @@ class Call:
         out.append(self.chunk(index, Delta() if self.chat else "", reason))
         return out
 
-    def usage_chunk(self) -> bytes:
+    def usage_chunk(self) -> ChatCompletionChunk | CompletionChunk:
         """The last chunk with `stream_options.include_usage`: no choices, the usage."""
         if self.chat:
-            return sse_data(ChatCompletionChunk(**self.head(),
-                                                choices=[], usage=self.usage()))
-        return sse_data(CompletionChunk(**self.head(), choices=[],
-                                        usage=self.usage()))
+            return ChatCompletionChunk(**self.head(), choices=[], usage=self.usage())
+        return CompletionChunk(**self.head(), choices=[], usage=self.usage())
 
 
 def finish(outcome: Outcome) -> FinishReason:

@@ -6,6 +6,10 @@ scheduler.py); a request with ``n`` choices (or ``best_of`` candidates) holds th
 The request thread formats the answer (answer.py), as JSON or as SSE (OpenAI's chunk format,
 ``data: [DONE]`` at the end, and a comment heartbeat while the prompt is processed so idle
 timeouts do not cut the stream).
+
+Another API (Responses, Messages) translates its request into a typed chat request and calls
+:meth:`GenerateAPI.run_chat`, the chat pipeline's one internal entry: it gets the typed answer
+(a ``ChatCompletion``) or an iterator of typed chunks and writes its own JSON or SSE.
 """
 from __future__ import annotations
 
@@ -14,12 +18,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from typing import Any
 
 from flask import Flask
 
 from llmfn import openapi, routes
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
+from llmfn.events import InferenceRecord
 from llmfn.model_runtime import Runtime
 from llmfn.protocol import Model
 from llmfn.webapp import check_model
@@ -35,6 +42,20 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
+
+
+class KeepAlive:
+    """Yielded by a chunk iterator when nothing happened for HEARTBEAT_S (the prompt is still
+    being processed): the API writes its keep-alive, so idle timeouts do not cut the stream."""
+
+
+KEEPALIVE = KeepAlive()
+ChatChunks = Iterator[protocol.ChatCompletionChunk | KeepAlive]
+"""A streamed chat answer for another API: the role chunk, text (or a tool call, whole),
+each choice's finish, then a last chunk with no choices and ``usage``. An error after the
+first chunk is raised (an ``APIError``) for the API to write in its own shape; closing the
+iterator (the client left) cancels the generation."""
+_EVENT_HAS_API = "api" in InferenceRecord.__struct_fields__  # until the event has the field
 
 
 def register(app: Flask, runtime: Runtime, gen: GenerateSettings) -> Scheduler:
@@ -87,38 +108,78 @@ class GenerateAPI:
         return _json_response(protocol.DetokenizeResponse(
             content=text.decode("utf-8", errors="replace")))
 
+    # -- the seam: the chat pipeline for another API -------------------------------------------
+    def run_chat(self, inbound: routes.Inbound, typed: protocol.ChatCompletionRequest, *,
+                 api: str) -> protocol.ChatCompletion | ChatChunks:
+        """Answer ``typed`` (another API's request, translated) as chat completions would.
+
+        ``inbound`` is that API's own (its route and ``api`` go in the inference event; its
+        disconnect signal cancels). Returns the finished ``ChatCompletion`` (with usage), or,
+        with ``typed.stream``, the chunks (:data:`ChatChunks`, usage always in the last). A
+        bad request, 404 model, 429 or 503 before generating is raised as an ``APIError`` in
+        OpenAI's terms (chat's parameter names): the caller maps it to its shape and names.
+        The body of ``inbound`` is not read.
+        """
+        def parse(_body: dict) -> schema.Request:
+            check_model({"model": typed.model}, self.rt.host.model_id)
+            req = schema.chat_request(typed, self.rt.settings.model.default_max_tokens,
+                                      self.scheduler.capacity)
+            req.include_usage = req.stream
+            return req
+
+        call = self._start(inbound, chat=True, api=api, parse=parse,
+                           stream=typed.stream is True)
+        if call.req.stream:
+            return self._chunks(call)
+        answer = self._answer(call)
+        assert isinstance(answer, protocol.ChatCompletion)
+        return answer
+
     # -- request flow -------------------------------------------------------------------------
     def _serve(self, inbound: routes.Inbound, *, chat: bool) -> routes.Result:
-        t0 = time.perf_counter()
-        origin = inbound.origin
-        stream, req = False, None
-        try:
-            engine: Engine = self.rt.model()
-            body = inbound.body()
-            stream = body.get("stream") is True
+        def parse(body: dict) -> schema.Request:
             check_model(body, self.rt.host.model_id)
             args = (body, self.rt.settings.model.default_max_tokens, self.scheduler.capacity)
-            req = schema.chat(*args) if chat else schema.completion(*args)
+            return schema.chat(*args) if chat else schema.completion(*args)
+
+        call = self._start(inbound, chat=chat, api="chat" if chat else "completions",
+                           parse=parse)
+        if call.req.stream:
+            result = routes.stream(self._sse(call))
+        else:
+            result = _json_response(self._answer(call))
+        result.headers["X-Request-Id"] = call.origin.rid
+        return result
+
+    def _start(self, inbound: routes.Inbound, *, chat: bool, api: str,
+               parse: Callable[[dict], schema.Request], stream: bool | None = None) -> Call:
+        """Validate, tokenize and admit one request (``parse`` gets the JSON body); an
+        APIError before generating is recorded as an inference event and raised."""
+        t0 = time.perf_counter()
+        origin = inbound.origin
+        req = None
+        try:
+            engine: Engine = self.rt.model()
+            body = inbound.body() if stream is None else {}
+            if stream is None:
+                stream = body.get("stream") is True
+            req = parse(body)
             tokens = self._tokens(engine, req)
             self._fit_context(engine, tokens, req, "messages" if chat else "prompt")
             self._check_request(engine, req)
             jobs = self._submit(tokens, req, t0, inbound.disconnected)
         except APIError as err:
-            self._event(inbound, t0, status=err.status, error_code=err.code, stream=stream,
-                        req=req)
+            self._event(inbound, t0, status=err.status, error_code=err.code,
+                        stream=bool(stream), req=req, api=api)
             raise
         cold = self.rt.host.take_cold_start()
         echo = self._echo_text(engine, req, tokens) if req.echo else ""
         call = Call(origin=origin, t0=t0, chat=chat, req=req, prompt_tokens=len(tokens),
-                    jobs=jobs, cold=cold, model=self.rt.host.model_id, echo_text=echo)
+                    jobs=jobs, cold=cold, model=self.rt.host.model_id, echo_text=echo,
+                    route=inbound.route, api=api)
         if self.rt.settings.events.include_text:
             call.prompt_text = _prompt_text(engine, req, tokens)
-        if req.stream:
-            result = routes.stream(self._sse(call))
-        else:
-            result = self._json(call)
-        result.headers["X-Request-Id"] = origin.rid
-        return result
+        return call
 
     @staticmethod
     def _tokens(engine: Engine, req: schema.Request) -> list[int]:
@@ -196,7 +257,7 @@ class GenerateAPI:
         return b"".join(engine.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     # -- answers ------------------------------------------------------------------------------
-    def _json(self, call: Call) -> routes.Result:
+    def _answer(self, call: Call) -> protocol.Completion | protocol.ChatCompletion:
         try:
             outcomes = [job.wait() for job in call.jobs]
         except APIError as err:  # shutting down before it got a slot
@@ -220,10 +281,22 @@ class GenerateAPI:
                     o.tokens = None
         body = call.response(outcomes)
         self._finish(call, status=200)
-        return _json_response(body)
+        return body
 
     def _sse(self, call: Call) -> Iterator[bytes]:
-        """The SSE body; closing it (client gone) cancels the generations."""
+        """The SSE body (OpenAI's chunks, then ``[DONE]``); closing it (client gone) cancels
+        the generations."""
+        with closing(self._chunks(call)) as chunks:
+            try:
+                for chunk in chunks:
+                    yield HEARTBEAT if chunk is KEEPALIVE else sse_data(chunk)
+            except APIError as err:  # after the first chunk: in the stream, then [DONE]
+                yield sse_data(err.body())
+        yield DONE
+
+    def _chunks(self, call: Call) -> Iterator[Any]:
+        """The typed chunks of a streamed answer and KEEPALIVE; an error after the start is
+        raised (its status recorded); closing it (client gone) cancels the generations."""
         status, code, open_choices = 200, None, len(call.jobs)
         held: dict[int, list[str]] = {i: [] for i in range(open_choices)}
         heartbeat_s = self.rt.settings.server.heartbeat_s
@@ -236,7 +309,7 @@ class GenerateAPI:
                 try:
                     event: Event = call.events.get(timeout=heartbeat_s)
                 except queue.Empty:
-                    yield HEARTBEAT
+                    yield KEEPALIVE
                     continue
                 match event:
                     case Tokens(tokens, index):
@@ -251,22 +324,17 @@ class GenerateAPI:
                             self._verify(call, outcome)
                         except structured.OutputInvalid as err:
                             status, code = err.status, err.code
-                            yield sse_data(err.body())
-                            break
-                        for piece in call.last_chunks(index, outcome, "".join(held[index])):
-                            yield piece
+                            raise
+                        yield from call.last_chunks(index, outcome, "".join(held[index]))
                     case Failed(APIError() as error):  # shutting down before it got a slot
                         status, code = error.status, error.code
-                        yield sse_data(error.body())
-                        break
+                        raise error
                     case Failed(error):
                         log.error("generation failed", exc_info=error)
                         status, code = 500, "internal_error"
-                        yield sse_data(internal_error().body())
-                        break
-            if status == 200 and call.req.include_usage:
+                        raise internal_error() from None
+            if call.req.include_usage:
                 yield call.usage_chunk()
-            yield DONE
         except GeneratorExit:
             status, code = 499, "client_disconnected"
             raise
@@ -319,6 +387,7 @@ class GenerateAPI:
             reason = "deadline"
         self.rt.emit_inference(
             call.origin, endpoint=call.route, status=status, error_code=error_code,
+            **_api_field(call.api),
             prompt_tokens=call.prompt_tokens,
             completion_tokens=sum(o.completion_tokens for o in outcomes),
             ttft_s=min((o.ttft_s for o in outcomes if o.ttft_s is not None), default=None),
@@ -329,12 +398,17 @@ class GenerateAPI:
             output=first.text if first else None)
 
     def _event(self, inbound: routes.Inbound, t0: float, *, status: int, error_code: str | None,
-               stream: bool, req: schema.Request | None) -> None:
+               stream: bool, req: schema.Request | None, api: str) -> None:
         self.rt.emit_inference(inbound.origin, endpoint=inbound.route, status=status,
-                               error_code=error_code,
+                               error_code=error_code, **_api_field(api),
                                duration_s=time.perf_counter() - t0, finish_reason="error",
                                stream=stream,
                                output_format=req.output.kind if req is not None else "text")
+
+
+def _api_field(api: str) -> dict[str, str]:
+    """The inference event's ``api`` (once the event declares it)."""
+    return {"api": api} if _EVENT_HAS_API else {}
 
 
 def _json_response(answer: Model) -> routes.Result:

@@ -27,7 +27,7 @@ from .protocol import (
 )
 
 __all__ = ["CHAT_PARAMETERS", "COMPLETION_PARAMETERS", "REJECTED_WHY", "Request", "completion",
-           "chat"]
+           "chat", "chat_request"]
 
 
 @dataclass
@@ -66,7 +66,13 @@ def completion(body: dict, default_max_tokens: int, max_choices: int) -> Request
 
 def chat(body: dict, default_max_tokens: int, max_choices: int) -> Request:
     """POST /v1/chat/completions: `messages` with roles and text content, tools, formats."""
-    typed = protocol.decode(ChatCompletionRequest, body)
+    return chat_request(protocol.decode(ChatCompletionRequest, body), default_max_tokens,
+                        max_choices)
+
+
+def chat_request(typed: ChatCompletionRequest, default_max_tokens: int,
+                 max_choices: int) -> Request:
+    """A typed chat request (decoded, or translated from another API) checked as chat's."""
     req = _common(typed, default_max_tokens, max_choices)
     req.messages = [_message(msg, f"messages[{i}]") for i, msg in enumerate(typed.messages)]
     if typed.logprobs:
