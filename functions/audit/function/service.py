@@ -72,6 +72,8 @@ class AuditService(Worker):
                  store: AuditStore | None = None, metrics: AuditMetrics | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)):
         self.settings = settings
+        self.capacity = settings.max_batch
+        """Deliveries wait for their commit, which groups up to INGEST_MAX_BATCH events."""
         self.store = store or AuditStore(settings)
         self.metrics = metrics or AuditMetrics()
         self.clock = clock
@@ -95,11 +97,6 @@ class AuditService(Worker):
         self._thread = threading.Thread(target=self._background, name="audit-store",
                                         daemon=True)
         self._thread.start()
-
-    @property
-    def capacity(self) -> int:
-        """Deliveries wait for their commit, which groups up to INGEST_MAX_BATCH events."""
-        return self.settings.max_batch
 
     def drain(self, grace_s: float) -> bool:
         """Called on stop once the events being recorded got their commit (new ones get 503
