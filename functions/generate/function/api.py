@@ -31,7 +31,7 @@ from llmfn.model_runtime import Runtime
 from llmfn.protocol import Model
 from llmfn.webapp import check_model
 
-from . import protocol, schema, structured
+from . import messages, protocol, schema, structured
 from .answer import Call, sse_data
 from .engine import Engine
 from .protocol import Delta
@@ -70,6 +70,7 @@ def register(app: Flask, runtime: Runtime, gen: GenerateSettings) -> Scheduler:
     routes.add(app, "/v1/chat/completions", "chat_completions", api.chat)
     routes.add(app, "/tokenize", "tokenize", api.tokenize)
     routes.add(app, "/detokenize", "detokenize", api.detokenize)
+    messages.register(app, api)  # Anthropic's /v1/messages (messages.py)
     openapi.attach(app, lambda: openapi.function_document(protocol))  # on first GET
     return scheduler
 

@@ -47,6 +47,7 @@ class Params:
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: object = None  # constraint.Grammar the output must match (structured, tools)
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's and the top k
+    top_k: int = TOP_K  # 0: no top-k cut (the Messages API's top_k; chat keeps TOP_K)
     ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's)
 
 
@@ -212,7 +213,7 @@ class Engine:
         if params.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain
-        add(chain, llama_cpp.llama_sampler_init_top_k(TOP_K))
+        add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
         add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
         add(chain, llama_cpp.llama_sampler_init_min_p(MIN_P, 1))
         add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))

@@ -102,7 +102,13 @@ class MessagesAPI:
 
 
 # -- Anthropic -> chat ----------------------------------------------------------------------------
-def to_chat(req: mp.CountTokensRequest) -> protocol.ChatCompletionRequest:
+class ChatRequest(protocol.ChatCompletionRequest, kw_only=True):
+    """A chat request translated from a Messages request: chat's, and ``top_k`` (not a chat
+    parameter; schema.py passes it to the sampler)."""
+    top_k: int | None = None
+
+
+def to_chat(req: mp.CountTokensRequest) -> ChatRequest:
     """The chat request that answers ``req`` (a 400 naming what chat cannot express)."""
     for key, why in mp.REJECTED_WHY.items():
         if getattr(req, key, None) is not None:
@@ -117,15 +123,16 @@ def to_chat(req: mp.CountTokensRequest) -> protocol.ChatCompletionRequest:
     tools = [protocol.Tool(type="function", function=protocol.FunctionDefinition(
         name=t.name, description=t.description, parameters=t.input_schema))
         for t in req.tools or []]
-    out = protocol.ChatCompletionRequest(model=req.model, messages=messages,
-                                         tools=tools or None,
-                                         tool_choice=_tool_choice(req.tool_choice, tools))
+    out = ChatRequest(model=req.model, messages=messages, tools=tools or None,
+                      tool_choice=_tool_choice(req.tool_choice, tools),
+                      response_format=_format(req))
     if isinstance(req, mp.MessagesRequest):
         out.max_tokens = req.max_tokens
         out.stop = req.stop_sequences or None
         out.temperature = req.temperature
         out.top_p = req.top_p
         out.stream = bool(req.stream)
+        out.top_k = req.top_k
     return out
 
 
@@ -163,6 +170,17 @@ def _messages(msg: mp.MessageParam, where: str) -> list[protocol.Message]:
                                  tool_calls=calls or None)]
     return results + ([protocol.Message(role="user", content="".join(text))]
                       if text or not results else [])
+
+
+def _format(req: mp.CountTokensRequest) -> protocol.ResponseFormatJSONSchema | None:
+    """``output_config.format`` (or ``output_format``) as chat's ``json_schema`` format."""
+    fmt = req.output_config.format if req.output_config is not None else None
+    if fmt is None:
+        fmt = req.output_format
+    if fmt is None:
+        return None
+    return protocol.ResponseFormatJSONSchema(json_schema=protocol.JSONSchemaFormat(
+        name="output", schema=fmt.schema, strict=True))
 
 
 def _tool_choice(choice: mp.ToolChoice | None, tools: list[protocol.Tool]

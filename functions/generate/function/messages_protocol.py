@@ -30,7 +30,8 @@ REJECTED_WHY = {
                           "function does not keep",
 }
 """Parameters answered with a 400 naming them (unless null), and why."""
-IGNORED = {"metadata", "service_tier"}
+IGNORED = {"metadata", "service_tier", "inference_geo", "diagnostics", "cache_control", "speed",
+           "user_profile_id", "workspace_id", "output_config.effort"}
 """Parameters accepted with no effect here."""
 BLOCKS = {"text", "tool_use", "tool_result"}
 """The content blocks a request may hold; any other type is a 400 naming it."""
@@ -97,6 +98,19 @@ class ToolChoiceNone(Part, tag_field="type", tag="none"):
 
 ToolChoice = ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone
 System = Annotated[str | list[TextBlock], Meta(description="a string or text blocks")]
+NoEffect = Annotated[Any, Meta(description="accepted; no effect here")]
+
+
+class JSONOutputFormat(Part):
+    """Structured output: JSON valid against ``schema`` (chat's ``json_schema`` engine)."""
+    type: Literal["json_schema"]
+    schema: dict[str, Any]
+
+
+class OutputConfig(Part):
+    format: Annotated[JSONOutputFormat | None, Meta(
+        description="enforced with a grammar; keywords it cannot enforce are a 400")] = None
+    effort: Annotated[Any, Meta(description="accepted; no effect here (no reasoning)")] = None
 
 
 class CountTokensRequest(Request):
@@ -106,8 +120,16 @@ class CountTokensRequest(Request):
     system: System | None = None
     tools: Annotated[list[ToolParam], Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
+    output_format: Annotated[JSONOutputFormat | None, Meta(
+        description="as `output_config.format`")] = None
     thinking: Annotated[Any, Meta(description="400 unless null: " + REJECTED_WHY["thinking"])] \
         = None
+    cache_control: Annotated[Any, Meta(
+        description="accepted; prompt prefixes are reused without it")] = None
+    speed: NoEffect = None
+    user_profile_id: NoEffect = None
+    workspace_id: NoEffect = None
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):
@@ -118,8 +140,10 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     top_k: Annotated[int, Meta(ge=0, description="0: no top-k cut")] | None = None
     stream: bool | None = None
-    metadata: Annotated[Any, Meta(description="accepted; no effect here")] = None
-    service_tier: Annotated[Any, Meta(description="accepted; no effect here")] = None
+    metadata: NoEffect = None
+    service_tier: NoEffect = None
+    inference_geo: NoEffect = None
+    diagnostics: NoEffect = None
     container: Annotated[Any, Meta(description="400 unless null: " + REJECTED_WHY[
         "container"])] = None
     mcp_servers: Annotated[Any, Meta(description="400 unless null: " + REJECTED_WHY[
@@ -295,8 +319,8 @@ _ANTHROPIC = ("Anthropic's Messages API on the chat pipeline. Errors have Anthro
               "like a bearer key, `anthropic-version` and `anthropic-beta` are ignored.")
 OPERATIONS = [
     Operation("/v1/messages", "post", "createMessage", "Message (Anthropic /v1/messages)",
-              ("anthropic",), request=MessagesRequest, response=AnthropicMessage, stream=StreamEvent,
-              errors=(), responses=ERROR_RESPONSES, headers=("X-Request-Id",),
+              ("anthropic",), request=MessagesRequest, response=AnthropicMessage,
+              stream=StreamEvent, errors=(), responses=ERROR_RESPONSES, headers=("X-Request-Id",),
               description=_ANTHROPIC, returns="the message as JSON",
               sse="the SSE stream of Anthropic's events (`event: <type>` and `data: {event}`: "
               "message_start, content_block_start/delta/stop, message_delta, message_stop; "

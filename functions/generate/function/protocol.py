@@ -24,6 +24,8 @@ from llmfn.errors import InvalidRequest
 from llmfn.openapi import Operation
 from llmfn.protocol import UNSET, Meta, Model, Request, UnsetType, field
 
+from . import messages_protocol
+
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit on /v1/completions
@@ -465,5 +467,6 @@ OPERATIONS = [
     Operation("/detokenize", "post", "detokenize",
               "Token ids to text (llama-server's /detokenize)", ("tokenizer",),
               request=DetokenizeRequest, response=DetokenizeResponse, returns="the text"),
+    *messages_protocol.OPERATIONS,
 ]
 """generate's own routes and its page (``POST /``, the request events, is llmfn's)."""

@@ -114,6 +114,9 @@ def _common(typed: Sampling, default_max_tokens: int, max_choices: int) -> Reque
                     frequency_penalty=_or(typed.frequency_penalty, 0.0),
                     logit_bias=_logit_bias(typed.logit_bias),
                     ignore_eos=bool(typed.ignore_eos))
+    top_k = getattr(typed, "top_k", None)  # not chat's: a translated Messages request's
+    if top_k is not None:
+        params.top_k = top_k
     return Request(params=params, max_tokens_given=max_tokens is not None, stream=stream,
                    include_usage=include_usage, n=n, best_of=n)
 
