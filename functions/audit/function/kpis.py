@@ -1,4 +1,5 @@
-"""KPI queries over the rollup cells (rollup.py): summary by (function, model) and a series.
+"""KPI queries over the rollup cells (rollup.py): summary by (function, model), or with
+``group_by=api`` by (function, model, api), and a series.
 
 FerretDB v1.24.2 (SQLite) scans a whole collection for any filter but an `_id` match, and has
 none of the `$group` accumulators percentiles need (`$push`, `$percentile`, `$avg`) nor date
@@ -22,7 +23,9 @@ UTC = dt.UTC
 DEFAULT_WINDOW = dt.timedelta(hours=24)
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-FILTERS = ("function", "model", "service")  # query parameters a cell's key must equal
+FILTERS = ("function", "model", "service", "api")  # query parameters a cell's key must equal
+GROUP_BY = {"": ("function", "model"), "api": ("function", "model", "api")}
+"""``group_by`` values: the key fields a summary's groups have."""
 
 
 class QueryError(ValueError):
@@ -62,14 +65,17 @@ class Query:
     function: str | None = None
     model: str | None = None
     service: str | None = None
+    api: str | None = None
+    group_by: str = ""  # a GROUP_BY key
 
     def filters(self) -> dict[str, str]:
         """The filters given, by name."""
         return {k: getattr(self, k) for k in FILTERS if getattr(self, k) is not None}
 
     def echo(self) -> dict:
-        """The window and filters as the answer repeats them."""
-        return {"since": _iso(self.since), "until": _iso(self.until), **self.filters()}
+        """The window, filters and grouping as the answer repeats them."""
+        return {"since": _iso(self.since), "until": _iso(self.until), **self.filters(),
+                **({"group_by": self.group_by} if self.group_by else {})}
 
     def counts(self, key: rollup.CellKey) -> bool:
         """Whether the cell of ``key`` counts: it overlaps the window and equals the filters."""
@@ -85,7 +91,12 @@ def parse_query(args: Mapping[str, str], now: dt.datetime) -> Query:
     since = parse_time("since", args["since"]) if args.get("since") else until - DEFAULT_WINDOW
     if since >= until:
         raise QueryError("since must be before until")
-    return Query(since, until, **{k: args[k] for k in FILTERS if args.get(k)})
+    group_by = args.get("group_by") or ""
+    if group_by not in GROUP_BY:
+        raise QueryError(f"group_by must be api (groups by function, model and api), "
+                         f"got {group_by!r}")
+    return Query(since, until, **{k: args[k] for k in FILTERS if args.get(k)},
+                 group_by=group_by)
 
 
 def _iso(t: dt.datetime | float) -> str:
@@ -108,13 +119,15 @@ def select(cells: rollup.Cells, query: Query) -> tuple[Chosen, dict]:
     return chosen, window
 
 
-def summarize(chosen: Chosen) -> dict:
-    """KPIs per (function, model) plus a total."""
-    groups: dict[tuple[str, str], list[rollup.Cell]] = {}
+def summarize(chosen: Chosen, group_by: str = "") -> dict:
+    """KPIs per group (:data:`GROUP_BY`: (function, model), or (function, model, api)) plus a
+    total."""
+    fields = GROUP_BY[group_by]
+    groups: dict[tuple[str, ...], list[rollup.Cell]] = {}
     for key, cell in chosen:
-        groups.setdefault((key.function, key.model), []).append(cell)
-    return {"groups": [{"function": f, "model": m, **rollup.summary(cs)}
-                       for (f, m), cs in sorted(groups.items())],
+        groups.setdefault(tuple(getattr(key, f) for f in fields), []).append(cell)
+    return {"groups": [{**dict(zip(fields, values, strict=True)), **rollup.summary(cs)}
+                       for values, cs in sorted(groups.items())],
             "total": rollup.summary(c for _, c in chosen)}
 
 

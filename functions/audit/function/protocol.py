@@ -8,12 +8,12 @@ Imports only llmfn: tools load this module by path.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from llmfn import openapi
 from llmfn.events import INFERENCE_COMPLETED, InferenceData
 from llmfn.openapi import Operation, Param
-from llmfn.protocol import UNSET, Model, UnsetType
+from llmfn.protocol import UNSET, Meta, Model, UnsetType
 
 
 class Recorded(Model):
@@ -64,9 +64,12 @@ class Summary(Model):
 
 
 class Group(Summary):
-    """The KPIs of one function and model."""
+    """The KPIs of one function and model (and API, with ``group_by=api``)."""
     function: str
     model: str
+    api: Annotated[str | UnsetType, Meta(
+        description="with group_by=api: chat, completions, responses, messages, embeddings, or "
+        "\"\" for cells stored before events had an API")] = UNSET
 
 
 class Window(Model):
@@ -84,6 +87,8 @@ class Filtered(Model):
     function: str | UnsetType = UNSET
     model: str | UnsetType = UNSET
     service: str | UnsetType = UNSET
+    api: str | UnsetType = UNSET
+    group_by: Literal["api"] | UnsetType = UNSET
 
 
 class KPIs(Filtered, kw_only=True):
@@ -135,6 +140,8 @@ _WINDOW = (
     Param("function", description="only this function"),
     Param("model", description="only this model"),
     Param("service", description="only this Knative service"),
+    Param("api", description="only this API (the events' `api`: chat, completions, responses, "
+          "messages, embeddings)"),
 )
 _INVALID_QUERY = {400: openapi.error_response("a bad query parameter (`code: invalid_query`)")}
 
@@ -156,7 +163,10 @@ OPERATIONS = [
               returns="stored, or recognised as a redelivery", responses=_INVALID_EVENT),
     openapi.page("/dashboard", "dashboard", "HTML KPI dashboard"),
     Operation("/kpis", "get", "kpis", "KPIs per function and model over a window", ("kpis",),
-              response=KPIs, errors=(401, 429, 503), parameters=_WINDOW,
+              response=KPIs, errors=(401, 429, 503),
+              parameters=(*_WINDOW, Param("group_by", schema={"type": "string", "enum": ["api"]},
+                                          description="`api`: groups by function, model and API "
+                                          "(default: function and model)")),
               returns="the window, the filters, per-group and total KPIs",
               responses=_INVALID_QUERY),
     Operation("/kpis/timeseries", "get", "kpisTimeseries", "KPIs per time bucket", ("kpis",),

@@ -1,7 +1,7 @@
 """KPI rollup cells: what one group of events contributes to `/kpis`, mergeable and small.
 
-A :class:`Cell` holds the KPIs of the events of one (function, model, service) whose event time
-falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its :class:`CellKey`:
+A :class:`Cell` holds the KPIs of the events of one (function, model, service, api) whose event
+time falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its :class:`CellKey`:
 counts, token sums, log-bucket histograms of latency, time to first token and cold-start latency,
 and counts by label of the events' ``finish_reason``, ``output_format`` and ``key_id`` (who called:
 a hash prefix of the bearer key). Cells add up exactly (counts, sums) and their histograms and label
@@ -21,7 +21,9 @@ Percentiles come from the histograms: bucket ``i`` holds values in ``[G**i, G**(
 
 Stored format (:func:`encode`, :func:`decode`; the one place that knows it): the cells of a document
 are JSON text in one field (FerretDB v1 spends its time per field it decodes, and one string is one
-field), a list of rows ``[function, model, service, start_s, resolution_s, {stored name: value}]``.
+field), a list of rows ``[function, model, service, start_s, resolution_s, {stored name: value}]``,
+then ``api`` when the cell has one (rows stored before cells had an API, and cells of events that
+name none, have none: ``""``).
 The stored names stay the short ones the first version wrote (``n``, ``e``, ``c``, ``pt``, ``ct``,
 ``tn``, ``ts``, ``hl``, ``ht``, ``hc``, and since the label counts ``fr``, ``of`` and ``ki``; each
 :class:`Cell` field declares its own, gathered in :data:`STORED_NAMES`): the text is read whole on
@@ -39,6 +41,8 @@ import math
 import secrets
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
+
+from llmfn.events import api_of
 
 GAMMA = 2 ** (1 / 8)
 RELATIVE_ERROR = math.sqrt(GAMMA) - 1  # 0.044
@@ -101,12 +105,13 @@ def label(value) -> str:
 
 # -- cells -----------------------------------------------------------------------------------
 class CellKey(NamedTuple):
-    """Which events a cell counts: one (function, model, service) over one interval."""
+    """Which events a cell counts: one (function, model, service, api) over one interval."""
     function: str
     model: str
     service: str
     start_s: int  # epoch seconds, a multiple of resolution_s
     resolution_s: int  # the interval's length: MINUTE_S or HOUR_S
+    api: str = ""  # the events' API (event_api); "" when they name none
 
     def coarsened(self, resolution_s: int) -> CellKey:
         """The key of the coarser cell (a multiple of this resolution) holding this one."""
@@ -191,11 +196,20 @@ def _epoch(t) -> float:
     return t.timestamp() if isinstance(t, dt.datetime) else float(t)
 
 
+def event_api(doc: Mapping) -> str:
+    """The API an event document counts under: its ``api`` (as a :func:`label`); for an event
+    sent before the field, the API of its ``endpoint`` (``llmfn.events.api_of``); else ``""``."""
+    api = doc.get("api")
+    if api is None:
+        api = api_of(doc.get("endpoint"))
+    return "" if api is None else label(api)
+
+
 def cell_key(doc: Mapping, resolution_s: int) -> CellKey:
     """The cell an event document belongs to at ``resolution_s``."""
     start = int(_epoch(doc["time"]) // resolution_s * resolution_s)
     return CellKey(str(doc.get("function", "")), str(doc.get("model", "")),
-                   str(doc.get("service", "")), start, resolution_s)
+                   str(doc.get("service", "")), start, resolution_s, event_api(doc))
 
 
 def add_event(cells: Cells, doc: Mapping, resolution_s: int = MINUTE_S) -> None:
@@ -223,19 +237,21 @@ def build(docs: Iterable[Mapping], resolution_s: int = MINUTE_S) -> Cells:
 
 # -- stored format ---------------------------------------------------------------------------
 def encode(cells: Mapping[CellKey, Cell]) -> str:
-    """Cells as compact JSON text (one BSON string field), with the stored names."""
-    rows = [[*key, {stored: getattr(cell, name) for name, stored in STORED_NAMES.items()}]
+    """Cells as compact JSON text (one BSON string field), with the stored names; a cell's api
+    after its values, when it has one."""
+    rows = [[*key[:5], {stored: getattr(cell, name) for name, stored in STORED_NAMES.items()},
+             *([key.api] if key.api else [])]
             for key, cell in sorted(cells.items())]
     return json.dumps(rows, separators=(",", ":"))
 
 
 def decode(text: str) -> Cells:
     """The inverse of :func:`encode`; a field a row lacks (stored before the field existed)
-    takes its empty default."""
-    return {CellKey(f, m, s, start, res):
+    takes its empty default, and so does its api."""
+    return {CellKey(f, m, s, start, res, *api):
             Cell(**{name: values[stored] for name, stored in STORED_NAMES.items()
                     if stored in values})
-            for f, m, s, start, res, values in json.loads(text)}
+            for f, m, s, start, res, values, *api in json.loads(text)}
 
 
 # -- batch ids -------------------------------------------------------------------------------

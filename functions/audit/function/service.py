@@ -183,6 +183,9 @@ class AuditService(Worker):
     def _kpis(self, path: str, args: Mapping[str, str]) -> dict:
         query = kpis.parse_query(args, self.clock())
         if path == "/kpis/timeseries":
+            if query.group_by:
+                raise kpis.QueryError("group_by is a parameter of /kpis (a series is one "
+                                      "group: filter by api instead)")
             bucket_s = kpis.parse_bucket(args.get("bucket") or "1m")
             n = kpis.bucket_count(query.since, query.until, bucket_s)
             if n > self.settings.kpi_max_buckets:
@@ -190,6 +193,6 @@ class AuditService(Worker):
                                       f"{self.settings.kpi_max_buckets}; use a larger bucket")
         self.store.ping()  # a down database answers 503 at once, not after the read deadline
         chosen, window = kpis.select(self.rollups.cells(), query)
-        out = (kpis.summarize(chosen) if path == "/kpis"
+        out = (kpis.summarize(chosen, query.group_by) if path == "/kpis"
                else kpis.timeseries(chosen, query.since, query.until, bucket_s))
         return {**query.echo(), "window": window, **out}

@@ -145,3 +145,33 @@ def test_timeseries_buckets_have_the_dashboard_percentiles():
     empty = kpis.timeseries([], since, until, 60)["series"][0]
     assert empty["ttft_p95_s"] is None and empty["tokens_per_s_mean"] is None
     assert empty["cold_starts"] == 0 and empty["error_rate"] == 0.0
+
+
+def test_group_by_api_and_filter_by_api():
+    """Groups by (function, model, api) with group_by=api, the API of an event from before the
+    field read from its endpoint ("" when it has neither); the api filter keeps one API; by
+    default the groups are (function, model) as before."""
+    rows = [_row(1, api="chat", duration_s=1.0), _row(2, api="chat", duration_s=1.0),
+            _row(3, api="responses", duration_s=8.0),
+            _row(4, endpoint="/v1/chat/completions"),  # sent before events had an api
+            _row(5, endpoint="/v1/completions"), _row(6),
+            _row(7, function="embed", api="embeddings")]
+    cells = rollup.build(rows)
+    chosen, _ = kpis.select(cells, _query())
+    assert [(g["function"], g["model"], g["count"]) for g in kpis.summarize(chosen)["groups"]] \
+        == [("embed", "m", 1), ("generate", "m", 6)]
+    assert "api" not in kpis.summarize(chosen)["groups"][0]
+    query = _query(group_by="api")
+    assert query.echo()["group_by"] == "api"
+    groups = kpis.summarize(kpis.select(cells, query)[0], query.group_by)["groups"]
+    by = {(g["function"], g["api"]): g for g in groups}
+    assert {k: g["count"] for k, g in by.items()} == {
+        ("embed", "embeddings"): 1, ("generate", ""): 1, ("generate", "chat"): 3,
+        ("generate", "completions"): 1, ("generate", "responses"): 1}
+    assert by["generate", "responses"]["latency_s"]["p50"] == pytest.approx(
+        8.0, rel=rollup.RELATIVE_ERROR)
+    only, _ = kpis.select(cells, _query(api="responses"))
+    assert kpis.summarize(only)["total"]["count"] == 1
+    assert _query(api="responses").echo()["api"] == "responses"
+    with pytest.raises(kpis.QueryError, match="group_by"):
+        _query(group_by="service")

@@ -101,9 +101,30 @@ def test_the_stored_format_keeps_its_short_names():
     assert len(set(rollup.STORED_NAMES.values())) == len(rollup.STORED_NAMES)
 
 
+def test_cells_of_an_api_store_it_after_their_values():
+    """A cell with an api writes it last in its row and reads it back; a row without one
+    (stored before cells had an API) reads as api ""; the api of an event from before the
+    field is its endpoint's, and an odd one is a bounded label."""
+    key = rollup.CellKey("generate", "m", "s", 1767355200, 60, "responses")
+    cells = rollup.decode(STORED_NOW)
+    old = cells[key._replace(api="")]
+    text = rollup.encode({key: old})
+    assert json.loads(text)[0][6] == "responses" and rollup.decode(text) == {key: old}
+    both = rollup.merge(rollup.decode(STORED_NOW), rollup.decode(text))
+    assert sorted(k.api for k in both) == ["", "responses"]
+    assert rollup.decode(rollup.encode(both)) == both
+    assert [rollup.event_api(d) for d in (
+        {"api": "messages", "endpoint": "/v1/chat/completions"},
+        {"endpoint": "/v1/chat/completions"}, {"endpoint": "/v1/embeddings"}, {},
+        {"endpoint": "/tokenize"}, {"api": "x" * 40}, {"api": 3})] == \
+        ["messages", "chat", "embeddings", "", "", "other", "other"]
+    assert rollup.cell_key({"time": 7265.5, "function": "f", "model": "m", "service": "s",
+                            "endpoint": "/v1/completions"}, 60).api == "completions"
+
+
 def test_coarsening_a_key():
     key = rollup.CellKey("f", "m", "s", 7260, 60)
-    assert key.coarsened(rollup.HOUR_S) == ("f", "m", "s", 7200, 3600)
+    assert key.coarsened(rollup.HOUR_S) == ("f", "m", "s", 7200, 3600, "")
     assert rollup.cell_key({"time": 7265.5, "function": "f", "model": "m", "service": "s"},
                            60) == key
 

@@ -23,7 +23,9 @@ def test_openapi_document_matches_the_app():
         openapi_routes.document_operations(doc)
     assert "/v1/models" not in doc["paths"]  # no model: only the base group
     params = {p["name"] for p in doc["paths"]["/kpis/timeseries"]["get"]["parameters"]}
-    assert params == {"since", "until", "function", "model", "service", "bucket"}
+    assert params == {"since", "until", "function", "model", "service", "api", "bucket"}
+    params = {p["name"] for p in doc["paths"]["/kpis"]["get"]["parameters"]}
+    assert params == {"since", "until", "function", "model", "service", "api", "group_by"}
 
 
 def _rows():
@@ -60,3 +62,9 @@ def test_kpi_answers_are_their_types():
                               **kpis.summarize(kpis.select(cells, query)[0])})
     assert {g.function for g in kpi.groups} == {"embed", "generate"}
     assert kpi.total.count == 5 and kpi.total.errors == 1
+    query = kpis.parse_query({"group_by": "api", "api": ""}, NOW)
+    chosen, window = kpis.select(cells, query)
+    kpi = _as(protocol.KPIs, {**query.echo(), "window": window,
+                              **kpis.summarize(chosen, query.group_by)})
+    assert kpi.group_by == "api" and {(g.function, g.api) for g in kpi.groups} == {
+        ("embed", ""), ("generate", "")}
