@@ -81,6 +81,9 @@ def docs(n: int, start: dt.datetime, seed: int = 1) -> list[dict]:
                     "output_format": rng.choice(["text", "json_object", "tool_call", None])})
         if out[-1]["output_format"] is None:
             del out[-1]["output_format"]  # stored by an older producer
+        # an api; or only an endpoint, from a producer before the field; or neither
+        out[-1].update(({"api": "chat"}, {"api": "responses"},
+                        {"endpoint": "/v1/completions"}, {})[i % 4])
     return out
 
 
@@ -93,9 +96,12 @@ def commit(committer, batch: list[dict]) -> list[str]:
 def numbers(audit, cells) -> dict:
     """The /kpis total of ``cells`` that compaction must keep."""
     s = audit.rollup.summary(cells.values())
+    by_api: Counter = Counter()
+    for key, cell in cells.items():
+        by_api[key.api] += cell.count
     return {k: s[k] for k in ("count", "errors", "completion_tokens", "prompt_tokens",
                               "finish_reasons", "output_formats")} | {
-        "cold": s["cold_starts"]["count"], "p95": s["latency_s"]["p95"]}
+        "cold": s["cold_starts"]["count"], "p95": s["latency_s"]["p95"], "by_api": by_api}
 
 
 def totals(audit, rollups) -> dict:
@@ -221,6 +227,10 @@ def test_rebuild_counts_every_stored_event_once(env):
     every = committed + lost + loaded
     assert want["finish_reasons"] == Counter(d["finish_reason"] or "none" for d in every)
     assert want["output_formats"] == Counter(d.get("output_format", "text") for d in every)
+    assert want["by_api"] == Counter(
+        d.get("api", {"/v1/completions": "completions"}.get(d.get("endpoint"), ""))
+        for d in every)
+    assert set(want["by_api"]) == {"chat", "responses", "completions", ""}
     # a redelivery of the lost commit's events is counted already: no recovery
     clock.advance(minutes=5)
     assert commit(committer, lost + loaded[:3]) == ["duplicate"] * 8
