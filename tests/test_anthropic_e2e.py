@@ -66,6 +66,19 @@ def test_stop_reason_max_tokens(client):
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 1
 
 
+def test_stop_sequence(client):
+    """A stop sequence of the request that ended the answer is named (a space: any answer of
+    more than one word has one)."""
+    asked = dict(model=MODEL, max_tokens=12, stop_sequences=[" ", "zzzz"], messages=[
+        {"role": "user", "content": "Tell me about the sea."}])
+    message = client.messages.create(**asked)
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == " "
+    assert " " not in message.content[0].text
+    with client.messages.stream(**asked) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == " "
+
+
 def test_stream(client):
     deltas = []
     with client.messages.stream(model=MODEL, max_tokens=6, messages=HELLO) as stream:

@@ -111,7 +111,8 @@ class GenerateAPI:
 
     # -- the seam: the chat pipeline for another API -------------------------------------------
     def run_chat(self, inbound: routes.Inbound, typed: protocol.ChatCompletionRequest, *,
-                 api: str) -> protocol.ChatCompletion | ChatChunks:
+                 api: str, jobs: list[Generation] | None = None
+                 ) -> protocol.ChatCompletion | ChatChunks:
         """Answer ``typed`` (another API's request, translated) as chat completions would.
 
         ``inbound`` is that API's own (its route and ``api`` go in the inference event; its
@@ -119,7 +120,8 @@ class GenerateAPI:
         with ``typed.stream``, the chunks (:data:`ChatChunks`, usage always in the last). A
         bad request, 404 model, 429 or 503 before generating is raised as an ``APIError`` in
         OpenAI's terms (chat's parameter names): the caller maps it to its shape and names.
-        The body of ``inbound`` is not read.
+        The body of ``inbound`` is not read. ``jobs``, if given, gets the generations, whose
+        outcomes say more than chat's answer (the stop string that ended one).
         """
         def parse(_body: dict) -> schema.Request:
             check_model({"model": typed.model}, self.rt.host.model_id)
@@ -130,6 +132,8 @@ class GenerateAPI:
 
         call = self._start(inbound, chat=True, api=api, parse=parse,
                            stream=typed.stream is True)
+        if jobs is not None:
+            jobs.extend(call.jobs)
         if call.req.stream:
             return self._chunks(call)
         answer = self._answer(call)

@@ -31,6 +31,7 @@ from . import protocol, schema
 
 if TYPE_CHECKING:
     from .api import GenerateAPI
+    from .scheduler import Generation, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,14 @@ class MessagesAPI:
             self.api._event(inbound, t0, status=err.status, error_code=err.code,
                             stream=stream, req=None, api="messages")
             raise
-        answer = self.api.run_chat(inbound, chat, api="messages")
+        jobs: list[Generation] = []
+        answer = self.api.run_chat(inbound, chat, api="messages", jobs=jobs)
         if isinstance(answer, protocol.ChatCompletion):
-            result = routes.Result(to_message(answer, inbound.origin.rid,
+            result = routes.Result(to_message(answer, inbound.origin.rid, jobs[0].outcome,
                                               typed.stop_sequences or []))
         else:
-            result = routes.stream(events(answer, inbound.origin.rid,
-                                          self.api.rt.host.model_id, typed.stop_sequences or []))
+            result = routes.stream(events(answer, inbound.origin.rid, self.api.rt.host.model_id,
+                                          jobs[0], typed.stop_sequences or []))
         result.headers["X-Request-Id"] = inbound.origin.rid
         return result
 
@@ -229,7 +231,14 @@ def _cached(chat: protocol.CompletionUsage) -> int:
     return int(getattr(details, "cached_tokens", 0) or 0)
 
 
-def to_message(chat: protocol.ChatCompletion, rid: str, stops: list[str]) -> mp.AnthropicMessage:
+def matched_stop(outcome: Outcome | None, stops: list[str]) -> str | None:
+    """The request's stop sequence that ended ``outcome`` (not the chat template's end)."""
+    matched = outcome.stop_sequence if outcome is not None else None
+    return matched if matched in stops else None
+
+
+def to_message(chat: protocol.ChatCompletion, rid: str, outcome: Outcome | None,
+               stops: list[str]) -> mp.AnthropicMessage:
     """The chat answer as Anthropic's message."""
     choice = chat.choices[0]
     content: list[mp.TextOut | mp.ToolUseOut] = []
@@ -238,8 +247,7 @@ def to_message(chat: protocol.ChatCompletion, rid: str, stops: list[str]) -> mp.
     for call in choice.message.tool_calls or []:
         content.append(mp.ToolUseOut(id=_tool_use_id(call.id), name=call.function.name,
                                      input=json.loads(call.function.arguments)))
-    matched = getattr(choice, "stop_sequence", None)
-    matched = matched if matched in stops else None
+    matched = matched_stop(outcome, stops)
     return mp.AnthropicMessage(id=f"msg_{rid}", model=chat.model, content=content,
                       stop_reason=_stop(choice.finish_reason, matched),
                       stop_sequence=matched, usage=usage(chat.usage))
@@ -251,14 +259,14 @@ def sse(event: Model) -> bytes:
     return b"event: " + json.loads(data)["type"].encode() + b"\ndata: " + data + b"\n\n"
 
 
-def events(chunks: Iterator[Any], rid: str, model: str, stops: list[str]) -> Iterator[bytes]:
+def events(chunks: Iterator[Any], rid: str, model: str, job: Generation,
+           stops: list[str]) -> Iterator[bytes]:
     """Anthropic's stream from the chat chunks (closing it closes them: the generation is
     cancelled); an error after the start is an ``error`` event."""
     from .api import KeepAlive
 
     state = _Blocks()
     finish: str | None = None
-    matched: str | None = None
     final: protocol.CompletionUsage | None = None
     yield sse(mp.MessageStart(message=mp.AnthropicMessage(
         id=f"msg_{rid}", model=model, content=[], stop_reason=None, stop_sequence=None,
@@ -280,7 +288,6 @@ def events(chunks: Iterator[Any], rid: str, model: str, stops: list[str]) -> Ite
                             yield from state.tool_use(call)
                     if choice.finish_reason is not None:
                         finish = choice.finish_reason
-                        matched = getattr(choice, "stop_sequence", None)
         except APIError as err:
             yield sse(mp.ErrorEvent(error=mp.AnthropicErrorDetail(**error_body(err)["error"])))
             return
@@ -290,7 +297,7 @@ def events(chunks: Iterator[Any], rid: str, model: str, stops: list[str]) -> Ite
                 "error"])))
             return
     yield from state.close()
-    matched = matched if matched in stops else None
+    matched = matched_stop(job.outcome, stops)
     done = usage(final) if final is not None else mp.Usage(input_tokens=0, output_tokens=0)
     yield sse(mp.MessageDelta(
         delta=mp.MessageDeltaBody(stop_reason=_stop(finish, matched), stop_sequence=matched),

@@ -72,6 +72,7 @@ class Outcome:
     tokens: list[TokenLogprob] | None = None  # with logprobs: one per token of ``text``
     deadline: bool = False  # ended by the request deadline (finish_reason "length")
     cached_tokens: int = 0  # prompt tokens whose KV the slot kept (not recomputed)
+    stop_sequence: str | None = None  # the stop string that ended it ("stop"), if one did
 
 
 @dataclass
@@ -443,6 +444,8 @@ class Scheduler(ModelLoop):
         """End the slot's request: flush held-back text, drop the generated tokens' KV."""
         gen, out = slot.gen, slot.outcome
         out.finish_reason = reason
+        if reason == "stop" and slot.scanner.hit:
+            out.stop_sequence = slot.scanner.matched
         if reason == "length" or (reason == "stop" and not slot.scanner.hit):
             tail = slot.scanner.flush()
             if tail or slot.held:

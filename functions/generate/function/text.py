@@ -21,14 +21,16 @@ class StopScanner:
         self.stops = [s for s in stops if s]
         self.buf = ""
         self.hit = False
+        self.matched: str | None = None  # the stop string that hit
 
     def feed(self, piece: str) -> tuple[str, bool]:
         self.buf += piece
         if not self.stops:
             out, self.buf = self.buf, ""
             return out, False
-        first = min((i for i in (self.buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if first >= 0:
+        found = [(i, s) for i, s in ((self.buf.find(s), s) for s in self.stops) if i >= 0]
+        if found:
+            first, self.matched = min(found)
             out, self.buf, self.hit = self.buf[:first], "", True
             return out, True
         keep = 0

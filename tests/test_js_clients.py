@@ -1,0 +1,67 @@
+"""JavaScript clients against generate (gunicorn, SmolLM2-135M-Instruct from MinIO, a key on):
+node runs the scripts of clients/js, installed by `make js-clients` (npm ci, pinned by
+clients/js/package-lock.json), and prints what each call returned as JSON for the test to check.
+
+- anthropic.mjs: @anthropic-ai/sdk's messages.create, messages.stream (text events and the
+  final message) and a 400 raised as the SDK's BadRequestError (Anthropic's error shape).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from scripts import procs, run
+from scripts.procs import REPO_ROOT as ROOT
+from tests.support.models import upload_function_models
+
+READY_S = 180
+NODE_S = 180
+KEY = "js-test-key"
+MODEL = "smollm2-135m-instruct-q4_1"
+CLIENTS = ROOT / "clients" / "js"
+
+
+@pytest.fixture(scope="module")
+def server(minio, tmp_path_factory):
+    assert shutil.which("node"), "node is not installed"
+    assert (CLIENTS / "node_modules" / "@anthropic-ai" / "sdk").is_dir(), \
+        "run `make js-clients` (npm ci in clients/js)"
+    tmp = tmp_path_factory.mktemp("js-clients")
+    upload_function_models(minio)
+    env = run.function_env("generate", run.FUNCTIONS["generate"][2], minio, None, False, "")
+    env.update(MODEL_CACHE_DIR=str(tmp / "cache"), N_THREADS="2", API_KEYS=KEY)
+    proc = procs.gunicorn_server("generate", procs.free_port(), env=env,
+                                 log_path=tmp / "generate.log").start()
+    try:
+        proc.wait_ready(READY_S)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def node(script: str, *args: str, **env: str) -> dict:
+    """Run clients/js/``script`` with node; its JSON output."""
+    done = subprocess.run(["node", script, *args], cwd=CLIENTS, capture_output=True, text=True,
+                          timeout=NODE_S, env={**os.environ, **env}, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_anthropic_sdk(server):
+    out = node("anthropic.mjs", server.url, MODEL, ANTHROPIC_API_KEY=KEY)
+    created = out["created"]
+    assert created["type"] == "message" and created["model"] == MODEL
+    assert created["content"][0]["type"] == "text" and created["content"][0]["text"]
+    assert created["stop_reason"] in ("end_turn", "max_tokens")
+    assert 1 <= created["usage"]["output_tokens"] <= 8
+    streamed = out["streamed"]
+    final = streamed["final"]
+    assert streamed["deltas"] and final["content"][0]["text"] == "".join(streamed["deltas"])
+    assert final["stop_reason"] in ("end_turn", "max_tokens")
+    assert final["usage"]["input_tokens"] + final["usage"]["cache_read_input_tokens"] > 5
+    assert out["error"] == {"name": "BadRequestError", "status": 400,
+                            "type": "invalid_request_error"}
