@@ -31,7 +31,7 @@ from llmfn.model_runtime import Runtime
 from llmfn.protocol import Model
 from llmfn.webapp import check_model
 
-from . import messages, protocol, schema, structured
+from . import messages, protocol, responses, schema, structured
 from .answer import Call, sse_data
 from .engine import Engine
 from .protocol import Delta
@@ -71,6 +71,7 @@ def register(app: Flask, runtime: Runtime, gen: GenerateSettings) -> Scheduler:
     routes.add(app, "/tokenize", "tokenize", api.tokenize)
     routes.add(app, "/detokenize", "detokenize", api.detokenize)
     messages.register(app, api)  # Anthropic's /v1/messages (messages.py)
+    responses.register(app, api)  # OpenAI's /v1/responses (responses.py)
     openapi.attach(app, lambda: openapi.function_document(protocol))  # on first GET
     return scheduler
 

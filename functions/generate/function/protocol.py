@@ -24,7 +24,7 @@ from llmfn.errors import InvalidRequest
 from llmfn.openapi import Operation
 from llmfn.protocol import UNSET, Meta, Model, Request, UnsetType, field
 
-from . import messages_protocol
+from . import messages_protocol, responses_protocol
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
@@ -468,5 +468,6 @@ OPERATIONS = [
               "Token ids to text (llama-server's /detokenize)", ("tokenizer",),
               request=DetokenizeRequest, response=DetokenizeResponse, returns="the text"),
     *messages_protocol.OPERATIONS,
+    *responses_protocol.OPERATIONS,
 ]
 """generate's own routes and its page (``POST /``, the request events, is llmfn's)."""
