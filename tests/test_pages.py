@@ -250,8 +250,9 @@ def test_docs_render_the_openapi_document(servers, watch, name):
 
 
 def dashboard_events(now: dt.datetime) -> list[dict]:
-    """24 events over the last 24 minutes: 16 of GEN (2 errors, 2 cold starts, stop/length)
-    and 8 of EMB (1 cold start, no TTFT, no finish reason), as producers send them."""
+    """24 events over the last 24 minutes: 16 of GEN (2 errors, 2 cold starts, stop/length;
+    the last 4 name their api, responses, the others have only their endpoint's, chat) and 8 of
+    EMB (1 cold start, no TTFT, no finish reason), as producers send them."""
     out = []
     for i in range(1, 25):
         gen = i <= 16
@@ -264,7 +265,8 @@ def dashboard_events(now: dt.datetime) -> list[dict]:
             prompt_tokens=5 + i, cold_start=i in (1, 9, 17),
             finish_reason=("error" if error else "length" if i % 5 == 0 else "stop") if gen
             else None, endpoint="/v1/chat/completions" if gen else "/v1/embeddings",
-            time=(now - dt.timedelta(seconds=60 * i - 30)).isoformat()))
+            time=(now - dt.timedelta(seconds=60 * i - 30)).isoformat(),
+            **({"api": "responses"} if 12 < i <= 16 else {})))
     return out
 
 
@@ -340,5 +342,19 @@ def test_dashboard_charts_the_events_sent_and_filters(servers, watch):
     assert "function=embed" in page.url  # the view is in the link
     assert page.inner_text("#error") == ""
     w.screenshot("dashboard-embed")
+
+    # grouped by API: generate's events split by theirs (from the endpoint when not named)
+    for control, value in (("#group", "api"), ("#function", "")):
+        before = page.evaluate("window.dashboard.refreshes")
+        page.select_option(control, value)
+        wait_js(page, f"window.dashboard.refreshes > {before}")
+    rows = {(r.get_attribute("data-function"), r.get_attribute("data-model"),
+             r.get_attribute("data-api")): r.locator('[data-col="count"]').inner_text()
+            for r in page.locator("#groups tr.group").all()}
+    assert (rows[(*GEN, "chat")], rows[(*GEN, "responses")], rows[(*EMB, "embeddings")]) == \
+        ("12", "4", "8"), rows
+    assert total(charts(page)["requests"][gen + " · responses"]) == 4
+    assert page.inner_text("#groups-title") == "By function, model and API"
+    assert "group=api" in page.url and page.inner_text("#error") == ""
     # the only errors: the first /kpis answered 401 before the key was given
     w.check_clean(lambda e: "401" in e and "/kpis" in e)

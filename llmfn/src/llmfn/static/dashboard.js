@@ -1,5 +1,6 @@
 /* audit's KPI dashboard: /kpis (groups, totals, the window the counted cells cover) and one
- * /kpis/timeseries per (function, model) group, drawn with the vendored uPlot.
+ * /kpis/timeseries per (function, model) group, or per (function, model, API) group with
+ * "Group by" (/kpis?group_by=api), drawn with the vendored uPlot.
  *
  * State for tests and the console: window.dashboard = {charts: {id: uPlot}, state: {...}}. */
 "use strict";
@@ -69,7 +70,8 @@
     const until = Math.ceil(Date.now() / 1000);
     const bucket = $("bucket").value === "auto" ? bucketFor(windowS) : $("bucket").value;
     return {since: until - windowS, until, bucket, function: $("function").value,
-            model: $("model").value, service: $("service").value.trim()};
+            model: $("model").value, service: $("service").value.trim(),
+            group_by: $("group").value};
   }
 
   async function refresh() {
@@ -77,13 +79,16 @@
     running = (async () => {
       const c = controls();
       const win = {since: c.since, until: c.until, service: c.service};
-      const all = await getJSON("kpis?" + params(win));
+      const all = await getJSON("kpis?" + params({...win, group_by: c.group_by}));
       const filtered = (c.function || c.model)
-        ? await getJSON("kpis?" + params({...win, function: c.function, model: c.model}))
+        ? await getJSON("kpis?" + params({...win, group_by: c.group_by, function: c.function,
+                                          model: c.model}))
         : all;
       const groups = filtered.groups.slice(0, MAX_GROUPS);
+      /* a group of cells stored before events had an API (api "") cannot be filtered on: its
+       * series is its function's and model's */
       const series = await Promise.all(groups.map((g) => getJSON("kpis/timeseries?" + params(
-        {...win, bucket: c.bucket, function: g.function, model: g.model}))));
+        {...win, bucket: c.bucket, function: g.function, model: g.model, api: g.api}))));
       dashboard.state = {controls: c, all, kpis: filtered, groups, series};
       options(all.groups);
       tiles(filtered.total);
@@ -129,7 +134,9 @@
       el("div", {class: "v"}, v), el("div", {class: "k"}, k))));
   }
 
-  function groupLabel(g) { return `${g.function} · ${g.model}`; }
+  function groupLabel(g) {
+    return `${g.function} · ${g.model}` + (g.api === undefined ? "" : ` · ${g.api || "?"}`);
+  }
 
   /* [x, ys...] and the uPlot series of one chart. */
   function chartData(spec, groups, series) {
@@ -198,11 +205,15 @@
   }
 
   function table(k) {
-    const head = ["function", "model", "requests", "errors", "error rate", "latency p50", "p95",
-      "p99", "TTFT p50", "p95", "tokens/s", "tokens in", "tokens out", "cold starts",
-      "cold p50", "finish reasons"];
-    const row = (g, cls) => el("tr", {class: cls, "data-function": g.function || "", "data-model": g.model || ""},
+    const byApi = k.group_by === "api";  // an API column
+    const head = ["function", "model", ...(byApi ? ["API"] : []), "requests", "errors",
+      "error rate", "latency p50", "p95", "p99", "TTFT p50", "p95", "tokens/s", "tokens in",
+      "tokens out", "cold starts", "cold p50", "finish reasons"];
+    const row = (g, cls) => el("tr", {class: cls, "data-function": g.function || "", "data-model": g.model || "",
+                                      ...(byApi ? {"data-api": g.api || ""} : {})},
       el("td", {}, g.function || "total"), el("td", {class: "left"}, g.model || ""),
+      ...(byApi ? [el("td", {class: "left", "data-col": "api"},
+                      cls === "total" ? "" : g.api || "?")] : []),
       el("td", {"data-col": "count"}, fmt(g.count)), el("td", {}, fmt(g.errors)),
       el("td", {}, fmtPercent(g.error_rate)),
       el("td", {}, fmtSeconds(g.latency_s.p50)), el("td", {}, fmtSeconds(g.latency_s.p95)),
@@ -213,10 +224,12 @@
       el("td", {}, fmtSeconds(g.cold_starts.duration_p50_s)),
       el("td", {class: "left"}, reasonsText(g.finish_reasons)));
     $("groups").replaceChildren(
-      el("thead", {}, el("tr", {}, head.map((h, i) => el("th", {class: i === 1 || i === 15 ? "left" : ""}, h)))),
+      el("thead", {}, el("tr", {}, head.map((h, i) => el("th", {
+        class: i === 1 || i === head.length - 1 || h === "API" ? "left" : ""}, h)))),
       el("tbody", {}, k.groups.map((g) => row(g, "group")), row(k.total, "total")));
     const w = k.window || {};
     const filters = ["function", "model", "service"].filter((f) => k[f]).map((f) => `${f}=${k[f]}`);
+    $("groups-title").textContent = byApi ? "By function, model and API" : "By function and model";
     $("window-text").textContent = `Asked: ${k.since} to ${k.until}` +
       (filters.length ? ` (${filters.join(", ")})` : "") + ". " +
       (w.since ? `Counted cells cover ${w.since} to ${w.until} (cells of up to ${w.coarsest_cell_s} s: ` +
@@ -233,7 +246,7 @@
   /* The controls live in the URL's fragment, so a view can be linked. */
   function saveHash() {
     const p = new URLSearchParams();
-    for (const id of ["window", "bucket", "function", "model", "service", "refresh"]) {
+    for (const id of ["window", "bucket", "function", "model", "service", "group", "refresh"]) {
       if ($(id).value) p.set(id, $(id).value);
     }
     history.replaceState(null, "", "#" + p.toString());
@@ -253,7 +266,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     loadHash();
-    for (const id of ["window", "bucket", "function", "model", "refresh"]) {
+    for (const id of ["window", "bucket", "function", "model", "group", "refresh"]) {
       $(id).addEventListener("change", () => { saveHash(); schedule(); refresh(); });
     }
     $("service").addEventListener("change", () => { saveHash(); refresh(); });
