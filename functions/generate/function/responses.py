@@ -243,14 +243,14 @@ class Shell:
             incomplete_details=rp.IncompleteDetails(reason="max_output_tokens")
             if status == "incomplete" else None,
             instructions=req.instructions, output=items,
-            tools=[rp.FunctionToolOut(name=t.name or "", description=t.description,
+            tools=[rp.ResponseFunctionTool(name=t.name or "", description=t.description,
                                       parameters=t.parameters, strict=t.strict)
                    for t in req.tools or []],
-            tool_choice=rp.ToolChoiceFunction(name=choice.name or "")
+            tool_choice=rp.ResponseToolChoiceFunction(name=choice.name or "")
             if isinstance(choice, rp.ToolChoiceParam) else choice or "auto",
             truncation=req.truncation or "disabled",
             parallel_tool_calls=req.parallel_tool_calls is not False,
-            text=rp.TextOut(format=_format_out(req.text)),
+            text=rp.ResponseTextConfig(format=_format_out(req.text)),
             top_p=_or(req.top_p, 1.0), temperature=_or(req.temperature, 1.0),
             presence_penalty=_or(req.presence_penalty, 0.0),
             frequency_penalty=_or(req.frequency_penalty, 0.0),
@@ -268,12 +268,12 @@ def output(chat: protocol.ChatCompletion, rid: str) -> list[rp.OutputItem]:
         return [_call_item(c.id, c.function.name, c.function.arguments, "completed")
                 for c in calls]
     status = "incomplete" if choice.finish_reason == "length" else "completed"
-    return [rp.OutputMessage(id=f"msg_{rid}", status=status,
-                             content=[rp.OutputText(text=choice.message.content or "")])]
+    return [rp.ResponseOutputMessage(id=f"msg_{rid}", status=status,
+                             content=[rp.ResponseOutputText(text=choice.message.content or "")])]
 
 
-def _call_item(call_id: str, name: str, arguments: str, status: str) -> rp.FunctionCallOut:
-    return rp.FunctionCallOut(id="fc_" + call_id.removeprefix("call_"), call_id=call_id,
+def _call_item(call_id: str, name: str, arguments: str, status: str) -> rp.ResponseFunctionToolCall:
+    return rp.ResponseFunctionToolCall(id="fc_" + call_id.removeprefix("call_"), call_id=call_id,
                               name=name, arguments=arguments, status=status)
 
 
@@ -285,10 +285,10 @@ def _format_out(text: rp.TextParam | None) -> rp.TextFormatOut:
                             strict=fmt.strict, description=fmt.description)
 
 
-def _usage(chat: protocol.CompletionUsage) -> rp.Usage:
+def _usage(chat: protocol.CompletionUsage) -> rp.ResponseUsage:
     details = getattr(chat, "prompt_tokens_details", None)
     cached = int(getattr(details, "cached_tokens", 0) or 0)
-    return rp.Usage(input_tokens=chat.prompt_tokens,
+    return rp.ResponseUsage(input_tokens=chat.prompt_tokens,
                     input_tokens_details=rp.InputTokensDetails(cached_tokens=cached),
                     output_tokens=chat.completion_tokens,
                     output_tokens_details=rp.OutputTokensDetails(),
@@ -331,10 +331,10 @@ class _Events:
 
     def open_message(self) -> Iterator[bytes]:
         self.text = []
-        item = rp.OutputMessage(id=self.msg_id, status="in_progress", content=[])
+        item = rp.ResponseOutputMessage(id=self.msg_id, status="in_progress", content=[])
         yield self.emit(rp.OutputItemAdded, output_index=len(self.items), item=item)
         yield self.emit(rp.ContentPartAdded, item_id=self.msg_id, output_index=len(self.items),
-                        content_index=0, part=rp.OutputText(text=""))
+                        content_index=0, part=rp.ResponseOutputText(text=""))
 
     def text_delta(self, delta: str) -> Iterator[bytes]:
         if self.text is None:
@@ -348,12 +348,12 @@ class _Events:
         if self.text is None:
             return
         text, index = "".join(self.text), len(self.items)
-        part = rp.OutputText(text=text)
+        part = rp.ResponseOutputText(text=text)
         yield self.emit(rp.OutputTextDone, item_id=self.msg_id, output_index=index,
                         content_index=0, text=text)
         yield self.emit(rp.ContentPartDone, item_id=self.msg_id, output_index=index,
                         content_index=0, part=part)
-        item = rp.OutputMessage(id=self.msg_id, content=[part],
+        item = rp.ResponseOutputMessage(id=self.msg_id, content=[part],
                                 status="incomplete" if finish == "length" else "completed")
         yield self.emit(rp.OutputItemDone, output_index=index, item=item)
         self.items.append(item)
@@ -375,7 +375,7 @@ class _Events:
     def failed(self, err: APIError) -> Iterator[bytes]:
         payload = rp.ErrorPayload(type=err.type, code=err.code, message=err.message,
                                   param=err.param)
-        yield self.emit(rp.ErrorEvent, code=err.code, message=err.message, param=err.param,
+        yield self.emit(rp.ResponseErrorEvent, code=err.code, message=err.message, param=err.param,
                         error=payload)
         yield self.emit(rp.ResponseFailed, response=self.shell.response(
             self.items, None, None, status="failed",

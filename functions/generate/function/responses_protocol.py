@@ -173,7 +173,7 @@ class ResponseRequest(Request):
 
 
 # -- responses ------------------------------------------------------------------------------------
-class OutputText(Model, kw_only=True):
+class ResponseOutputText(Model, kw_only=True):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[Any] = msgspec.field(default_factory=list)
@@ -183,14 +183,14 @@ class OutputText(Model, kw_only=True):
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
-class OutputMessage(Model, kw_only=True, tag_field="type", tag="message"):
+class ResponseOutputMessage(Model, kw_only=True, tag_field="type", tag="message"):
     id: str
     status: ItemStatus
     role: Literal["assistant"] = "assistant"
-    content: list[OutputText]
+    content: list[ResponseOutputText]
 
 
-class FunctionCallOut(Model, kw_only=True, tag_field="type", tag="function_call"):
+class ResponseFunctionToolCall(Model, kw_only=True, tag_field="type", tag="function_call"):
     id: str
     call_id: str
     name: str
@@ -198,10 +198,10 @@ class FunctionCallOut(Model, kw_only=True, tag_field="type", tag="function_call"
     status: ItemStatus
 
 
-OutputItem = OutputMessage | FunctionCallOut
+OutputItem = ResponseOutputMessage | ResponseFunctionToolCall
 
 
-class FunctionToolOut(Model, kw_only=True):
+class ResponseFunctionTool(Model, kw_only=True):
     type: Literal["function"] = "function"
     name: str
     description: str | None
@@ -209,7 +209,7 @@ class FunctionToolOut(Model, kw_only=True):
     strict: bool | None
 
 
-class ToolChoiceFunction(Model, kw_only=True):
+class ResponseToolChoiceFunction(Model, kw_only=True):
     type: Literal["function"] = "function"
     name: str
 
@@ -222,7 +222,7 @@ class TextFormatOut(Model, kw_only=True):
     description: str | None | UnsetType = UNSET
 
 
-class TextOut(Model, kw_only=True):
+class ResponseTextConfig(Model, kw_only=True):
     format: TextFormatOut
 
 
@@ -234,7 +234,7 @@ class OutputTokensDetails(Model, kw_only=True):
     reasoning_tokens: int = 0
 
 
-class Usage(Model, kw_only=True):
+class ResponseUsage(Model, kw_only=True):
     input_tokens: int
     input_tokens_details: InputTokensDetails
     output_tokens: int
@@ -264,18 +264,18 @@ class Response(Model, kw_only=True):
     instructions: str | None
     output: list[OutputItem]
     error: ResponseError | None = None
-    tools: list[FunctionToolOut]
-    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction
+    tools: list[ResponseFunctionTool]
+    tool_choice: Literal["none", "auto", "required"] | ResponseToolChoiceFunction
     truncation: Literal["auto", "disabled"]
     parallel_tool_calls: bool
-    text: TextOut
+    text: ResponseTextConfig
     top_p: float
     presence_penalty: float
     frequency_penalty: float
     top_logprobs: int = 0
     temperature: float
     reasoning: None = None
-    usage: Usage | None
+    usage: ResponseUsage | None
     max_output_tokens: int | None
     max_tool_calls: int | None
     store: bool = False
@@ -326,14 +326,14 @@ class ContentPartAdded(Event, kw_only=True, tag_field="type", tag="response.cont
     item_id: str
     output_index: int
     content_index: int
-    part: OutputText
+    part: ResponseOutputText
 
 
 class ContentPartDone(Event, kw_only=True, tag_field="type", tag="response.content_part.done"):
     item_id: str
     output_index: int
     content_index: int
-    part: OutputText
+    part: ResponseOutputText
 
 
 class OutputTextDelta(Event, kw_only=True, tag_field="type", tag="response.output_text.delta"):
@@ -372,7 +372,7 @@ class ErrorPayload(Model, kw_only=True):
     param: str | None
 
 
-class ErrorEvent(Event, kw_only=True, tag_field="type", tag="error"):
+class ResponseErrorEvent(Event, kw_only=True, tag_field="type", tag="error"):
     """An error after the stream started (then ``response.failed``): ``error`` as the Open
     Responses document has it, ``code``/``message``/``param`` also at the top as openai-python's
     ``ResponseErrorEvent`` has them."""
@@ -385,7 +385,7 @@ class ErrorEvent(Event, kw_only=True, tag_field="type", tag="error"):
 StreamEvent = (ResponseCreated | ResponseInProgress | OutputItemAdded | ContentPartAdded
                | OutputTextDelta | OutputTextDone | ArgumentsDelta | ArgumentsDone
                | ContentPartDone | OutputItemDone | ResponseCompleted | ResponseIncomplete
-               | ErrorEvent | ResponseFailed)
+               | ResponseErrorEvent | ResponseFailed)
 
 
 # -- the document ---------------------------------------------------------------------------------
