@@ -16,8 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import closing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from flask import Flask
 
@@ -186,7 +185,7 @@ def _format(req: mp.CountTokensRequest) -> protocol.ResponseFormatJSONSchema | N
 
 
 def _tool_choice(choice: mp.ToolChoice | None, tools: list[protocol.Tool]
-                 ) -> str | protocol.NamedToolChoice | None:
+                 ) -> Literal["none", "auto", "required"] | protocol.NamedToolChoice | None:
     """Anthropic's auto / any / tool / none as chat's auto / required / named / none."""
     if choice is None:
         return None
@@ -268,34 +267,37 @@ def events(chunks: Iterator[Any], rid: str, model: str, job: Generation,
     state = _Blocks()
     finish: str | None = None
     final: protocol.CompletionUsage | None = None
-    yield sse(mp.MessageStart(message=mp.AnthropicMessage(
-        id=f"msg_{rid}", model=model, content=[], stop_reason=None, stop_sequence=None,
-        usage=mp.Usage(input_tokens=0, output_tokens=0))))
-    with closing(chunks):
-        try:
-            for chunk in chunks:
-                if isinstance(chunk, KeepAlive):
-                    yield sse(mp.Ping())
-                    continue
-                if chunk.usage:
-                    final = chunk.usage
-                for choice in chunk.choices[:1]:
-                    delta = choice.delta
-                    if isinstance(delta.content, str) and delta.content:
-                        yield from state.text(delta.content)
-                    if isinstance(delta.tool_calls, list):
-                        for call in delta.tool_calls:
-                            yield from state.tool_use(call)
-                    if choice.finish_reason is not None:
-                        finish = choice.finish_reason
-        except APIError as err:
-            yield sse(mp.ErrorEvent(error=mp.AnthropicErrorDetail(**error_body(err)["error"])))
-            return
-        except Exception:
-            log.exception("streaming a message failed")
-            yield sse(mp.ErrorEvent(error=mp.AnthropicErrorDetail(**error_body(internal_error())[
-                "error"])))
-            return
+    try:
+        yield sse(mp.MessageStart(message=mp.AnthropicMessage(
+            id=f"msg_{rid}", model=model, content=[], stop_reason=None, stop_sequence=None,
+            usage=mp.Usage(input_tokens=0, output_tokens=0))))
+        for chunk in chunks:
+            if isinstance(chunk, KeepAlive):
+                yield sse(mp.Ping())
+                continue
+            if chunk.usage:
+                final = chunk.usage
+            for choice in chunk.choices[:1]:
+                delta = choice.delta
+                if isinstance(delta.content, str) and delta.content:
+                    yield from state.text(delta.content)
+                if isinstance(delta.tool_calls, list):
+                    for call in delta.tool_calls:
+                        yield from state.tool_use(call)
+                if choice.finish_reason is not None:
+                    finish = choice.finish_reason
+    except APIError as err:
+        yield sse(mp.ErrorEvent(error=mp.AnthropicErrorDetail(**error_body(err)["error"])))
+        return
+    except Exception:
+        log.exception("streaming a message failed")
+        yield sse(mp.ErrorEvent(error=mp.AnthropicErrorDetail(**error_body(internal_error())[
+            "error"])))
+        return
+    finally:  # also when the client left (GeneratorExit): the generation is cancelled
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
     yield from state.close()
     matched = matched_stop(job.outcome, stops)
     done = usage(final) if final is not None else mp.Usage(input_tokens=0, output_tokens=0)

@@ -11,7 +11,7 @@ does not declare is a 400; nested blocks ignore keys they do not declare (``cach
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
@@ -156,7 +156,7 @@ def check_blocks(body: dict) -> None:
     """A 400 naming the first block or tool of ``body`` this text model cannot take (before the
     typed decode, whose message would only say the tag is invalid)."""
     system = body.get("system")
-    places = [("system", system)] if isinstance(system, list) else []
+    places: list[tuple[str, Any]] = [("system", system)] if isinstance(system, list) else []
     messages = body.get("messages")
     if isinstance(messages, list):
         places += [(f"messages[{i}].content", m.get("content")) for i, m in enumerate(messages)
@@ -320,7 +320,8 @@ _ANTHROPIC = ("Anthropic's Messages API on the chat pipeline. Errors have Anthro
 OPERATIONS = [
     Operation("/v1/messages", "post", "createMessage", "Message (Anthropic /v1/messages)",
               ("anthropic",), request=MessagesRequest, response=AnthropicMessage,
-              stream=StreamEvent, errors=(), responses=ERROR_RESPONSES, headers=("X-Request-Id",),
+              stream=cast(type, StreamEvent),  # a union of event types: documented as one
+              errors=(), responses=ERROR_RESPONSES, headers=("X-Request-Id",),
               description=_ANTHROPIC, returns="the message as JSON",
               sse="the SSE stream of Anthropic's events (`event: <type>` and `data: {event}`: "
               "message_start, content_block_start/delta/stop, message_delta, message_stop; "
