@@ -116,6 +116,8 @@ def test_raw_stream_events(server):
     assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     delta = datas[-2]
     assert delta["delta"]["stop_reason"] == "max_tokens" and delta["usage"]["output_tokens"] == 3
+    prompt = delta["usage"]["input_tokens"] + delta["usage"]["cache_read_input_tokens"]
+    assert datas[0]["message"]["usage"]["input_tokens"] == prompt > 5
 
 
 def test_tool_use_round_trip(client):

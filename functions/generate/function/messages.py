@@ -261,16 +261,18 @@ def sse(event: Model) -> bytes:
 def events(chunks: Iterator[Any], rid: str, model: str, job: Generation,
            stops: list[str]) -> Iterator[bytes]:
     """Anthropic's stream from the chat chunks (closing it closes them: the generation is
-    cancelled); an error after the start is an ``error`` event."""
+    cancelled); an error after the start is an ``error`` event. ``message_start`` counts the
+    whole prompt in ``input_tokens`` (what the slot reuses is known later); ``message_delta``
+    has the final split (``input_tokens``, ``cache_read_input_tokens``), as clients merge it."""
     from .api import KeepAlive
 
     state = _Blocks()
     finish: str | None = None
     final: protocol.CompletionUsage | None = None
     try:
-        yield sse(mp.MessageStart(message=mp.AnthropicMessage(
+        yield sse(mp.MessageStart(message=mp.AnthropicMessage(  # the split comes at the end
             id=f"msg_{rid}", model=model, content=[], stop_reason=None, stop_sequence=None,
-            usage=mp.Usage(input_tokens=0, output_tokens=0))))
+            usage=mp.Usage(input_tokens=len(job.tokens), output_tokens=0))))
         for chunk in chunks:
             if isinstance(chunk, KeepAlive):
                 yield sse(mp.Ping())

@@ -151,6 +151,7 @@ def test_stream_of_text_then_tool_use():
         "content_block_delta", "content_block_stop", "content_block_start",
         "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
     assert events[0]["message"]["id"] == "msg_r1" and events[0]["message"]["content"] == []
+    assert events[0]["message"]["usage"]["input_tokens"] == 1  # the prompt: [1]
     assert events[2] == {"type": "content_block_start", "index": 0,
                          "content_block": {"type": "text", "text": "", "citations": None}}
     assert events[7]["index"] == 1 and events[7]["content_block"] == {
