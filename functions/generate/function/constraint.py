@@ -20,6 +20,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING
 
 import llguidance
 import numpy as np
@@ -28,11 +29,14 @@ from llmfn.errors import InvalidRequest
 
 from . import schema_rules
 
+if TYPE_CHECKING:  # a TypedDict of llguidance's stub only
+    from llguidance._lib import JsonCompileOptions
+
 COMPILE_TIMEOUT_S = 1.0  # past it: 400 (the compile goes on in the background, bounded)
 CACHE_SIZE = 64  # compiled grammars kept, least recently used dropped
 COMPILE_THREADS = 2  # at most this many compiles at once; more wait, then time out
-JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":",
-                "coerce_one_of": False, "lenient": False}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ",",
+                                    "key_separator": ":", "coerce_one_of": False, "lenient": False}
 SEPARATORS = (",", ":")  # the compact JSON the engine emits (the conformance test's too)
 
 
@@ -59,9 +63,9 @@ def tokenizer_from_vocab(vocab, eog_tokens: list[int]) -> llguidance.LLTokenizer
             piece = b"\xff" + piece
         tokens.append(piece)
     tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
-    return llguidance.LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=vocab,
-                                                tokenize_fptr=tokenize, eos_token=eog_tokens,
-                                                slices=None)
+    # llguidance's stub lacks from_llamacpp (its own llamacpp.py ignores the same error)
+    return llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+        tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize, eos_token=eog_tokens, slices=None)
 
 
 class Grammar:
@@ -112,8 +116,8 @@ def tighten_formats(node):
     if not isinstance(node, dict):
         return node
     out = {k: tighten_formats(v) for k, v in node.items()}
-    extra = FORMAT_PATTERNS.get(out.get("format")) if isinstance(out.get("format"), str) \
-        else None
+    fmt = out.get("format")
+    extra = FORMAT_PATTERNS.get(fmt) if isinstance(fmt, str) else None
     if extra is not None and "pattern" not in out:
         out["pattern"] = extra
     elif extra is not None:

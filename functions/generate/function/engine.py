@@ -13,6 +13,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import llama_cpp
 import numpy as np
@@ -25,6 +26,11 @@ from llmfn.memory import cgroup_memory_limit, check_fits
 from llmfn.settings import ModelSettings, SettingsError
 
 from .settings import GenerateSettings
+
+if TYPE_CHECKING:  # types only: constraint imports llguidance, loaded once a schema needs it
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
+
+    from .constraint import Compiler
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +128,13 @@ class Engine:
         template = llm.metadata().get("tokenizer.chat_template")
         self._chat = (Jinja2ChatFormatter(template=template, eos_token=eos_text,
                                           bos_token=bos_text) if template else None)
-        self._compiler = None
+        self._compiler: Compiler | None = None
         self._compiler_lock = threading.Lock()
         self._eog: list[int] | None = None
 
     @property
-    def compiler(self):
-        """The schema compiler of this vocabulary (constraint.Compiler), built by the first
+    def compiler(self) -> Compiler:
+        """The schema compiler of this vocabulary, built by the first
         structured request (about 1 s, not on the cold start's path); request threads."""
         with self._compiler_lock:
             if self._compiler is None:
@@ -162,7 +168,8 @@ class Engine:
         """Tokens of the chat rendered with the GGUF's template, and the template's stop strings."""
         if self._chat is None:
             raise ValueError("model has no chat template")
-        rendered = self._chat(messages=messages)
+        # validated OpenAI-shaped messages: the template reads them as plain dicts
+        rendered = self._chat(messages=cast("list[ChatCompletionRequestMessage]", messages))
         tokens = self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
         stops = [s for s in (rendered.stop if isinstance(rendered.stop, list) else [rendered.stop])
                  if s]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmfn.errors import APIError, InvalidRequest
 
@@ -128,7 +129,7 @@ def _closed(node, has_all_of: bool | None = None):
         return [_closed(x, False) for x in node]
     if not isinstance(node, dict):
         return node
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(
                 value, dict):
