@@ -3,7 +3,9 @@ node runs the scripts of clients/js, installed by `make js-clients` (npm ci, pin
 clients/js/package-lock.json), and prints what each call returned as JSON for the test to check.
 
 - anthropic.mjs: @anthropic-ai/sdk's messages.create, messages.stream (text events and the
-  final message) and a 400 raised as the SDK's BadRequestError (Anthropic's error shape).
+  final message) and a 400 raised as the SDK's BadRequestError (Anthropic's error shape);
+- responses.mjs: the Vercel AI SDK's @ai-sdk/openai provider (its default model speaks the
+  Responses API): generateText and streamText.
 """
 from __future__ import annotations
 
@@ -65,3 +67,13 @@ def test_anthropic_sdk(server):
     assert final["usage"]["input_tokens"] + final["usage"]["cache_read_input_tokens"] > 5
     assert out["error"] == {"name": "BadRequestError", "status": 400,
                             "type": "invalid_request_error"}
+
+
+def test_ai_sdk_responses(server):
+    out = node("responses.mjs", f"{server.url}/v1", MODEL, OPENAI_API_KEY=KEY)
+    generated, streamed = out["generated"], out["streamed"]
+    assert generated["text"] and generated["finishReason"] in ("stop", "length")
+    assert 1 <= generated["usage"]["outputTokens"] <= 8
+    assert generated["usage"]["inputTokens"] > 5
+    assert streamed["deltas"] and streamed["text"] == "".join(streamed["deltas"])
+    assert streamed["finishReason"] in ("stop", "length")
