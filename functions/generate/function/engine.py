@@ -30,7 +30,7 @@ from .settings import GenerateSettings
 if TYPE_CHECKING:  # types only: constraint imports llguidance, loaded once a schema needs it
     from llama_cpp.llama_types import ChatCompletionRequestMessage
 
-    from .constraint import Compiler
+    from .constraint import Compiler, Grammar
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Params:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: object = None  # constraint.Grammar the output must match (structured, tools)
+    grammar: Grammar | None = None  # what the output must match (structured, tools)
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's and the top k
     top_k: int = TOP_K  # 0: no top-k cut (the Messages API's top_k; chat keeps TOP_K)
     ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's)

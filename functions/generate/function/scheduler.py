@@ -10,8 +10,8 @@ Each step is one ``llama_decode`` of one batch that holds, in this order:
 Each slot has its own sampler chain and reads the logits at its own batch index; stop strings,
 end of generation (unless ``ignore_eos``: the sampler never picks an end-of-generation
 token, as llama-server does), ``max_tokens`` and cancel are per slot (a client that leaves
-stops its slot within one token, and no other). When a request ends, the KV of its generated tokens is
-removed and its prompt's KV stays, so a later request sharing a prefix (the next turn of a
+stops its slot within one token, and no other). When a request ends, the KV of its generated
+tokens is removed and its prompt's KV stays, so a later request sharing a prefix (the next turn of a
 chat) is given that slot and only its new tokens are processed; ``Outcome.cached_tokens`` is
 that kept prefix (usage's ``cached_tokens``, llama-server's ``n_prompt_tokens_cache``).
 
@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
@@ -54,6 +55,9 @@ from llmfn.worker import ModelLoop
 from .constraint import apply_mask
 from .engine import Engine, Params
 from .text import StopScanner, decode_complete
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +150,7 @@ class Generation:
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         self.capture_logits = False  # keep the prompt-end logits (tests compare kernel paths)
-        self.prompt_logits = None
+        self.prompt_logits: np.ndarray | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -161,12 +165,17 @@ class Generation:
             raise TimeoutError("generation did not finish in time")
         if self.error is not None:
             raise self.error
+        assert self.outcome is not None  # ended without an error: with its outcome
         return self.outcome
 
     def _end(self, outcome: Outcome | None, error: BaseException | None = None) -> None:
+        """With an outcome, or with None and the error that ended it."""
         self.outcome, self.error = outcome, error
-        self.events.put(Failed(error, self.index) if error is not None
-                        else Done(outcome, self.index))
+        if error is not None:
+            self.events.put(Failed(error, self.index))
+        else:
+            assert outcome is not None
+            self.events.put(Done(outcome, self.index))
         self.done.set()
 
 
@@ -185,7 +194,7 @@ class Slot:
         self.next_token: int | None = None  # sampled, not yet decoded
         self.i_batch = -1  # index of this slot's logits row in the current batch
         self.sampler = None
-        self.matcher = None  # llguidance matcher of a structured output, else None
+        self.matcher: LLMatcher | None = None  # llguidance's, of a structured output
         self.scanner: StopScanner | None = None
         self.raw = bytearray()
         self.decoded = 0
@@ -306,9 +315,11 @@ class Scheduler(ModelLoop):
     @staticmethod
     def _mask(engine: Engine, slot: Slot) -> None:
         """Forbid, in the slot's logits row, every token its grammar does not allow next."""
-        apply_mask(slot.matcher, engine.logits_view(slot.i_batch))
-        if slot.matcher.is_error():
-            raise RuntimeError(f"grammar matcher failed: {slot.matcher.get_error()[:200]}")
+        matcher = slot.matcher
+        assert matcher is not None  # called for a slot with a grammar
+        apply_mask(matcher, engine.logits_view(slot.i_batch))
+        if matcher.is_error():
+            raise RuntimeError(f"grammar matcher failed: {matcher.get_error()[:200]}")
 
     def _past_deadline(self, gen: Generation) -> bool:
         return bool(self.deadline_s) and time.perf_counter() - gen.t0 >= self.deadline_s
@@ -349,6 +360,7 @@ class Scheduler(ModelLoop):
         """Reuse the slot's KV for the prefix found at admission; drop the rest; build the
         sampler."""
         gen, keep = slot.gen, slot.done_prompt
+        assert gen is not None  # an admitted slot
         if keep < len(slot.cache):
             self._forget(engine, slot, keep)
         self.reused_tokens += keep
@@ -366,6 +378,7 @@ class Scheduler(ModelLoop):
         """The next batch and its slots: every generating slot's token, then prompt chunks,
         oldest request first."""
         batch, members = self._batch, []
+        assert batch is not None  # made with the engine (_ensure_engine)
         batch.clear()
         for slot in self.slots:
             if slot.gen is not None and slot.next_token is not None:
@@ -379,6 +392,7 @@ class Scheduler(ModelLoop):
         for slot in prompting:
             if batch.room == 0:
                 break
+            assert slot.gen is not None  # prompting slots are busy
             tokens = slot.gen.tokens
             chunk = tokens[slot.done_prompt:slot.done_prompt + batch.room]
             last = slot.done_prompt + len(chunk) == len(tokens)
@@ -391,7 +405,8 @@ class Scheduler(ModelLoop):
         return batch, members
 
     def _on_token(self, engine: Engine, slot: Slot, token: int) -> None:
-        gen, out = slot.gen, slot.outcome
+        gen, out, scanner = slot.gen, slot.outcome, slot.scanner
+        assert gen is not None and scanner is not None  # a started slot
         if out.ttft_s is None:
             out.ttft_s = time.perf_counter() - gen.t0
         if gen.stop_requested():
@@ -406,7 +421,7 @@ class Scheduler(ModelLoop):
         if slot.row is not None:
             self._record_logprob(engine, slot, token, raw)
         piece, slot.decoded = decode_complete(slot.raw, slot.decoded)
-        emit, hit = slot.scanner.feed(piece)
+        emit, hit = scanner.feed(piece)
         if emit:
             self._emit(slot, emit)
         if hit or (slot.matcher is not None and slot.matcher.is_stopped()):
@@ -417,7 +432,9 @@ class Scheduler(ModelLoop):
 
     @staticmethod
     def _record_logprob(engine: Engine, slot: Slot, token: int, raw: bytes) -> None:
-        row, k = slot.row, slot.gen.params.logprobs
+        row, gen = slot.row, slot.gen
+        assert row is not None and gen is not None  # a started slot that read its logits row
+        k = gen.params.logprobs
         top = []
         if k:
             best = np.argpartition(row, -k)[-k:]
@@ -432,7 +449,9 @@ class Scheduler(ModelLoop):
     def _emit(slot: Slot, text: str) -> None:
         """Send ``text`` (after the logprobs of the tokens that made it, if any)."""
         gen = slot.gen
+        assert gen is not None  # a started slot
         if slot.held:
+            assert slot.outcome.tokens is not None  # held logprobs: the outcome lists them
             slot.outcome.tokens.extend(slot.held)
             gen.events.put(Tokens(slot.held, gen.index))
             slot.held = []
@@ -442,25 +461,27 @@ class Scheduler(ModelLoop):
 
     def _finish(self, slot: Slot, reason: str) -> None:
         """End the slot's request: flush held-back text, drop the generated tokens' KV."""
-        gen, out = slot.gen, slot.outcome
+        gen, out, scanner, engine = slot.gen, slot.outcome, slot.scanner, self._engine
+        assert gen is not None and scanner is not None and engine is not None  # a started slot
         out.finish_reason = reason
-        if reason == "stop" and slot.scanner.hit:
-            out.stop_sequence = slot.scanner.matched
-        if reason == "length" or (reason == "stop" and not slot.scanner.hit):
-            tail = slot.scanner.flush()
+        if reason == "stop" and scanner.hit:
+            out.stop_sequence = scanner.matched
+        if reason == "length" or (reason == "stop" and not scanner.hit):
+            tail = scanner.flush()
             if tail or slot.held:
                 self._emit(slot, tail)
         out.generation_s = time.perf_counter() - slot.t_start
         out.text = "".join(slot.parts)
         keep = min(len(slot.cache), len(gen.tokens))
         if keep < len(slot.cache):
-            self._forget(self._engine, slot, keep)
+            self._forget(engine, slot, keep)
         self._release(slot)
         gen._end(out)
 
     def _fail(self, slot: Slot, err: BaseException) -> None:
-        gen = slot.gen
-        self._forget(self._engine, slot, 0)
+        gen, engine = slot.gen, self._engine
+        assert gen is not None and engine is not None  # a busy slot, of a loaded engine
+        self._forget(engine, slot, 0)
         self._release(slot)
         gen._end(None, err)
 
