@@ -1,12 +1,12 @@
 """KPI rollup cells: what one group of events contributes to `/kpis`, mergeable and small.
 
 A :class:`Cell` holds the KPIs of the events of one (function, model, service, api) whose event
-time falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its :class:`CellKey`:
-counts, token sums, log-bucket histograms of latency, time to first token and cold-start latency,
-and counts by label of the events' ``finish_reason``, ``output_format`` and ``key_id`` (who called:
-a hash prefix of the bearer key). Cells add up exactly (counts, sums) and their histograms and label
-counts merge exactly (label counts: below their cap), so a rollup over a day is the same as the
-rollup of its minutes.
+time falls in one aligned interval ``[start_s, start_s + resolution_s)``, named by its
+:class:`CellKey`: counts, token sums, log-bucket histograms of latency, time to first token and
+cold-start latency, and counts by label of the events' ``finish_reason``, ``output_format`` and
+``key_id`` (who called: a hash prefix of the bearer key). Cells add up exactly (counts, sums) and
+their histograms and label counts merge exactly (label counts: below their cap), so a rollup
+over a day is the same as the rollup of its minutes.
 
 Label counts stay open-ended but bounded (:func:`label`, :data:`MAX_LABELS`): an event's value
 is counted under its own name when it is a string of 1 to :data:`MAX_LABEL_CHARS` characters,
