@@ -37,6 +37,31 @@ def ferretdb(tmp_path_factory):
                                                port=services.free_port()))
 
 
+AGENTS_KEY = "agents-test-key"
+"""The API key of :func:`agents_generate`."""
+
+
+@pytest.fixture(scope="session")
+def agents_generate(minio, tmp_path_factory):
+    """generate under gunicorn (SmolLM2-135M-Instruct from MinIO, ``API_KEYS=AGENTS_KEY``),
+    shared by the agent-client test modules (the anthropic SDK, the JS clients): one model
+    load for them all."""
+    from scripts import procs, run
+    from tests.support.models import upload_function_models
+
+    tmp = tmp_path_factory.mktemp("agents-generate")
+    upload_function_models(minio)
+    env = run.function_env("generate", run.FUNCTIONS["generate"][2], minio, None, False, "")
+    env.update(MODEL_CACHE_DIR=str(tmp / "cache"), N_THREADS="2", API_KEYS=AGENTS_KEY)
+    proc = procs.gunicorn_server("generate", procs.free_port(), env=env,
+                                 log_path=tmp / "generate.log").start()
+    try:
+        proc.wait_ready(180)
+        yield proc
+    finally:
+        proc.stop()
+
+
 @pytest.fixture(scope="module")
 def sink():
     """A CloudEvents receiver (``K_SINK`` of the functions a test module starts)."""

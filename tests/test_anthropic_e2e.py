@@ -1,5 +1,6 @@
 """Anthropic's Messages API as its official Python client sees it: the `anthropic` SDK against
-generate (gunicorn, SmolLM2-135M-Instruct from MinIO, API keys on).
+generate (gunicorn, SmolLM2-135M-Instruct from MinIO, API keys on: the session's
+``agents_generate``).
 
 messages.create, messages.stream (text events and the final message), a tool use round trip
 (forced with tool_choice "tool": the 135M model would seldom pick a tool by itself; the test
@@ -14,11 +15,8 @@ import anthropic
 import httpx
 import pytest
 
-from scripts import procs, run
-from tests.support.models import upload_function_models
+from conftest import AGENTS_KEY as KEY
 
-READY_S = 180
-KEY = "anthropic-test-key"
 MODEL = "smollm2-135m-instruct-q4_1"
 HELLO = [{"role": "user", "content": "Say hello."}]
 WEATHER = {"name": "get_weather", "description": "The weather in a city.",
@@ -27,18 +25,8 @@ WEATHER = {"name": "get_weather", "description": "The weather in a city.",
 
 
 @pytest.fixture(scope="module")
-def server(minio, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("anthropic")
-    upload_function_models(minio)
-    env = run.function_env("generate", run.FUNCTIONS["generate"][2], minio, None, False, "")
-    env.update(MODEL_CACHE_DIR=str(tmp / "cache"), N_THREADS="2", API_KEYS=KEY)
-    proc = procs.gunicorn_server("generate", procs.free_port(), env=env,
-                                 log_path=tmp / "generate.log").start()
-    try:
-        proc.wait_ready(READY_S)
-        yield proc
-    finally:
-        proc.stop()
+def server(agents_generate):
+    return agents_generate
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""JavaScript clients against generate (gunicorn, SmolLM2-135M-Instruct from MinIO, a key on):
+"""JavaScript clients against generate (the session's ``agents_generate``: SmolLM2, a key on):
 node runs the scripts of clients/js, installed by `make js-clients` (npm ci, pinned by
 clients/js/package-lock.json), and prints what each call returned as JSON for the test to check.
 
@@ -16,33 +16,20 @@ import subprocess
 
 import pytest
 
-from scripts import procs, run
+from conftest import AGENTS_KEY as KEY
 from scripts.procs import REPO_ROOT as ROOT
-from tests.support.models import upload_function_models
 
-READY_S = 180
 NODE_S = 180
-KEY = "js-test-key"
 MODEL = "smollm2-135m-instruct-q4_1"
 CLIENTS = ROOT / "clients" / "js"
 
 
 @pytest.fixture(scope="module")
-def server(minio, tmp_path_factory):
+def server(agents_generate):
     assert shutil.which("node"), "node is not installed"
     assert (CLIENTS / "node_modules" / "@anthropic-ai" / "sdk").is_dir(), \
         "run `make js-clients` (npm ci in clients/js)"
-    tmp = tmp_path_factory.mktemp("js-clients")
-    upload_function_models(minio)
-    env = run.function_env("generate", run.FUNCTIONS["generate"][2], minio, None, False, "")
-    env.update(MODEL_CACHE_DIR=str(tmp / "cache"), N_THREADS="2", API_KEYS=KEY)
-    proc = procs.gunicorn_server("generate", procs.free_port(), env=env,
-                                 log_path=tmp / "generate.log").start()
-    try:
-        proc.wait_ready(READY_S)
-        yield proc
-    finally:
-        proc.stop()
+    return agents_generate
 
 
 def node(script: str, *args: str, **env: str) -> dict:
