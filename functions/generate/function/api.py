@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from typing import Any
 
@@ -206,6 +206,7 @@ class GenerateAPI:
                                          param="prompt")
                 tokens = [engine.bos]
             return tokens
+        assert prompt is not None  # a request without messages has its prompt (schema.parse)
         n_vocab = engine.n_vocab
         if any(t >= n_vocab for t in prompt):
             raise InvalidRequest(f"'prompt' token ids must be < {n_vocab}.", param="prompt")
@@ -249,9 +250,10 @@ class GenerateAPI:
         for i in range(req.best_of):
             params = req.params
             if i or req.best_of > req.n:
-                params = dataclasses.replace(params, seed=None if params.seed is None else params.seed + i,
-                               logprobs=params.logprobs if params.logprobs is not None
-                               else (0 if req.best_of > req.n else None))
+                seed = None if params.seed is None else params.seed + i
+                params = dataclasses.replace(params, seed=seed,
+                                             logprobs=params.logprobs if params.logprobs is not None
+                                             else (0 if req.best_of > req.n else None))
             jobs.append(Generation(tokens, params, t0=t0, disconnected=disconnected,
                                    index=i, events=events))
         return self.scheduler.submit_all(jobs)
@@ -300,7 +302,7 @@ class GenerateAPI:
                 yield sse_data(err.body())
         yield DONE
 
-    def _chunks(self, call: Call) -> Iterator[Any]:
+    def _chunks(self, call: Call) -> Generator[Any, None, None]:
         """The typed chunks of a streamed answer and KEEPALIVE; an error after the start is
         raised (its status recorded); closing it (client gone) cancels the generations."""
         status, code, open_choices = 200, None, len(call.jobs)
@@ -412,7 +414,7 @@ class GenerateAPI:
                                output_format=req.output.kind if req is not None else "text")
 
 
-def _api_field(api: str) -> dict[str, str]:
+def _api_field(api: str) -> dict[str, Any]:
     """The inference event's ``api`` (once the event declares it)."""
     return {"api": api} if _EVENT_HAS_API else {}
 
