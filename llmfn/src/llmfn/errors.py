@@ -167,10 +167,11 @@ def register_flask(app) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
-        mapping = {404: NotFound("Unknown URL: no such route."),
-                   405: MethodNotAllowed("Method not allowed on this route."),
-                   413: RequestTooLarge("Request body is too large."),
-                   415: UnsupportedMediaType("Content-Type must be application/json.")}
+        mapping: dict[int | None, APIError] = {
+            404: NotFound("Unknown URL: no such route."),
+            405: MethodNotAllowed("Method not allowed on this route."),
+            413: RequestTooLarge("Request body is too large."),
+            415: UnsupportedMediaType("Content-Type must be application/json.")}
         api = mapping.get(err.code)
         if api is None:
             api = APIError(err.description or err.name)

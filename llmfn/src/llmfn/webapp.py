@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import errors, openapi
@@ -80,6 +81,7 @@ def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
     """
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's own: it has sort_keys
     app.json.sort_keys = False
     app.extensions[_PUBLIC] = set()
     inflight = app.extensions[INFLIGHT] = InFlight()
@@ -106,7 +108,7 @@ def create_base_app(name: str, *, max_request_bytes: int, probes: Probes,
         if resp.is_streamed and state.pop("inflight", False):  # counted until the stream ends
             resp.call_on_close(inflight.leave)
         kid = state.pop("limited_key", None)
-        if kid is not None:  # released once, when the server closes the response
+        if kid is not None and key_limiter is not None:  # released once, when it is closed
             resp.call_on_close(lambda: key_limiter.release(kid))
         rule = request.url_rule.rule if request.url_rule else "unmatched"
         metrics.requests.labels(route=rule, status=str(resp.status_code)).inc()
