@@ -255,7 +255,8 @@ def test_auth_when_keys_are_set(make_runtime, tmp_path):
     r = c.post(COMPLETIONS, json=req)
     assert r.status_code == 401
     assert error_of(r)["type"] == "authentication_error"
-    assert c.post(COMPLETIONS, json=req, headers={"Authorization": "Bearer nope"}).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert c.post(COMPLETIONS, json=req, headers=wrong).status_code == 401
     assert c.get("/v1/models").status_code == 401
     for key in ("k1", "from-secret"):
         r = c.post(COMPLETIONS, json=req, headers={"Authorization": f"Bearer {key}"})
