@@ -4,7 +4,7 @@ scripts/install_browser.sh) driven by Playwright for Python, against real proces
 generate (tiny-llama.gguf) and embed (all-MiniLM-L6-v2) under gunicorn with ``K_SINK`` at audit
 (gunicorn, on the shared FerretDB, with ``API_KEYS`` set so its dashboard must ask for a key):
 - generate's playground streams a chat answer (several DOM updates from SSE chunks) and shows
-  its usage and time to first token;
+  its usage and time to first token, then goes on on the Responses API (its API selector);
 - embed's playground shows the cosine similarities, equal to those of the vectors /v1/embeddings
   returns (and a paraphrase closer than an unrelated text);
 - /docs renders each function's /openapi.json;
@@ -176,6 +176,21 @@ def test_generate_playground_streams_a_chat(servers, watch):
     roles = [m["role"] for m in req_info.value.post_data_json["messages"]]
     assert roles == ["system", "user", "assistant", "user"]
     wait_js(page, "document.querySelectorAll('.msg.assistant .stats').length === 2")
+    # switched to the Responses API, the conversation goes on there
+    page.select_option("#api", "responses")
+    assert page.inner_text("#route") == "/v1/responses"
+    page.fill("#prompt", "Once more.")
+    with page.expect_request(lambda r: r.url.endswith("/v1/responses")) as req_info:
+        page.click("#send")
+    sent = req_info.value.post_data_json
+    assert sent["instructions"] == "You are a terse assistant." and sent["stream"] is True
+    assert [m["role"] for m in sent["input"]] == ["user", "assistant"] * 2 + ["user"]
+    assert sent["max_output_tokens"] == 24
+    wait_js(page, "document.querySelectorAll('.msg.assistant .stats').length === 3")
+    last = page.locator(".msg.assistant").nth(2)
+    assert last.locator(".text").inner_text().strip()
+    text = last.locator(".stats").inner_text()
+    assert "completion 24" in text and "finish: incomplete" in text, text
     w.screenshot("generate-playground")
     w.check_clean()
 

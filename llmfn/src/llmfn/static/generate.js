@@ -1,5 +1,6 @@
-/* generate's playground: a chat on /v1/chat/completions, streamed (SSE), with the usage and the
- * time to first token of each answer. The conversation is kept in this page only. */
+/* generate's playground: a chat on /v1/chat/completions or /v1/responses (the API selector),
+ * streamed (SSE), with the usage and the time to first token of each answer. The conversation
+ * is kept in this page only. */
 "use strict";
 
 (() => {
@@ -24,7 +25,7 @@
     return node;
   }
 
-  /* Reads an SSE body: calls onData(json) for each `data:` event until `[DONE]`. */
+  /* Reads an SSE body: calls onData(json) for each `data:` event until `[DONE]` or its end. */
   async function readSSE(resp, onData) {
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
@@ -46,15 +47,48 @@
     }
   }
 
+  /* Each API: its route, its request body, and what one streamed event adds (text, usage,
+   * finish; usage in chat's names). */
+  const APIS = {
+    chat: {
+      route: "v1/chat/completions",
+      body: (system, turns, temperature, maxTokens) => ({
+        messages: (system ? [{role: "system", content: system}] : []).concat(turns),
+        stream: true, stream_options: {include_usage: true}, temperature, max_tokens: maxTokens,
+      }),
+      read: (chunk, out) => {
+        if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
+        if (chunk.usage) out.usage = chunk.usage;
+        for (const choice of chunk.choices || []) {
+          out.delta += (choice.delta && choice.delta.content) || "";
+          if (choice.finish_reason) out.finish = choice.finish_reason;
+        }
+      },
+    },
+    responses: {
+      route: "v1/responses",
+      body: (system, turns, temperature, maxTokens) => ({
+        instructions: system || undefined, input: turns, stream: true, temperature,
+        max_output_tokens: maxTokens,
+      }),
+      read: (event, out) => {
+        if (event.type === "error") throw new Error(event.message || JSON.stringify(event));
+        if (event.type === "response.output_text.delta") out.delta += event.delta;
+        if (event.type === "response.completed" || event.type === "response.incomplete") {
+          const u = event.response.usage;
+          out.usage = {prompt_tokens: u.input_tokens, completion_tokens: u.output_tokens,
+                       total_tokens: u.total_tokens};
+          out.finish = event.response.status;
+        }
+      },
+    },
+  };
+
   async function send(text) {
-    const system = $("system").value.trim();
-    const messages = (system ? [{role: "system", content: system}] : []).concat(
-      history, [{role: "user", content: text}]);
-    const body = {
-      messages, stream: true, stream_options: {include_usage: true},
-      temperature: Number($("temperature").value),
-      max_tokens: Number($("max-tokens").value) || undefined,
-    };
+    const which = APIS[$("api").value];
+    const body = which.body($("system").value.trim(), history.concat(
+      [{role: "user", content: text}]), Number($("temperature").value),
+      Number($("max-tokens").value) || undefined);
     if (modelId) body.model = modelId;
     bubble("user", text);
     const answer = bubble("assistant streaming", "");
@@ -64,23 +98,20 @@
     const t0 = performance.now();
     let ttft = null, usage = null, finish = null, content = "";
     try {
-      const resp = await api("v1/chat/completions", {
+      const resp = await api(which.route, {
         method: "POST", headers: {"Content-Type": "application/json"},
         body: JSON.stringify(body), signal: controller.signal,
       });
       if (!resp.ok) throw new Error(await errorText(resp));
-      await readSSE(resp, (chunk) => {
-        if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
-        if (chunk.usage) usage = chunk.usage;
-        for (const choice of chunk.choices || []) {
-          const delta = (choice.delta && choice.delta.content) || "";
-          if (delta) {
-            if (ttft === null) ttft = (performance.now() - t0) / 1000;
-            content += delta;
-            textNode.textContent = content;
-            $("messages").scrollTop = $("messages").scrollHeight;
-          }
-          if (choice.finish_reason) finish = choice.finish_reason;
+      await readSSE(resp, (data) => {
+        const out = {delta: "", usage, finish};
+        which.read(data, out);
+        ({usage, finish} = out);
+        if (out.delta) {
+          if (ttft === null) ttft = (performance.now() - t0) / 1000;
+          content += out.delta;
+          textNode.textContent = content;
+          $("messages").scrollTop = $("messages").scrollHeight;
         }
       });
       history.push({role: "user", content: text}, {role: "assistant", content});
@@ -125,6 +156,9 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    $("api").addEventListener("change", () => {
+      $("route").textContent = "/" + APIS[$("api").value].route;
+    });
     $("temperature").addEventListener("input", () => {
       $("temperature-value").value = $("temperature").value;
     });
