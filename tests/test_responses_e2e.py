@@ -1,5 +1,6 @@
 """OpenAI's Responses API as its clients see it: generate (gunicorn, SmolLM2-135M-Instruct from
-MinIO) against the Open Responses document and the real clients.
+MinIO, a key on: conftest's agents_generate) against the Open Responses document and the real
+clients.
 
 - Conformance: the six cases of the Open Responses compliance suite (basic, streaming, system
   prompt, tool calling, streamed tool calling, multi-turn; its requests, the tool cases with
@@ -28,11 +29,9 @@ from pydantic import BaseModel, Field
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from scripts import procs, run
+from conftest import AGENTS_KEY
 from scripts.procs import REPO_ROOT
-from tests.support.models import upload_function_models
 
-READY_S = 180
 MODEL = "smollm2-135m-instruct-q4_1"
 DOCUMENT = REPO_ROOT.parent / "shared" / "openresponses" / "openapi.json"
 BASE = "urn:openresponses"
@@ -65,23 +64,19 @@ CASES = {  # the compliance suite's requests (src/lib/compliance-tests.ts)
 
 
 @pytest.fixture(scope="module")
-def server(minio, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("responses")
-    upload_function_models(minio)
-    env = run.function_env("generate", run.FUNCTIONS["generate"][2], minio, None, False, "")
-    env.update(MODEL_CACHE_DIR=str(tmp / "cache"), N_THREADS="2")
-    proc = procs.gunicorn_server("generate", procs.free_port(), env=env,
-                                 log_path=tmp / "generate.log").start()
-    try:
-        proc.wait_ready(READY_S)
-        yield proc
-    finally:
-        proc.stop()
+def server(agents_generate):
+    """generate with SmolLM2 and API_KEYS set, shared with the other agent-client modules."""
+    return agents_generate
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{server.url}/v1", api_key=AGENTS_KEY, max_retries=0, timeout=120)
+
+
+def post(server, body: dict, timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/responses", json=body, timeout=timeout,
+                      headers={"Authorization": f"Bearer {AGENTS_KEY}"})
 
 
 # -- conformance ----------------------------------------------------------------------------------
@@ -124,8 +119,7 @@ def sse_events(text: str) -> list[dict]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_compliance_case(server, spec, case):
     body, streaming = CASES[case]
-    r = httpx.post(f"{server.url}/v1/responses", json={"model": MODEL, **body, **GREEDY,
-                                                       "stream": streaming}, timeout=120)
+    r = post(server, {"model": MODEL, **body, **GREEDY, "stream": streaming})
     assert r.status_code == 200, r.text
     if streaming:
         events = sse_events(r.text)
@@ -155,7 +149,7 @@ def test_compliance_case(server, spec, case):
 
 def test_image_input_is_a_clear_400(server):
     """The suite's seventh case: a text model answers it with a 400 naming the part."""
-    r = httpx.post(f"{server.url}/v1/responses", timeout=60, json={"model": MODEL, "input": [
+    r = post(server, {"model": MODEL, "input": [
         {"type": "message", "role": "user", "content": [
             {"type": "input_text", "text": "What do you see in this image?"},
             {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]})
@@ -231,7 +225,7 @@ def test_agents_sdk_tool_round_trip(server):
         return f"It is sunny in {city}."
 
     model = OpenAIResponsesModel(model=MODEL, openai_client=AsyncOpenAI(
-        base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120))
+        base_url=f"{server.url}/v1", api_key=AGENTS_KEY, max_retries=0, timeout=120))
     agent = Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather],
                   model=model, model_settings=ModelSettings(
                       tool_choice="get_weather", temperature=0, max_tokens=40))
