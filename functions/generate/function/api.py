@@ -26,7 +26,6 @@ from flask import Flask
 
 from llmfn import openapi, routes
 from llmfn.errors import APIError, ContextLengthExceeded, InvalidRequest, internal_error
-from llmfn.events import InferenceRecord
 from llmfn.model_runtime import Runtime
 from llmfn.protocol import Model
 from llmfn.webapp import check_model
@@ -55,7 +54,6 @@ ChatChunks = Iterator[protocol.ChatCompletionChunk | KeepAlive]
 each choice's finish, then a last chunk with no choices and ``usage``. An error after the
 first chunk is raised (an ``APIError``) for the API to write in its own shape; closing the
 iterator (the client left) cancels the generation."""
-_EVENT_HAS_API = "api" in InferenceRecord.__struct_fields__  # until the event has the field
 
 
 def register(app: Flask, runtime: Runtime, gen: GenerateSettings) -> Scheduler:
@@ -395,7 +393,7 @@ class GenerateAPI:
             reason = "deadline"
         self.rt.emit_inference(
             call.origin, endpoint=call.route, status=status, error_code=error_code,
-            **_api_field(call.api),
+            api=call.api,
             prompt_tokens=call.prompt_tokens,
             completion_tokens=sum(o.completion_tokens for o in outcomes),
             ttft_s=min((o.ttft_s for o in outcomes if o.ttft_s is not None), default=None),
@@ -408,15 +406,10 @@ class GenerateAPI:
     def _event(self, inbound: routes.Inbound, t0: float, *, status: int, error_code: str | None,
                stream: bool, req: schema.Request | None, api: str) -> None:
         self.rt.emit_inference(inbound.origin, endpoint=inbound.route, status=status,
-                               error_code=error_code, **_api_field(api),
+                               error_code=error_code, api=api,
                                duration_s=time.perf_counter() - t0, finish_reason="error",
                                stream=stream,
                                output_format=req.output.kind if req is not None else "text")
-
-
-def _api_field(api: str) -> dict[str, Any]:
-    """The inference event's ``api`` (once the event declares it)."""
-    return {"api": api} if _EVENT_HAS_API else {}
 
 
 def _json_response(answer: Model) -> routes.Result:
