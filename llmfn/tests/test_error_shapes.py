@@ -7,9 +7,9 @@ import pytest
 from flask import jsonify
 
 from llmfn.auth import BearerAuth, KeyLimiter, key_id
-from llmfn.errors import APIError, InvalidRequest, Unauthorized, shape_errors
+from llmfn.errors import APIError, InvalidRequest, NotReady, Unauthorized, shape_errors
 from llmfn.metrics import HTTPMetrics
-from llmfn.webapp import create_base_app
+from llmfn.webapp import create_base_app, json_body
 
 
 def other_shape(err: APIError) -> dict:
@@ -36,6 +36,8 @@ def app():
         app.add_url_rule(rule, rule, lambda: jsonify(ok=True), methods=["POST"])
     app.add_url_rule("/v1/other/bad", "bad", _bad, methods=["POST"])
     app.add_url_rule("/v1/other/boom", "boom", _boom, methods=["POST"])
+    app.add_url_rule("/v1/other/read", "read", lambda: jsonify(json_body()), methods=["POST"])
+    app.add_url_rule("/v1/other/loading", "loading", _loading, methods=["POST"])
     shape_errors(app, "/v1/other", other_shape)
     return app
 
@@ -48,6 +50,10 @@ def _boom():
     raise RuntimeError("secret detail")
 
 
+def _loading():
+    raise NotReady("The model is loading.", retry_after_s=2)
+
+
 KEY = {"Authorization": "Bearer k1"}
 
 
@@ -57,6 +63,9 @@ KEY = {"Authorization": "Bearer k1"}
     ("post", "/v1/other/bad", KEY, {"json": {}}, 400),
     ("post", "/v1/other/boom", KEY, {"json": {}}, 500),
     ("post", "/v1/other/nothing-here", KEY, {}, 404),
+    ("post", "/v1/other/read", KEY, {"json": {"x": "y" * 100}}, 413),
+    ("post", "/v1/other/read", KEY, {"data": "x", "content_type": "text/plain"}, 415),
+    ("post", "/v1/other/loading", KEY, {}, 503),
     ("get", "/v1/other", KEY, {}, 405),
 ])
 def test_errors_in_the_routes_shape(app, method, path, headers, kwargs, status):
