@@ -59,8 +59,7 @@ def test_answer_chunks_and_events_of_another_api(make_runtime):
     ours = [e for e in events if e["endpoint"] == ROUTE]
     assert [e["status"] for e in ours] == [200, 200, 400]
     assert [e["stream"] for e in ours] == [False, True, False]
-    if "api" in ours[0]:  # the event's optional field (issue 23)
-        assert {e["api"] for e in ours} == {"responses"}
+    assert {e["api"] for e in ours} == {"responses"}
 
 
 def test_closing_the_chunks_cancels_and_a_late_error_is_raised(make_runtime, hold_first_step):
