@@ -49,7 +49,7 @@ class KeepAlive:
 
 
 KEEPALIVE = KeepAlive()
-ChatChunks = Iterator[protocol.ChatCompletionChunk | KeepAlive]
+ChatChunks = Generator[protocol.ChatCompletionChunk | KeepAlive, None, None]
 """A streamed chat answer for another API: the role chunk, text (or a tool call, whole),
 each choice's finish, then a last chunk with no choices and ``usage``. An error after the
 first chunk is raised (an ``APIError``) for the API to write in its own shape; closing the

@@ -15,6 +15,7 @@ from llmfn.errors import InvalidRequest, NotReady, QueueFull, ShuttingDown
 from llmfn.protocol import decode
 
 HEAD = {"id": "chatcmpl-1", "created": 1, "model": "m"}
+WAIT_S = 30.0
 
 
 def request(**body) -> mp.MessagesRequest:
@@ -200,3 +201,36 @@ def test_error_after_the_start_is_an_error_event():
                                    "message": "The function is shutting down. Retry shortly."}
     assert [e["type"] for e in events][:2] == ["message_start", "content_block_start"]
     assert closed == [True]
+
+
+def test_routes_answer_and_record_events(make_runtime):
+    """On the tiny model: a message, a stream and a count, and their inference events (the
+    route and api ``messages``), a 400 before generating recorded too."""
+    from tests.support.eventsink import running_receiver
+
+    body = {"max_tokens": 3, "messages": [{"role": "user", "content": "vpvm"}],
+            "temperature": 0}
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url)
+        body["model"] = rt.host.model_id
+        c = rt.app.test_client()
+        r = c.post("/v1/messages", json=body)
+        assert r.status_code == 200 and r.headers["X-Request-Id"]
+        message = r.get_json()
+        assert message["type"] == "message" and message["stop_reason"] == "max_tokens"
+        assert message["usage"]["output_tokens"] == 3
+        streamed = c.post("/v1/messages", json={**body, "stream": True})
+        events = parse(raw + b"\n\n" for raw in streamed.get_data().split(b"\n\n") if raw)
+        text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+        assert text == message["content"][0]["text"]
+        counted = c.post("/v1/messages/count_tokens", json={
+            "model": rt.host.model_id, "messages": body["messages"]}).get_json()
+        assert counted["input_tokens"] == message["usage"]["input_tokens"] + message[
+            "usage"]["cache_read_input_tokens"]
+        bad = c.post("/v1/messages", json={**body, "top_k": "x"})
+        assert bad.status_code == 400 and bad.get_json()["error"]["type"] == \
+            "invalid_request_error"
+        assert rt.events.flush(WAIT_S) and sink.wait_requests(3)
+        recorded = [e["data"] for e in sink.events() if e["data"]["endpoint"] == "/v1/messages"]
+    assert sorted(e["status"] for e in recorded) == [200, 200, 400]
+    assert {e["api"] for e in recorded} == {"messages"}
