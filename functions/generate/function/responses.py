@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from flask import Flask
 
@@ -28,7 +28,7 @@ from . import protocol
 from . import responses_protocol as rp
 
 if TYPE_CHECKING:
-    from .api import GenerateAPI
+    from .api import ChatChunks, GenerateAPI
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,9 @@ def _tool(tool: rp.FunctionToolParam, where: str) -> protocol.Tool:
         strict=tool.strict))
 
 
-def _tool_choice(choice: str | rp.ToolChoiceParam | None, tools: list[protocol.Tool]
-                 ) -> str | protocol.NamedToolChoice | None:
+def _tool_choice(choice: Literal["none", "auto", "required"] | rp.ToolChoiceParam | None,
+                 tools: list[protocol.Tool]
+                 ) -> Literal["none", "auto", "required"] | protocol.NamedToolChoice | None:
     if choice is None or isinstance(choice, str):
         return choice
     if choice.type != "function":
@@ -223,6 +224,9 @@ def renamed(err: APIError, places: list[str]) -> APIError:
 
 
 # -- chat -> Responses ----------------------------------------------------------------------------
+Status = Literal["completed", "incomplete", "in_progress", "failed"]
+
+
 class Shell:
     """What every response object of one request carries (ids, the request's settings)."""
 
@@ -230,7 +234,7 @@ class Shell:
         self.req, self.rid, self.created, self.model = req, rid, created, model
 
     def response(self, items: list[rp.OutputItem], usage: protocol.CompletionUsage | None,
-                 finish: str | None, status: str | None = None,
+                 finish: str | None, status: Status | None = None,
                  error: rp.ResponseError | None = None) -> rp.Response:
         req = self.req
         if status is None:
@@ -267,12 +271,13 @@ def output(chat: protocol.ChatCompletion, rid: str) -> list[rp.OutputItem]:
     if isinstance(calls, list) and calls:
         return [_call_item(c.id, c.function.name, c.function.arguments, "completed")
                 for c in calls]
-    status = "incomplete" if choice.finish_reason == "length" else "completed"
+    status: rp.ItemStatus = "incomplete" if choice.finish_reason == "length" else "completed"
     return [rp.ResponseOutputMessage(id=f"msg_{rid}", status=status,
                              content=[rp.ResponseOutputText(text=choice.message.content or "")])]
 
 
-def _call_item(call_id: str, name: str, arguments: str, status: str) -> rp.ResponseFunctionToolCall:
+def _call_item(call_id: str, name: str, arguments: str,
+               status: rp.ItemStatus) -> rp.ResponseFunctionToolCall:
     return rp.ResponseFunctionToolCall(id="fc_" + call_id.removeprefix("call_"), call_id=call_id,
                               name=name, arguments=arguments, status=status)
 
@@ -382,7 +387,7 @@ class _Events:
             error=rp.ResponseError(code=err.code or err.type, message=err.message)))
 
 
-def events(chunks: Iterator[Any], shell: Shell) -> Iterator[bytes]:
+def events(chunks: ChatChunks, shell: Shell) -> Iterator[bytes]:
     """The Responses event stream from the chat chunks (closing it closes them: the generation
     is cancelled); an error after the start is an ``error`` event, then ``response.failed``."""
     from .api import HEARTBEAT, KeepAlive
