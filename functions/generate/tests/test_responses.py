@@ -60,6 +60,10 @@ def test_text_answer_and_its_events(client):
                           "response.output_item.done", "response.incomplete"]
     assert "".join(e["delta"] for e in events if e["type"].endswith("text.delta")) == text
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == text
+    # the same prompt again: the slot's reused prefix is chat's cached_tokens, under its name
+    again = events[-1]["response"]["usage"]
+    assert again["input_tokens"] == usage["input_tokens"]
+    assert 0 < again["input_tokens_details"]["cached_tokens"] < again["input_tokens"]
 
 
 def test_forced_call_and_a_round_trip(client):
@@ -153,3 +157,17 @@ def test_defaults_clients_send_are_accepted(client):
         "stream_options": {"include_obfuscation": False}, "top_logprobs": 0,
         "text": {"format": {"type": "text"}, "verbosity": "medium"}, "model": None})
     assert r.status_code == 200, r.get_json()
+
+
+def test_inference_events_name_the_route_and_api(make_runtime):
+    from tests.support.eventsink import running_receiver
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url)
+        c = rt.app.test_client()
+        assert c.post("/v1/responses", json={"input": "x", "max_output_tokens": 1}
+                      ).status_code == 200
+        assert c.post("/v1/responses", json={"input": "x", "store": True}).status_code == 400
+        assert rt.events.flush(30) and sink.wait_requests(2)
+        events = [e["data"] for e in sink.events()]
+    assert [(e["endpoint"], e["api"], e["status"]) for e in events] == [
+        ("/v1/responses", "responses", 200), ("/v1/responses", "responses", 400)]
