@@ -441,17 +441,17 @@ def test_a_wrong_target_path_port_link_fails(copy):
 def test_wrong_defaults_in_prose_fail(copy):
     """The prose forms of a default, each made wrong; a right one in another unit still passes."""
     spoil(copy / "docs" / "deploy.md", "`SHUTDOWN_GRACE_S` (25 s)", "`SHUTDOWN_GRACE_S` (30 s)")
-    spoil(copy / "docs" / "generate.md", "`SLOTS` generations (default 4)",
+    spoil(copy / "docs" / "generate.md", "`SLOTS` generations (default 0)",
           "`SLOTS` generations (default 8)")
     spoil(copy / "docs" / "events.md", "`RETRY_AFTER_S`, 2 s", "`RETRY_AFTER_S`, 9 s")
     readme = copy / "README.md"
     readme.write_text(readme.read_text() + "\n`SLOTS` defaults to 8. `N_CTX` defaults to `2048`."
                       " `RETRY_AFTER_S` (2000 ms) and `SSE_HEARTBEAT_S`, 5000 ms.\n")
     assert new_errors(default_errors, copy) == [
-        "README.md: the text says SLOTS defaults to '8'; the code: ['4']",
+        "README.md: the text says SLOTS defaults to '8'; the code: ['0']",
         "deploy.md: the text says SHUTDOWN_GRACE_S defaults to '30 s'; the code: ['25']",
         "events.md: the text says RETRY_AFTER_S defaults to '9 s'; the code: ['2']",
-        "generate.md: the text says SLOTS defaults to '8'; the code: ['4']"]
+        "generate.md: the text says SLOTS defaults to '8'; the code: ['0']"]
 
 
 def test_wrong_prose_target_root_file_port_owner_fail(copy):

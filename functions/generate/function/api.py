@@ -62,7 +62,8 @@ def register(app: Flask, runtime: Runtime, gen: GenerateSettings) -> Scheduler:
     server = runtime.settings.server
     scheduler = Scheduler(lambda: runtime.host.model, gen.slots, queue_size=server.queue_size,
                           retry_after_s=server.retry_after_s, metrics=runtime.metrics,
-                          registry=runtime.metrics.registry, deadline_s=gen.request_timeout_s)
+                          registry=runtime.metrics.registry, deadline_s=gen.request_timeout_s,
+                          peek=lambda: runtime.host.model)
     api = GenerateAPI(runtime, scheduler)
     routes.add(app, "/v1/completions", "completions", api.completions)
     routes.add(app, "/v1/chat/completions", "chat_completions", api.chat)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
@@ -21,8 +20,8 @@ from llama_cpp import _internals as internals
 from llama_cpp._logger import set_verbose
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from llmfn import sizing
 from llmfn.llama_backend import ensure_cpu_backend, model_file_errors
-from llmfn.memory import cgroup_memory_limit, check_fits
 from llmfn.settings import ModelSettings, SettingsError
 
 from .settings import GenerateSettings
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 # llama-server's sampling defaults, so both servers do the same work per token.
 TOP_K = 40
 MIN_P = 0.05
-KV_BYTES_PER_VALUE = 2  # f16 K and V cache (llama.cpp's default type_k / type_v)
 
 
 @dataclass
@@ -57,39 +55,32 @@ class Params:
     ignore_eos: bool = False  # end-of-generation tokens are never sampled (llama-server's)
 
 
-def kv_bytes_per_cell(model) -> int:
-    """Bytes of K and V cache one token takes in every layer (SmolLM2-135M: 23,040)."""
-    n_embd = llama_cpp.llama_model_n_embd(model)
-    n_head = llama_cpp.llama_model_n_head(model)
-    n_head_kv = llama_cpp.llama_model_n_head_kv(model)
-    n_layer = llama_cpp.llama_model_n_layer(model)
-    return n_layer * 2 * (n_embd // n_head) * n_head_kv * KV_BYTES_PER_VALUE
-
-
 def load_engine(path: str, model: ModelSettings, *, gen: GenerateSettings) -> Engine:
     """Load the GGUF at ``path`` and make its context (called on the ModelHost's loader
-    thread); fails with the arithmetic when weights + KV exceed the memory limit."""
-    _check_batch(model, gen)
+    thread). SLOTS and threads come from the model's shape and the container's limits unless
+    set (``llmfn.sizing``); fails with the arithmetic when weights + KV exceed the memory
+    limit, and logs it either way."""
+    if gen.slots:
+        _check_batch(model, gen.slots)
     ensure_cpu_backend()
     set_verbose(False)  # llama.cpp logs errors only (to stderr)
     params = internals.LlamaModel.default_params()
     with model_file_errors(path):
         llm = internals.LlamaModel(path_model=path, params=params, verbose=False)
     try:
-        n_cells = gen.slots * model.n_ctx
-        check_fits(weights_bytes=os.path.getsize(path),
-                   kv_bytes=n_cells * kv_bytes_per_cell(llm.model),
-                   limit_bytes=cgroup_memory_limit(),
-                   what=f"{gen.slots} slots x {model.n_ctx} tokens")
+        plan = sizing.plan(sizing.read_shape(path), n_ctx=model.n_ctx, slots=gen.slots,
+                           threads=model.n_threads)
+        log.info("sizing: %s", plan.explain())
+        plan.check()
+        _check_batch(model, plan.slots)
         cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx = n_cells
+        cp.n_ctx = plan.slots * model.n_ctx
         cp.n_batch = model.n_batch
         cp.n_ubatch = min(model.n_batch, model.n_ubatch)
-        cp.n_seq_max = gen.slots
+        cp.n_seq_max = plan.slots
         cp.kv_unified = True  # one pool of cells: a long prompt may use what idle slots don't
-        threads = model.n_threads or os.cpu_count() or 1
-        cp.n_threads = threads
-        cp.n_threads_batch = threads
+        cp.n_threads = plan.threads
+        cp.n_threads_batch = plan.threads
         cp.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if model.flash_attn
                               else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cp.no_perf = True
@@ -97,12 +88,12 @@ def load_engine(path: str, model: ModelSettings, *, gen: GenerateSettings) -> En
     except BaseException:
         llm.close()
         raise
-    return Engine(llm, ctx, n_ctx=model.n_ctx, slots=gen.slots, n_batch=cp.n_batch)
+    return Engine(llm, ctx, n_ctx=model.n_ctx, slots=plan.slots, n_batch=cp.n_batch, plan=plan)
 
 
-def _check_batch(model: ModelSettings, gen: GenerateSettings) -> None:
-    if model.n_batch < gen.slots:
-        raise SettingsError(f"N_BATCH must be >= SLOTS ({gen.slots}): every generating slot "
+def _check_batch(model: ModelSettings, slots: int) -> None:
+    if model.n_batch < slots:
+        raise SettingsError(f"N_BATCH must be >= SLOTS ({slots}): every generating slot "
                             f"puts one token in each batch, got {model.n_batch}")
 
 
@@ -110,8 +101,9 @@ class Engine:
     """One loaded model: its context, the chat template from the GGUF, and the tokenizer."""
 
     def __init__(self, llm: internals.LlamaModel, ctx: internals.LlamaContext, *,
-                 n_ctx: int, slots: int, n_batch: int):
+                 n_ctx: int, slots: int, n_batch: int, plan: sizing.Plan | None = None):
         self.llm = llm
+        self.sizing = plan  # how SLOTS and threads were chosen (readiness shows it)
         self.context = ctx
         self.ctx = ctx.ctx
         self.n_ctx = n_ctx  # per slot: prompt + completion of one request

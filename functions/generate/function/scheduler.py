@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 import numpy as np
@@ -50,6 +50,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from llmfn.errors import ShuttingDown
 from llmfn.llama_batch import Batch
+from llmfn.sizing import MAX_AUTO_SLOTS
 from llmfn.worker import ModelLoop
 
 from .constraint import apply_mask
@@ -206,15 +207,25 @@ class Slot:
 
 
 class Scheduler(ModelLoop):
-    """Decodes up to ``engine.slots`` generations together; ``queue_size`` more may wait."""
+    """Decodes up to ``engine.slots`` generations together; ``queue_size`` more may wait.
+
+    ``slots`` 0 (SLOTS unset): the engine's, derived from the model when it loads
+    (``llmfn.sizing``); until then the scheduler counts the most a derived SLOTS gives.
+    ``peek`` returns the engine once loaded, else None, without waiting (the model host's):
+    requests and the readiness probe see the engine's slots and sizing through it before the
+    loop's first step takes the engine from ``get_engine``."""
 
     def __init__(self, get_engine: Callable[[], Engine], slots: int, *, queue_size: int,
                  retry_after_s: int = 2, metrics=None, registry: CollectorRegistry | None = None,
-                 name: str = "generate-scheduler", deadline_s: float = 0.0):
+                 name: str = "generate-scheduler", deadline_s: float = 0.0,
+                 peek: Callable[[], Engine | None] | None = None):
         super().__init__(queue_size=queue_size, retry_after_s=retry_after_s, metrics=metrics,
                          name=name)
         self.deadline_s = deadline_s  # 0: none
         self._get_engine = get_engine  # the model loads after the scheduler exists
+        self._peek = peek
+        self._from_engine = slots == 0
+        slots = slots or MAX_AUTO_SLOTS
         self.slots = [Slot(i) for i in range(slots)]
         self.capacity = slots  # requests running at once
         self._engine: Engine | None = None
@@ -224,13 +235,43 @@ class Scheduler(ModelLoop):
         self.reused_tokens = 0  # prompt tokens whose KV a slot kept from its last request
         registry = registry if registry is not None else CollectorRegistry()
         self._busy_gauge = Gauge("llmfn_slots_busy", "slots running a request", registry=registry)
-        Gauge("llmfn_slots", "slots of the context (SLOTS)", registry=registry).set(slots)
+        self._slots_gauge = Gauge("llmfn_slots", "slots of the context (SLOTS)",
+                                  registry=registry)
+        self._slots_gauge.set(slots)
         self._cells_gauge = Gauge("llmfn_kv_cells_used",
                                   "KV cache cells holding a token (all slots)", registry=registry)
         self._batch_seqs = Histogram("llmfn_decode_batch_sequences",
                                      "sequences in one llama_decode", buckets=SEQ_BUCKETS,
                                      registry=registry)
         self._start()
+
+    # -- SLOTS from the engine ------------------------------------------------------------------
+    def _adopt(self, engine: Engine) -> None:
+        """Take the loaded engine's slot count (lock held). Nothing has run before the engine
+        existed, so every slot is free."""
+        if self._from_engine:
+            self._from_engine = False
+            self.slots = [Slot(i) for i in range(engine.slots)]
+            self.capacity = engine.slots
+            self._slots_gauge.set(engine.slots)
+
+    def _loaded(self) -> Engine | None:
+        """The engine once loaded, its slot count adopted (any thread)."""
+        engine = self._engine or (self._peek() if self._peek is not None else None)
+        if engine is not None and self._from_engine:
+            with self._cond:
+                self._adopt(engine)
+        return engine
+
+    def submit_all(self, items: list[Any]) -> list[Any]:
+        self._loaded()  # room counts the engine's slots
+        return super().submit_all(items)
+
+    def ready(self) -> tuple[bool, str]:
+        """Called after the model's readiness: "ready" and how SLOTS and threads were chosen."""
+        engine = self._loaded()
+        plan = engine.sizing if engine is not None else None
+        return True, f"ready: {plan.explain()}" if plan is not None else "ready"
 
     # -- ModelLoop hooks ------------------------------------------------------------------------
     def _gauge(self) -> None:
@@ -254,7 +295,10 @@ class Scheduler(ModelLoop):
     # -- the loop thread ------------------------------------------------------------------------
     def _ensure_engine(self) -> Engine:
         if self._engine is None:
-            self._engine = self._get_engine()
+            engine = self._get_engine()
+            with self._cond:
+                self._adopt(engine)
+            self._engine = engine
             self._batch = Batch(self._engine.n_batch)
             # the scheduler owns the context: its slots start empty, so must the KV cache
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._engine.ctx), True)

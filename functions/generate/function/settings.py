@@ -20,8 +20,10 @@ DEFAULTS = {
 @dataclass(frozen=True)
 class GenerateSettings:
     """How many streams one process decodes together, and how long one request may take."""
-    slots: int = setting("SLOTS", 4, "streams decoded together in one llama.cpp batch "
-                         "(continuous batching); KV cache = SLOTS x N_CTX cells", lo=1, hi=64)
+    slots: int = setting("SLOTS", 0, "streams decoded together in one llama.cpp batch "
+                         "(continuous batching); KV cache = SLOTS x N_CTX cells; 0 = as many "
+                         "as fit the memory limit beside the weights, at most 4 "
+                         "(docs/deploy.md \"Sizing\")", lo=0, hi=64)
     request_timeout_s: float = setting("REQUEST_TIMEOUT_S", 270.0, "deadline of one request "
                                        "from its arrival: the generation ends there with "
                                        "finish_reason length (event: deadline); below the "

@@ -51,7 +51,11 @@ def test_lifecycle(tiny_model, tmp_path):
     instance.start({"MODEL_URI": f"file://{tiny_model}", "N_CTX": "256",
                     "MODEL_CACHE_DIR": str(tmp_path)})
     assert instance.runtime.host.wait(WAIT_S)
-    assert instance.ready() == (True, "ready")
+    # SLOTS unset: derived from the model and the memory (the machine's here: the cap)
+    ok, text = instance.ready()
+    assert ok and text.startswith("ready: SLOTS 4 (derived), N_THREADS "), text
+    assert " x KV 0.1 MiB (256 tokens) + runtime 160 MiB = " in text
+    assert instance.runtime.capacity == 4
     r = asgi_request(instance, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
     assert r["status"] == 200
     assert json.loads(r["body"])["usage"]["completion_tokens"] == 2
@@ -75,3 +79,23 @@ def test_bad_config_fails_start_clearly(tmp_path):
     err = json.loads(r["body"])["error"]
     assert err["code"] == "invalid_settings" and "N_CTX must be int" in err["message"]
     instance.stop()
+
+
+def test_explicit_slots_and_threads_win(tiny_model, tmp_path):
+    """SLOTS and N_THREADS set: the engine, the scheduler and readiness use them."""
+    instance = new()
+    instance.start({"MODEL_URI": f"file://{tiny_model}", "N_CTX": "256", "SLOTS": "2",
+                    "N_THREADS": "1", "MODEL_CACHE_DIR": str(tmp_path)})
+    try:
+        assert instance.runtime.host.wait(WAIT_S)
+        ok, text = instance.ready()
+        assert ok and text.startswith("ready: SLOTS 2 (SLOTS), N_THREADS 1 (N_THREADS): "), text
+        engine = instance.runtime.host.model
+        assert (engine.slots, engine.context.params.n_threads) == (2, 1)
+        assert engine.context.params.n_ctx == 2 * 256
+        assert instance.runtime.capacity == 2
+        r = asgi_request(instance, "POST", "/v1/completions",
+                         {"prompt": "hi", "max_tokens": 1, "n": 3})
+        assert r["status"] == 400 and json.loads(r["body"])["error"]["param"] == "n"
+    finally:
+        instance.stop()

@@ -18,7 +18,9 @@ import pytest
 from function.engine import Params, load_engine
 from function.scheduler import Generation, Scheduler, Text
 from function.settings import GenerateSettings
+from llmfn.errors import QueueFull
 from llmfn.settings import ModelSettings, SettingsError
+from llmfn.sizing import MAX_AUTO_SLOTS
 from scripts.kernel_noise import (
     CLEAR_PROMPTS,
     LOGIT_TOLERANCE,
@@ -294,3 +296,29 @@ def test_deadline_ends_running_and_waiting_requests_with_length(tiny, scheduler_
     scheduler.submit(running)
     out = running.wait(WAIT_S)
     assert out.deadline and out.finish_reason == "length" and out.completion_tokens < 150
+
+
+def test_slots_from_the_engine(tiny_model):
+    """SLOTS unset (0): the scheduler counts the most a derived SLOTS gives until the engine is
+    loaded, then takes the engine's count, on the first request or readiness probe."""
+    engine = engine_for(tiny_model, 2, 256, threads=1)
+    loaded = None
+    try:
+        scheduler = Scheduler(lambda: engine, 0, queue_size=1, peek=lambda: loaded)
+        assert scheduler.capacity == len(scheduler.slots) == MAX_AUTO_SLOTS
+        assert scheduler.ready() == (True, "ready")  # not loaded yet: nothing to show
+        loaded = engine
+        ok, text = scheduler.ready()
+        assert ok and text.startswith("ready: SLOTS 2 (SLOTS), N_THREADS 1 (N_THREADS): "), text
+        assert scheduler.capacity == len(scheduler.slots) == 2
+        # 2 run, 1 waits (QUEUE_SIZE), the 4th is refused: room is the engine's 2 slots
+        gens = [scheduler.submit(Generation(engine.tokenize_prompt("x"),
+                                            Params(max_tokens=50, seed=i))) for i in range(3)]
+        with pytest.raises(QueueFull):
+            scheduler.submit(Generation(engine.tokenize_prompt("x"), Params(max_tokens=1)))
+        assert scheduler.drain(WAIT_S)
+        assert [g.wait(0).completion_tokens for g in gens] == [50] * 3
+        assert scheduler.peak_busy == 2
+        scheduler.close()
+    finally:
+        engine.close()

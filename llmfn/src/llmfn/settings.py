@@ -149,7 +149,9 @@ class ModelSettings:
     name: str = setting("MODEL_NAME", "", "model id served in /v1/models (default: file stem)")
     n_ctx: int = setting("N_CTX", 2048, "context length of one request (generate: per slot), "
                          "tokens", lo=16)
-    n_threads: int = setting("N_THREADS", 0, "llama.cpp threads; 0 = CPU count", lo=0, hi=256)
+    n_threads: int = setting("N_THREADS", 0, "llama.cpp threads; 0 = the container's CPU "
+                             "limit rounded up (cgroup), else the CPUs it may run on "
+                             "(generate; embed: llama.cpp's default)", lo=0, hi=256)
     n_batch: int = setting("N_BATCH", 512, "prompt batch size in tokens", lo=1)
     n_ubatch: int = setting("N_UBATCH", 512, "physical micro-batch size in tokens", lo=1)
     default_max_tokens: int = setting("DEFAULT_MAX_TOKENS", 256,
