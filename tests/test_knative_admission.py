@@ -19,10 +19,12 @@ from tests.support.manifests import (
     NO_RETRY_AFTER,
     REQUESTREPLY_YAML,
     SETTING_DEFAULTS,
+    build_example,
     load_docs,
     load_func,
     patch_for,
     service_setting,
+    sizing_table,
 )
 
 SERVING, EVENTING = "kn-validate-serving", "kn-validate-eventing"
@@ -113,6 +115,20 @@ def test_serving_negative_control_invalid_autoscaling_value(deploy_objs):
     assert not verdict.ok
     assert "autoscaling.knative.dev/target" in verdict.line("Service", bad["metadata"]["name"])
     assert "1 invalid" in verdict.out, verdict.out
+
+
+@pytest.mark.parametrize("name", sorted(sizing_table()["models"]))
+def test_sizing_examples_pass_serving_admission(name, tmp_path):
+    """deploy/ with each deploy/examples/ Component (generate sized for a model): Knative's
+    admission takes every Service, and generate still admits what queue-proxy lets through."""
+    objs = build_example(name, tmp_path)
+    verdict = validate(SERVING, objs, AUTOSCALER_CM)
+    assert verdict.ok, verdict.out
+    assert ": valid (" in verdict.line("Service", "generate")
+    (svc,) = [s for s in services(objs) if s["metadata"]["name"] == "generate"]
+    cc = svc["spec"]["template"]["spec"]["containerConcurrency"]
+    assert cc == int(service_setting(svc, "SLOTS"))
+    assert RUNNING["generate"](svc) + int(service_setting(svc, "QUEUE_SIZE")) >= cc
 
 
 def test_eventing_passes_eventing_admission(eventing_objs, deploy_objs):

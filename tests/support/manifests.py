@@ -4,6 +4,7 @@ schemas tests/support/manifest_schemas.py, our own rules tests/support/manifest_
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from llmfn.contract import FunctionSpec, discover
 from llmfn.event_requests import FAILED
 from llmfn.events import INFERENCE_COMPLETED, TYPE_PREFIX  # noqa: F401  (manifest_rules)
+from tests.support import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(os.environ.get("SCHEMAS_DIR", ROOT / ".state" / "schemas"))
@@ -171,3 +173,22 @@ def merge_patch(target, patch):
 def mebibytes(quantity: str) -> float:
     units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
     return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+# -- deploy/examples: generate sized per model, kustomize Components over deploy/ --------------
+EXAMPLES = ROOT / "deploy" / "examples"
+
+
+def sizing_table() -> dict:
+    """deploy/examples/sizing.json: the sizing table the overlays and docs follow."""
+    return json.loads((EXAMPLES / "sizing.json").read_text())
+
+
+def build_example(name: str, workdir: Path) -> list[dict]:
+    """`kustomize build` of deploy/ with the Component deploy/examples/``name``, through a
+    kustomization in ``workdir`` (as docs/deploy.md "Sizing" has users write it)."""
+    deploy = os.path.relpath(ROOT / "deploy", workdir)
+    (workdir / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {deploy}\ncomponents:\n  - {deploy}/examples/{name}\n")
+    return kustomize.build(workdir)

@@ -1,0 +1,58 @@
+"""Print docs/deploy.md's sizing table from deploy/examples/sizing.json and llmfn.sizing.
+
+The derived columns (weights, KV, memory, SLOTS, threads, emptyDir) come from the model shapes
+(scripts/make_synthetic_gguf.py SHAPES) and the table's limits; the measured ones are the
+table's ``measured`` values, "to be measured (bench-sizes)" while they are null.
+tests/test_manifests_examples.py checks that docs/deploy.md holds this output.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmfn import sizing
+from scripts.make_synthetic_gguf import SHAPES
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "deploy" / "examples" / "sizing.json"
+MIB = 1024 * 1024
+UNITS = {"Mi": MIB, "Gi": 1024 * MIB}
+PENDING = "to be measured (bench-sizes)"
+
+
+def model_shape(name: str, file_bytes: int) -> sizing.ModelShape:
+    """What llmfn.sizing reads from the GGUF header of ``name``'s shape."""
+    s = SHAPES[name]
+    return sizing.ModelShape(arch=s.arch, n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head,
+                             n_head_kv=s.n_head_kv, head_dim=s.head_dim,
+                             n_ctx_train=s.n_ctx_train, file_bytes=file_bytes)
+
+
+def table(data: dict | None = None) -> str:
+    data = data if data is not None else json.loads(TABLE.read_text())
+    n_ctx = data["n_ctx"]
+    rows = ["| model (Q4_K_M) | weights | KV per token | KV per slot | memory (req = limit) "
+            "| need | SLOTS = containerConcurrency | target | CPU (req = limit) = N_THREADS "
+            "| emptyDir | tokens/s per pod | cold start |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in data["models"].items():
+        shape = model_shape(name, row["file_bytes"])
+        mem = row["memory"]
+        plan = sizing.plan(shape, n_ctx=n_ctx,
+                           limits=sizing.Limits(int(mem[:-2]) * UNITS[mem[-2:]],
+                                                float(row["cpu"])), machine=row["cpu"])
+        measured = row["measured"]
+        tps = measured.get("decode_tokens_per_s")
+        cold = measured.get("cold_start_s")
+        rows.append(
+            f"| {name} | {shape.file_bytes / MIB:,.0f} MiB "
+            f"| {shape.kv_bytes_per_token() / 1024:,.0f} KiB "
+            f"| {plan.kv_slot_bytes / MIB:,.0f} MiB | {mem} | {plan.need_bytes / MIB:,.0f} MiB "
+            f"| {plan.slots} | {row['target']} ({row['utilization']} %) | {plan.threads} "
+            f"| {row['empty_dir']} | {PENDING if tps is None else tps} "
+            f"| {PENDING if cold is None else f'{cold} s'} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(table(), end="")
