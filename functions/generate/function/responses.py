@@ -10,6 +10,7 @@ OpenAI's shape; a 400 names the Responses parameter or item (``input[2]``,
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -393,14 +394,15 @@ def events(chunks: ChatChunks, shell: Shell) -> Iterator[bytes]:
     from .api import HEARTBEAT, KeepAlive
 
     out = _Events(shell)
-    start = shell.response([], None, None, status="in_progress")
-    yield out.emit(rp.ResponseCreated, response=start)
-    yield out.emit(rp.ResponseInProgress, response=start)
     finish: str | None = None
     usage: protocol.CompletionUsage | None = None
     with closing(chunks):
+        first = next(chunks)  # the role chunk, at once: started, closing it cancels
+        start = shell.response([], None, None, status="in_progress")
+        yield out.emit(rp.ResponseCreated, response=start)
+        yield out.emit(rp.ResponseInProgress, response=start)
         try:
-            for chunk in chunks:
+            for chunk in itertools.chain([first], chunks):
                 if isinstance(chunk, KeepAlive):
                     yield HEARTBEAT
                     continue

@@ -171,3 +171,21 @@ def test_inference_events_name_the_route_and_api(make_runtime):
         events = [e["data"] for e in sink.events()]
     assert [(e["endpoint"], e["api"], e["status"]) for e in events] == [
         ("/v1/responses", "responses", 200), ("/v1/responses", "responses", 400)]
+
+
+def test_a_client_leaving_after_the_first_event_cancels_the_generation(make_runtime):
+    from llmfn import routes
+    from llmfn.origin import Origin
+    from tests.support.eventsink import running_receiver
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url)
+        result = routes.handler(rt.app, "/v1/responses")(routes.Inbound(
+            "/v1/responses", Origin.fresh(),
+            lambda: {"input": "x", "max_output_tokens": 200, "stream": True}))
+        first = next(result.payload)
+        assert first.startswith(b"event: response.created\n")
+        result.payload.close()  # what the server does when the client goes away
+        assert rt.events.flush(30) and sink.wait_requests(1)
+        [event] = [e["data"] for e in sink.events()]
+    assert event["status"] == 499 and event["finish_reason"] == "cancelled"
+    assert event["completion_tokens"] < 200
