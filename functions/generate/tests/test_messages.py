@@ -53,6 +53,25 @@ def test_conversation_with_tool_use_and_result():
         4, ["END"], 0.5, 3, True)
 
 
+def test_keys_clients_send_on_blocks_are_accepted():
+    """cache_control on system, message and tool blocks, citations, a tool's $schema, metadata,
+    service_tier and the newer SDKs' top-level keys, as Claude Code and the SDKs send them."""
+    ephemeral = {"type": "ephemeral"}
+    chat = messages.to_chat(request(
+        system=[{"type": "text", "text": "S", "cache_control": ephemeral}],
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "hi", "cache_control": ephemeral, "citations": None}]}],
+        tools=[{"name": "w", "description": "d", "cache_control": ephemeral,
+                "input_schema": {"$schema": "http://json-schema.org/draft-07/schema#",
+                                 "type": "object", "properties": {}}}],
+        metadata={"user_id": "u"}, service_tier="auto", cache_control=ephemeral,
+        output_config={"effort": "low"}, speed="standard", inference_geo="eu"))
+    assert [m.content for m in chat.messages] == ["S", "hi"] and chat.response_format is None
+    structured = messages.to_chat(request(output_config={"format": {
+        "type": "json_schema", "schema": {"type": "object"}}}))
+    assert structured.response_format.json_schema.schema == {"type": "object"}
+
+
 @pytest.mark.parametrize(("choice", "chat"), [
     ({"type": "auto"}, "auto"), ({"type": "none"}, "none"), ({"type": "any"}, "required")])
 def test_tool_choice(choice, chat):
