@@ -189,3 +189,17 @@ def test_a_client_leaving_after_the_first_event_cancels_the_generation(make_runt
         [event] = [e["data"] for e in sink.events()]
     assert event["status"] == 499 and event["finish_reason"] == "cancelled"
     assert event["completion_tokens"] < 200
+
+
+def test_text_format_is_chats_structured_output(client):
+    """text.format json_schema on chat's engine: the answer is constrained to the schema."""
+    schema = {"type": "object", "properties": {"a": {"enum": ["x", "y"]}}, "required": ["a"],
+              "additionalProperties": False}
+    r = client.post("/v1/responses", json={
+        "input": "x", "max_output_tokens": 40, "temperature": 0,
+        "text": {"format": {"type": "json_schema", "name": "s", "schema": schema,
+                            "strict": True}}})
+    assert r.status_code == 200, r.get_json()
+    out = r.get_json()
+    assert out["text"]["format"]["schema"] == schema and out["status"] == "completed"
+    assert json.loads(out["output"][0]["content"][0]["text"])["a"] in ("x", "y")
