@@ -144,3 +144,46 @@ def test_not_a_gguf(tmp_path):
     bad.write_bytes(b"not a model at all, not at all")
     with pytest.raises(sizing.NotGGUF, match="GGUF magic"):
         sizing.read_shape(bad)
+
+
+def test_reader_agrees_with_llama_cpp_on_smollm2():
+    """The header reader and llama.cpp's loader give SmolLM2-135M the same shape."""
+    import llama_cpp
+    from llama_cpp import _internals as internals
+
+    from scripts.model_files import smollm2_path
+
+    path = str(smollm2_path())
+    shape = sizing.read_shape(path)
+    llm = internals.LlamaModel(path_model=path, params=internals.LlamaModel.default_params(),
+                               verbose=False)
+    try:
+        m = llm.model
+        assert (shape.n_layer, shape.n_head, shape.n_head_kv, shape.n_embd) == (
+            llama_cpp.llama_model_n_layer(m), llama_cpp.llama_model_n_head(m),
+            llama_cpp.llama_model_n_head_kv(m), llama_cpp.llama_model_n_embd(m))
+    finally:
+        llm.close()
+    assert shape.kv_bytes_per_token() == 23_040
+
+
+def test_per_layer_kv_heads_and_value_length(tmp_path):
+    """Architectures with KV heads per layer (an array) or V heads of another size."""
+    import gguf
+
+    path = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(3)
+    w.add_embedding_length(256)
+    w.add_head_count(4)
+    w.add_head_count_kv([2, 4, 0])
+    w.add_key_length(64)
+    w.add_value_length(32)
+    w.add_context_length(1024)
+    w.add_token_list([f"t{i}" for i in range(2000)])  # a long array is skipped
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    shape = sizing.read_shape(path)
+    assert (shape.n_layer, shape.n_head_kv, shape.head_dim, shape.head_dim_v) == (3, 4, 64, 32)
+    assert shape.kv_bytes_per_token() == (2 + 4 + 0) * (64 + 32) * 2

@@ -29,6 +29,7 @@ MAX_AUTO_SLOTS = 4
 streams per pod trade each stream's speed for the pod's total, a choice the sizing table makes
 per model (docs/deploy.md "Sizing") by setting SLOTS."""
 MIB = 1024 * 1024
+MAX_KEPT_ARRAY = 1024  # integer arrays up to this length are read (per-layer values)
 
 
 class NotGGUF(ValueError):
@@ -46,10 +47,14 @@ class ModelShape:
     head_dim: int
     n_ctx_train: int
     file_bytes: int
+    head_dim_v: int = 0  # V's head size where it differs from K's (0: the same)
+    kv_heads_all_layers: int = 0  # per-layer KV head counts summed (0: n_layer x n_head_kv)
 
     def kv_bytes_per_token(self, type_bytes: int = KV_TYPE_BYTES) -> int:
-        """K and V of one token in every layer (SmolLM2-135M: 23,040 bytes)."""
-        return 2 * self.n_layer * self.n_head_kv * self.head_dim * type_bytes
+        """K and V of one token in every layer (SmolLM2-135M: 23,040 bytes): 2 x n_layer x
+        n_kv_head x head_dim x type size when K and V heads have one size in every layer."""
+        heads = self.kv_heads_all_layers or self.n_layer * self.n_head_kv
+        return heads * (self.head_dim + (self.head_dim_v or self.head_dim)) * type_bytes
 
     def kv_bytes_per_slot(self, n_ctx: int, type_bytes: int = KV_TYPE_BYTES) -> int:
         return self.kv_bytes_per_token(type_bytes) * n_ctx
@@ -68,14 +73,19 @@ def read_shape(path: str | Path) -> ModelShape:
 
     def get(key: str, default: int | None = None) -> int:
         value = meta.get(f"{arch}.{key}", default)
-        if value is None:
-            raise NotGGUF(f"{path}: the GGUF header has no {arch}.{key}")
+        if isinstance(value, list) and value:  # per layer (some architectures): the largest
+            value = max(value)
+        if not isinstance(value, int | float):
+            raise NotGGUF(f"{path}: the GGUF header has no number {arch}.{key}")
         return int(value)
 
     n_embd, n_head = get("embedding_length"), get("attention.head_count")
     head_dim = get("attention.key_length", n_embd // n_head if n_head else 0)
+    per_layer = meta.get(f"{arch}.attention.head_count_kv")
     return ModelShape(arch=arch, n_layer=get("block_count"), n_embd=n_embd, n_head=n_head,
                       n_head_kv=get("attention.head_count_kv", n_head), head_dim=head_dim,
+                      head_dim_v=get("attention.value_length", head_dim),
+                      kv_heads_all_layers=sum(per_layer) if isinstance(per_layer, list) else 0,
                       n_ctx_train=get("context_length", 0),
                       file_bytes=os.path.getsize(path))
 
@@ -113,6 +123,8 @@ def _read_metadata(path: Path) -> dict[str, object]:
                 return string()
             if vtype == 9:
                 etype, count = struct.unpack("<IQ", read(12))
+                if etype in _INT and count <= MAX_KEPT_ARRAY:  # e.g. KV heads per layer
+                    return [value(etype) for _ in range(count)]
                 if etype in _FIXED:
                     f.seek(_FIXED[etype] * count, os.SEEK_CUR)
                 else:
@@ -197,13 +209,14 @@ class Plan:
     def check(self) -> None:
         """Raise DoesNotFit, with the arithmetic, when a cgroup memory limit is exceeded (the
         machine's RAM is only used to count slots: other processes share it)."""
-        if self.memory_source == "cgroup" and not self.fits:
+        limit = self.memory_bytes
+        if self.memory_source == "cgroup" and limit is not None and not self.fits:
             raise DoesNotFit(
                 f"{self.slots} slots x {self.n_ctx} tokens need {self.need_bytes / MIB:.0f} MiB "
                 f"(weights {self.weights_bytes / MIB:.0f} MiB + KV cache "
                 f"{self.slots * self.kv_slot_bytes / MIB:.0f} MiB + runtime "
                 f"{self.runtime_bytes / MIB:.0f} MiB) but the container memory limit is "
-                f"{self.memory_bytes / MIB:.0f} MiB: lower SLOTS or N_CTX, or raise the limit")
+                f"{limit / MIB:.0f} MiB: lower SLOTS or N_CTX, or raise the limit")
 
     def explain(self) -> str:
         """One line: the arithmetic, e.g. for /health/readiness and the start-up log."""
