@@ -13,6 +13,7 @@ import json
 
 import anthropic
 import httpx
+import jsonschema
 import pytest
 
 from conftest import AGENTS_KEY as KEY
@@ -134,6 +135,17 @@ def test_streamed_tool_use(client):
     assert final.stop_reason == "tool_use"
     use = final.content[-1]
     assert use.type == "tool_use" and use.name == "get_weather" and "city" in use.input
+
+
+def test_structured_output(client):
+    """output_config.format: JSON valid against the schema (chat's json_schema engine)."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+              "required": ["city"], "additionalProperties": False}
+    message = client.messages.create(model=MODEL, max_tokens=40, messages=[
+        {"role": "user", "content": "Name a city in Japan as JSON."}],
+        output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert message.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(message.content[0].text), schema)
 
 
 def test_count_tokens(client):
