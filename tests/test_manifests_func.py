@@ -70,39 +70,25 @@ def test_consistency_rule_rejects_drift(deploy_objs):
     assert any("idleTimeoutSeconds" in e for e in errors)
 
 
-def smollm2_kv_bytes_per_cell() -> int:
-    """(K + V bytes per token over all layers in f16, file size) of SmolLM2, from its GGUF."""
-    import gguf
-
-    from scripts.model_files import smollm2_path
-
-    path = smollm2_path()
-    reader = gguf.GGUFReader(str(path))
-
-    def value(key):
-        return int(reader.fields[key].contents())
-
-    head_dim = value("llama.embedding_length") // value("llama.attention.head_count")
-    return (value("llama.block_count") * 2 * head_dim * value("llama.attention.head_count_kv")
-            * 2), path.stat().st_size
-
-
 @pytest.mark.parametrize("slots, fits", [(None, True), ("16", False)])
 def test_generate_memory_limit_holds_weights_and_kv(slots, fits):
-    """func.yaml's memory limit holds weights + SLOTS x N_CTX KV cells + runtime, by the same
-    arithmetic generate checks at start-up (llmfn.memory); 16 slots would not fit."""
-    from llmfn.memory import DoesNotFit, check_fits
+    """func.yaml's memory limit holds weights + SLOTS x N_CTX KV cells + runtime, by the
+    arithmetic generate checks at start-up (llmfn.sizing, SmolLM2's GGUF header); 16 slots
+    would not fit."""
+    from llmfn import sizing
+    from llmfn.memory import DoesNotFit
+    from scripts.model_files import smollm2_path
 
     doc = load_func("generate")
     envs = {e["name"]: e["value"] for e in doc["run"]["envs"]}
-    per_cell, weights = smollm2_kv_bytes_per_cell()
-    assert per_cell == 23040  # the "about 23 KB a cell" the sizing comments use
-    limit = mebibytes(doc["deploy"]["options"]["resources"]["limits"]["memory"]) * 2**20
-    cells = int(slots or envs["SLOTS"]) * int(envs["N_CTX"])
+    shape = sizing.read_shape(smollm2_path())
+    assert shape.kv_bytes_per_token() == 23040  # the "about 23 KB a cell" the sizing comments use
+    limits = doc["deploy"]["options"]["resources"]["limits"]
+    plan = sizing.plan(shape, n_ctx=int(envs["N_CTX"]), slots=int(slots or envs["SLOTS"]),
+                       limits=sizing.Limits(int(mebibytes(limits["memory"]) * 2**20),
+                                            float(limits["cpu"])), machine=64)
     if fits:
-        check_fits(weights_bytes=weights, kv_bytes=cells * per_cell, limit_bytes=int(limit),
-                   what="func.yaml")
+        plan.check()
     else:
         with pytest.raises(DoesNotFit, match="lower SLOTS or N_CTX"):
-            check_fits(weights_bytes=weights, kv_bytes=cells * per_cell,
-                       limit_bytes=int(limit), what="func.yaml")
+            plan.check()

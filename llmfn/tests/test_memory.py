@@ -1,7 +1,8 @@
-"""The start-up memory check: the cgroup limit (v2 and v1 layouts) and the arithmetic."""
+"""The container's memory limit (cgroup v2 and v1 layouts); the arithmetic is llmfn.sizing's
+(test_sizing.py)."""
 import pytest
 
-from llmfn.memory import RUNTIME_OVERHEAD_BYTES, DoesNotFit, cgroup_memory_limit, check_fits
+from llmfn.memory import cgroup_memory_limit
 
 MIB = 2**20
 
@@ -19,14 +20,3 @@ def test_cgroup_memory_limit(tmp_path, files, want):
         (tmp_path / name).write_text(text)
     assert cgroup_memory_limit(tmp_path) == want
 
-
-def test_fits_and_does_not_fit_with_the_arithmetic():
-    weights, kv = 94 * MIB, 180 * MIB
-    check_fits(weights_bytes=weights, kv_bytes=kv, limit_bytes=640 * MIB, what="4 slots")
-    check_fits(weights_bytes=weights, kv_bytes=kv, limit_bytes=None, what="unlimited")
-    exact = weights + kv + RUNTIME_OVERHEAD_BYTES
-    check_fits(weights_bytes=weights, kv_bytes=kv, limit_bytes=exact, what="exact")
-    with pytest.raises(DoesNotFit) as err:
-        check_fits(weights_bytes=weights, kv_bytes=kv, limit_bytes=exact - 1, what="4 slots")
-    assert "weights 94 MiB + KV cache 180 MiB" in str(err.value)
-    assert "lower SLOTS or N_CTX" in str(err.value)

@@ -187,3 +187,22 @@ def test_per_layer_kv_heads_and_value_length(tmp_path):
     shape = sizing.read_shape(path)
     assert (shape.n_layer, shape.n_head_kv, shape.head_dim, shape.head_dim_v) == (3, 4, 64, 32)
     assert shape.kv_bytes_per_token() == (2 + 4 + 0) * (64 + 32) * 2
+
+
+def test_fits_exactly_and_not_one_byte_less():
+    """need = weights + SLOTS x KV + runtime: a limit of exactly that fits, one byte less not."""
+    mib = 1024 * 1024
+    shape = sizing.ModelShape(arch="llama", n_layer=30, n_embd=576, n_head=9, n_head_kv=3,
+                              head_dim=64, n_ctx_train=8192, file_bytes=94 * mib)
+    assert shape.kv_bytes_per_token() == 23_040  # SmolLM2-135M's
+    need = 94 * mib + 4 * 23_040 * 2048 + RUNTIME_OVERHEAD_BYTES
+    exact = sizing.plan(shape, n_ctx=2048, slots=4, limits=sizing.Limits(need, 1.0), machine=2)
+    assert exact.need_bytes == need and exact.fits
+    exact.check()
+    short = sizing.plan(shape, n_ctx=2048, slots=4, limits=sizing.Limits(need - 1, 1.0),
+                        machine=2)
+    with pytest.raises(DoesNotFit) as err:
+        short.check()
+    assert "weights 94 MiB + KV cache 180 MiB + runtime 160 MiB" in str(err.value)
+    assert sizing.plan(shape, n_ctx=2048, limits=sizing.Limits(need - 1, 1.0),
+                       machine=2).slots == 3  # derived: one slot fewer

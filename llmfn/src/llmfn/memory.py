@@ -1,15 +1,17 @@
-"""Does the model fit? Weights + KV cache checked against the container's memory limit.
+"""The container's memory limit and the runtime's allowance beside weights and KV cache.
 
 A pod whose model does not fit is OOM-killed during load or, worse, under load when the KV
-cache fills; the kubelet then restarts it in a loop with no message. Checking the arithmetic
-at start-up turns that into a clear error in the log and a failed liveness probe.
+cache fills; the kubelet then restarts it in a loop with no message. llmfn.sizing checks the
+arithmetic at start-up (and derives SLOTS from it), which turns that into a clear error in the
+log and a failed liveness probe.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 # Python, Flask, gunicorn and llama.cpp's compute buffers beside weights and KV (measured RSS of
-# a loaded generate process minus file and KV sizes: ~110 MB; rounded up).
+# a loaded generate process minus file and KV sizes: ~110 MB with SmolLM2-135M; 135 MiB with
+# the Qwen2.5-0.5B Q4_K_M shape after a 500-token prompt; rounded up).
 RUNTIME_OVERHEAD_BYTES = 160 * 1024 * 1024
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -30,18 +32,3 @@ def cgroup_memory_limit(root: Path = CGROUP_ROOT) -> int | None:
         value = int(raw)
         return None if value >= 1 << 60 else value  # v1 reports "unlimited" as ~2^63
     return None
-
-
-def check_fits(*, weights_bytes: int, kv_bytes: int, limit_bytes: int | None,
-               what: str) -> None:
-    """Raise DoesNotFit when weights + KV + runtime overhead exceed ``limit_bytes``."""
-    if limit_bytes is None:
-        return
-    need = weights_bytes + kv_bytes + RUNTIME_OVERHEAD_BYTES
-    if need > limit_bytes:
-        mib = 1024 * 1024
-        raise DoesNotFit(
-            f"{what} needs {need / mib:.0f} MiB (weights {weights_bytes / mib:.0f} MiB + KV cache "
-            f"{kv_bytes / mib:.0f} MiB + runtime {RUNTIME_OVERHEAD_BYTES / mib:.0f} MiB) but the "
-            f"container memory limit is {limit_bytes / mib:.0f} MiB: lower SLOTS or N_CTX, or "
-            "raise the limit")
