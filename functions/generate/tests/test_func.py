@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from function import new
 
@@ -81,8 +82,10 @@ def test_bad_config_fails_start_clearly(tmp_path):
     instance.stop()
 
 
-def test_explicit_slots_and_threads_win(tiny_model, tmp_path):
-    """SLOTS and N_THREADS set: the engine, the scheduler and readiness use them."""
+def test_explicit_slots_and_threads_win(tiny_model, tmp_path, caplog):
+    """SLOTS and N_THREADS set: the engine, the scheduler, readiness and the start-up log use
+    them."""
+    caplog.set_level(logging.INFO, logger="function.engine")
     instance = new()
     instance.start({"MODEL_URI": f"file://{tiny_model}", "N_CTX": "256", "SLOTS": "2",
                     "N_THREADS": "1", "MODEL_CACHE_DIR": str(tmp_path)})
@@ -94,6 +97,8 @@ def test_explicit_slots_and_threads_win(tiny_model, tmp_path):
         assert (engine.slots, engine.context.params.n_threads) == (2, 1)
         assert engine.context.params.n_ctx == 2 * 256
         assert instance.runtime.capacity == 2
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "function.engine"]
+        assert line == "sizing: " + text.removeprefix("ready: ")
         r = asgi_request(instance, "POST", "/v1/completions",
                          {"prompt": "hi", "max_tokens": 1, "n": 3})
         assert r["status"] == 400 and json.loads(r["body"])["error"]["param"] == "n"
