@@ -12,6 +12,7 @@ with ``llmfn.errors.shape_errors``).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -270,10 +271,13 @@ def events(chunks: Iterator[Any], rid: str, model: str, job: Generation,
     finish: str | None = None
     final: protocol.CompletionUsage | None = None
     try:
+        # the role chunk comes at once: the chat stream is started before the first event, so
+        # a client that leaves after message_start closes it and cancels the generation
+        first = next(chunks, None)
         yield sse(mp.MessageStart(message=mp.AnthropicMessage(  # the split comes at the end
             id=f"msg_{rid}", model=model, content=[], stop_reason=None, stop_sequence=None,
             usage=mp.Usage(input_tokens=len(job.tokens), output_tokens=0))))
-        for chunk in chunks:
+        for chunk in itertools.chain([] if first is None else [first], chunks):
             if isinstance(chunk, KeepAlive):
                 yield sse(mp.Ping())
                 continue

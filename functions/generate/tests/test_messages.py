@@ -253,3 +253,25 @@ def test_routes_answer_and_record_events(make_runtime):
         recorded = [e["data"] for e in sink.events() if e["data"]["endpoint"] == "/v1/messages"]
     assert sorted(e["status"] for e in recorded) == [200, 200, 400]
     assert {e["api"] for e in recorded} == {"messages"}
+
+
+def test_a_client_leaving_after_message_start_cancels_the_generation(make_runtime):
+    """The chat stream starts before message_start is sent, so closing the response then
+    (the client went away) cancels the generation and records the inference event."""
+    from llmfn import routes
+    from llmfn.origin import Origin
+    from tests.support.eventsink import running_receiver
+    with running_receiver() as sink:
+        rt = make_runtime(K_SINK=sink.url)
+        result = routes.handler(rt.app, "/v1/messages")(routes.Inbound(
+            "/v1/messages", Origin.fresh(), lambda: {
+                "model": rt.host.model_id, "max_tokens": 200, "stream": True,
+                "messages": [{"role": "user", "content": "x"}]}))
+        first = next(result.payload)
+        assert first.startswith(b"event: message_start\n")
+        result.payload.close()  # what the server does when the client goes away
+        assert rt.events.flush(30) and sink.wait_requests(1)
+        [event] = [e["data"] for e in sink.events()]
+    assert (event["api"], event["status"], event["finish_reason"]) == (
+        "messages", 499, "cancelled")
+    assert event["completion_tokens"] < 200
