@@ -258,12 +258,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=2.0, help="capped proxy: one-way latency")
     ap.add_argument("--skip", default="", help="comma list of: profile,throughput,coldstart")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--models", default="", help="comma list of the model labels to start "
+                    "(default all: '94 MB,500 MB')")
+    ap.add_argument("--scenarios", default="", help="comma list of the scenarios (default all: "
+                    + ", ".join(SCENARIOS) + "), e.g. 'warm cache' to compare warm starts")
     args = ap.parse_args(argv)
     if not 1 <= args.runs <= 30:
         ap.error("--runs must be 1..30")
     skip = set(filter(None, args.skip.split(",")))
 
     files = models()
+    if args.models:
+        wanted = [m.strip() for m in args.models.split(",")]
+        if not set(wanted) <= set(files):
+            ap.error(f"--models: choose from {sorted(files)}")
+        files = {name: p for name, p in files.items() if name in wanted}
+    scenarios = [c.strip() for c in args.scenarios.split(",")] if args.scenarios else SCENARIOS
+    if not set(scenarios) <= set(SCENARIOS):
+        ap.error(f"--scenarios: choose from {SCENARIOS}")
     digests = {name: sha256(p) for name, p in files.items()}
     keys = {name: p.name for name, p in files.items()}
     state = common.STATE / "bench" / "coldstart"
@@ -321,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             res: dict = {}
             kinds = ["gunicorn", "func-python"] + (["baseline"] if base_dir else [])
             for name in files:
-                res[name] = {f"{k}, {c}": [] for k in kinds for c in SCENARIOS}
+                res[name] = {f"{k}, {c}": [] for k in kinds for c in scenarios}
                 res[name]["llama-server"] = []
             throttle = Throttle(("127.0.0.1", minio.port), rate_bps=args.rate_mb_s * 1e6,
                                 latency_s=args.latency_ms / 1e3)
@@ -333,12 +345,18 @@ def main(argv: list[str] | None = None) -> int:
                             env = env_for(name, cache)
                             cwd = base_dir if kind == "baseline" else None
                             k = "gunicorn" if kind == "baseline" else kind
-                            shutil.rmtree(cache, ignore_errors=True)
-                            res[name][f"{kind}, empty cache, capped S3"].append(
-                                ours(k, {**env, "S3_ENDPOINT_URL": proxy.url}, cwd))
-                            shutil.rmtree(cache, ignore_errors=True)
-                            res[name][f"{kind}, empty cache"].append(ours(k, env, cwd))
-                            res[name][f"{kind}, warm cache"].append(ours(k, env, cwd))
+                            if "empty cache, capped S3" in scenarios:
+                                shutil.rmtree(cache, ignore_errors=True)
+                                res[name][f"{kind}, empty cache, capped S3"].append(
+                                    ours(k, {**env, "S3_ENDPOINT_URL": proxy.url}, cwd))
+                            if "empty cache" in scenarios:
+                                shutil.rmtree(cache, ignore_errors=True)
+                                res[name][f"{kind}, empty cache"].append(ours(k, env, cwd))
+                            if "warm cache" in scenarios:
+                                if not (cache / keys[name]).exists() and not any(
+                                        cache.glob("*")):  # warm it first (not measured)
+                                    ours(k, env, cwd)
+                                res[name][f"{kind}, warm cache"].append(ours(k, env, cwd))
                         srv = common.llama_server(common.free_port(), p, n_ctx=args.n_ctx,
                                                   threads=args.threads)
                         res[name]["llama-server"].append(run_server(srv, with_phases=False))
