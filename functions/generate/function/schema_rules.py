@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
-
 from llmfn.errors import InvalidRequest
 
 # Assertions and applicators the engine enforces; the values say where subschemas are.
@@ -47,6 +44,14 @@ ENGINE_FORMATS = {"date-time", "time", "date", "duration", "email", "ipv4", "ipv
 MAX_DEPTH = 64
 
 
+def validator_for(schema):
+    """jsonschema's validator class of ``schema``'s dialect. jsonschema is imported here, on
+    the first structured request, not at start: about 100 ms a cold start need not pay."""
+    from jsonschema.validators import validator_for as of_dialect
+
+    return of_dialect(schema)
+
+
 def dialect_formats(schema) -> set[str]:
     """The formats enforced for ``schema``: the engine's that its dialect's checker knows."""
     return ENGINE_FORMATS & set(validator_for(schema).FORMAT_CHECKER.checkers)
@@ -57,6 +62,8 @@ def check(schema, param: str) -> None:
     not enforced (or is not a schema)."""
     if not isinstance(schema, (dict, bool)):
         raise InvalidRequest(f"'{param}': the schema must be an object.", param=param)
+    from jsonschema.exceptions import SchemaError  # loaded by validator_for
+
     cls = validator_for(schema)
     try:
         cls.check_schema(schema)
