@@ -206,12 +206,14 @@ def func_python_server(port: int, env: dict) -> Server:
 
 
 def llama_server(port: int, model: Path, *, n_ctx: int, threads: int, parallel: int = 1,
-                 flash_attn: str = "off", extra: list[str] | None = None) -> Server:
+                 flash_attn: str = "off", extra: list[str] | None = None,
+                 env: dict | None = None) -> Server:
     """llama.cpp's llama-server with the same context, threads, batch and attention as ours
-    (``parallel`` slots sharing ``n_ctx``; ``flash_attn`` on|off|auto)."""
+    (``parallel`` slots sharing ``n_ctx``; ``flash_attn`` on|off|auto; ``env`` added to its
+    environment, e.g. an OpenMP wait policy)."""
     return procs.llama_server(model, port, n_ctx=n_ctx, threads=threads, parallel=parallel,
                               flash_attn=flash_attn, extra=extra or (), poll_s=POLL_S,
-                              log_path=_log_path("llama-server", port))
+                              log_path=_log_path("llama-server", port), env=env)
 
 
 def log(msg: str) -> None:
