@@ -24,8 +24,9 @@ the order reversed every other round (ABBA), ``--requests`` per server and condi
 ``--variants deployed,passive,spin=10000`` runs the whole sequence once per OpenMP setting of
 ours, each phase with a fresh ours next to the same llama-servers, so one setting's spinning
 threads never overlap another phase. A variant is ``+``-joined parts: ``passive``, ``active``
-or ``unset`` (OMP_WAIT_POLICY; unset when no part names it), ``spin=N`` (GOMP_SPINCOUNT=N), or
-``deployed`` alone (what deploy/generate.yaml sets). Reported per phase, condition and server:
+or ``unset`` (OMP_WAIT_POLICY; unset when no part names it), ``spin=N`` (GOMP_SPINCOUNT=N),
+``threads=N`` (ours' N_THREADS instead of ``--threads``), or ``deployed`` alone (what
+deploy/generate.yaml sets). Reported per phase, condition and server:
 median, p95 (nearest rank) and p100 (max) of the client-side latency, and ours / llama-server.
 Targets (issue 24, N_THREADS=2): quiet p100 <= 1.1 x llama-server spinning, beside the hog
 p100 <= 1.2 x llama-server passive.
@@ -79,6 +80,8 @@ def variant_env(variant: str, deployed: dict[str, str]) -> dict[str, str]:
                 env["OMP_WAIT_POLICY"] = part
         elif key == "spin" and value.isdigit() and "GOMP_SPINCOUNT" not in env:
             env["GOMP_SPINCOUNT"] = value
+        elif key == "threads" and value.isdigit() and "N_THREADS" not in env:
+            env["N_THREADS"] = value  # ours only; llama-server keeps --threads
         else:
             raise ValueError(f"bad variant part {part!r} in {variant!r}")
     return env
