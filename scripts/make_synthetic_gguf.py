@@ -190,17 +190,7 @@ def write_shape(out: Path, shape_name: str, quant: str, *, seed: int = 0,
     w = open_writer(out, s.arch)
     w.add_name(f"synthetic-{shape_name}-{quant}")
     w.add_file_type(FILE_TYPE[quant])
-    w.add_context_length(s.n_ctx_train)
-    w.add_embedding_length(s.n_embd)
-    w.add_block_count(s.n_layer)
-    w.add_feed_forward_length(s.n_ff)
-    w.add_head_count(s.n_head)
-    w.add_head_count_kv(s.n_head_kv)
-    w.add_layer_norm_rms_eps(s.rms_eps)
-    w.add_rope_dimension_count(s.head_dim)
-    w.add_rope_freq_base(s.rope_theta)
-    w.add_vocab_size(len(tokens))
-    _add_tokenizer(w, tokens, scores, types)
+    _add_shape(w, s, tokens, scores, types)
     tensors = tensor_list(s, quant)
     for name, dims, t in tensors:
         n = nbytes(t, *dims) if len(dims) == 2 else dims[0] * 4
@@ -225,6 +215,22 @@ def write_shape(out: Path, shape_name: str, quant: str, *, seed: int = 0,
 
 def _pad(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _add_shape(w: gguf.GGUFWriter, s: Shape, tokens: list[str], scores: list[float],
+               types: list[int]) -> None:
+    """The model's shape and its tokenizer, in the order both writers have always used."""
+    w.add_context_length(s.n_ctx_train)
+    w.add_embedding_length(s.n_embd)
+    w.add_block_count(s.n_layer)
+    w.add_feed_forward_length(s.n_ff)
+    w.add_head_count(s.n_head)
+    w.add_head_count_kv(s.n_head_kv)
+    w.add_layer_norm_rms_eps(s.rms_eps)
+    w.add_rope_dimension_count(s.head_dim)
+    w.add_rope_freq_base(s.rope_theta)
+    w.add_vocab_size(len(tokens))
+    _add_tokenizer(w, tokens, scores, types)
 
 
 def _add_tokenizer(w: gguf.GGUFWriter, tokens: list[str], scores: list[float],
@@ -252,17 +258,7 @@ def write_legacy(out: Path, seed: int) -> None:
     w = open_writer(out, "llama")
     w.add_name("synthetic-0.5b-q8_0")
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    w.add_context_length(s.n_ctx_train)
-    w.add_embedding_length(s.n_embd)
-    w.add_block_count(s.n_layer)
-    w.add_feed_forward_length(s.n_ff)
-    w.add_head_count(s.n_head)
-    w.add_head_count_kv(s.n_head_kv)
-    w.add_layer_norm_rms_eps(s.rms_eps)
-    w.add_rope_dimension_count(s.head_dim)
-    w.add_rope_freq_base(s.rope_theta)
-    w.add_vocab_size(len(tokens))
-    _add_tokenizer(w, tokens, scores, types)
+    _add_shape(w, s, tokens, scores, types)
 
     def q8_0(rows: int, cols: int) -> np.ndarray:
         blocks = rows * cols // 32
