@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from scripts import services
+from tests.support.agents import AGENTS_KEY
 from tests.support.eventsink import running_receiver
 from tests.support.stack import started
 
@@ -35,10 +36,6 @@ def ferretdb(tmp_path_factory):
     """A FerretDB (SQLite handler) on a free port; connect with ``pymongo.MongoClient(.uri)``."""
     yield from started(services.FerretDBServer(tmp_path_factory.mktemp("ferretdb"),
                                                port=services.free_port()))
-
-
-AGENTS_KEY = "agents-test-key"
-"""The API key of :func:`agents_generate`."""
 
 
 @pytest.fixture(scope="session")

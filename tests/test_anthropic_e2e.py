@@ -16,7 +16,7 @@ import httpx
 import jsonschema
 import pytest
 
-from conftest import AGENTS_KEY as KEY
+from tests.support.agents import AGENTS_KEY as KEY
 
 MODEL = "smollm2-135m-instruct-q4_1"
 HELLO = [{"role": "user", "content": "Say hello."}]

@@ -16,8 +16,8 @@ import subprocess
 
 import pytest
 
-from conftest import AGENTS_KEY as KEY
 from scripts.procs import REPO_ROOT as ROOT
+from tests.support.agents import AGENTS_KEY as KEY
 
 NODE_S = 180
 MODEL = "smollm2-135m-instruct-q4_1"

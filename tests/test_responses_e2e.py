@@ -29,8 +29,8 @@ from pydantic import BaseModel, Field
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import AGENTS_KEY
 from scripts.procs import REPO_ROOT
+from tests.support.agents import AGENTS_KEY
 
 MODEL = "smollm2-135m-instruct-q4_1"
 DOCUMENT = REPO_ROOT.parent / "shared" / "openresponses" / "openapi.json"
