@@ -3,7 +3,7 @@
 # Results: docs/benchmarks.md, raw JSON in .state/bench/.
 # Long-running; the machine should be otherwise idle. Extra flags: BENCH_ARGS="--runs 9".
 .PHONY: bench bench-generate bench-coldstart bench-portable bench-contention bench-concurrency \
-        bench-deps llama-server portable-wheel
+        bench-sizes bench-deps llama-server portable-wheel
 
 LLAMA_SERVER := $(STATE)/llama.cpp/build/bin/llama-server
 BENCH_ARGS ?=
@@ -45,3 +45,10 @@ bench-contention: venv $(LLAMA_SERVER)
 # 1, 2, 4, 8 concurrent SSE streams vs llama-server -np N -kvu; writes docs/img/bench-concurrency.png.
 bench-concurrency: venv bench-deps $(LLAMA_SERVER)
 	$(PY) bench/bench_concurrency.py $(BENCH_ARGS)
+
+# Model sizes 0.5B-8B (synthetic GGUFs of real shapes, made under .state/models on first use):
+# decode, aggregate, TTFT, RSS, KV, cold start, ours vs llama-server -np 8 -kvu; fills the
+# measured columns of deploy/examples/sizing.json and docs/deploy.md. About 2 h (docs/benchmarks.md);
+# a reduced run: BENCH_ARGS="--sizes qwen2.5-0.5b --quick".
+bench-sizes: venv services bench-deps vendor $(LLAMA_SERVER)
+	$(PY) bench/bench_sizes.py $(BENCH_ARGS)

@@ -2,7 +2,9 @@
 
 The derived columns (weights, KV, memory, SLOTS, threads, emptyDir) come from the model shapes
 (scripts/make_synthetic_gguf.py SHAPES) and the table's limits; the measured ones are the
-table's ``measured`` values, "to be measured (bench-sizes)" while they are null.
+table's ``measured`` values that bench/bench_sizes.py writes (``~x*`` where it extrapolated
+them), "to be measured (bench-sizes)" while they are null, and the cost per million output
+tokens at the table's ``price``.
 tests/test_manifests_examples.py checks that docs/deploy.md holds this output.
 """
 from __future__ import annotations
@@ -33,25 +35,50 @@ def table(data: dict | None = None) -> str:
     n_ctx = data["n_ctx"]
     rows = ["| model (Q4_K_M) | weights | KV per token | KV per slot | memory (req = limit) "
             "| need | SLOTS = containerConcurrency | target | CPU (req = limit) = N_THREADS "
-            "| emptyDir | tokens/s per pod | cold start |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| emptyDir | tokens/s per pod: 1 stream / SLOTS streams (threads) "
+            "| cold start: empty (capped S3) / warm | $ per 1M output tokens |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in data["models"].items():
         shape = model_shape(name, row["file_bytes"])
         mem = row["memory"]
         plan = sizing.plan(shape, n_ctx=n_ctx,
                            limits=sizing.Limits(int(mem[:-2]) * UNITS[mem[-2:]],
                                                 float(row["cpu"])), machine=row["cpu"])
-        measured = row["measured"]
-        tps = measured.get("decode_tokens_per_s")
-        cold = measured.get("cold_start_s")
+        tps, cold, cost = measured_cells(row["measured"])
         rows.append(
             f"| {name} | {shape.file_bytes / MIB:,.0f} MiB "
             f"| {shape.kv_bytes_per_token() / 1024:,.0f} KiB "
             f"| {plan.kv_slot_bytes / MIB:,.0f} MiB | {mem} | {plan.need_bytes / MIB:,.0f} MiB "
             f"| {plan.slots} | {row['target']} ({row['utilization']} %) | {plan.threads} "
-            f"| {row['empty_dir']} | {PENDING if tps is None else tps} "
-            f"| {PENDING if cold is None else f'{cold} s'} |")
-    return "\n".join(rows) + "\n"
+            f"| {row['empty_dir']} | {tps} | {cold} | {cost} |")
+    price = data.get("price")
+    note = (f"\nMeasured columns: {MEASURED_NOTE} Cost: the pod's measured vCPUs x "
+            f"${price['vcpu_hour']} per vCPU-hour + its memory x ${price['gib_hour']} per "
+            f"GiB-hour ({price['source']}), over its SLOTS-stream tokens/s.\n") if price else ""
+    return "\n".join(rows) + "\n" + note
+
+
+MEASURED_NOTE = ("make bench-sizes on a 2-core machine, so at most 2 threads whatever the "
+                 "example's CPU; `~x*` is extrapolated from the smaller sizes, not measured.")
+
+
+def measured_cells(m: dict) -> tuple[str, str, str]:
+    """tokens/s, cold start and cost cells of a row's ``measured`` values."""
+    ext = set(m.get("extrapolated") or ())
+
+    def cell(key: str, unit: str = "") -> str | None:
+        v = m.get(key)
+        if v is None:
+            return None
+        return f"~{v}{unit}*" if key in ext else f"{v}{unit}"
+
+    one, agg = cell("decode_tokens_per_s"), cell("aggregate_tokens_per_s")
+    tps = PENDING if one is None else f"{one} / {agg or 'n/a'} ({m.get('threads')})"
+    empty, warm = cell("cold_start_s", " s"), cell("warm_start_s", " s")
+    cold = PENDING if empty is None and warm is None else f"{empty or 'n/a'} / {warm or 'n/a'}"
+    v = m.get("cost_per_million_tokens")
+    cost = PENDING if v is None else f"~${v}*" if "cost_per_million_tokens" in ext else f"${v}"
+    return tps, cold, cost
 
 
 if __name__ == "__main__":
