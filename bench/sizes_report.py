@@ -128,9 +128,10 @@ def fill(figs: dict[str, dict], results: dict) -> dict:
 def estimate_s(figs: dict[str, dict], results: dict, table: dict, *, rounds: int = 3,
                max_tokens: int = 64, streams=(1, 4, 8), cold_runs: int = 2,
                rate_mb_s: float = 40.0) -> dict[str, float] | None:
-    """Seconds a default run would take per size, scaled from the smallest fully measured size
-    (decode and aggregate times with file bytes, memory-bound; prefill and loads likewise)."""
-    ref_name = min((n for n in figs if results[n]["full"]), default=None,
+    """Seconds a default run would take per size, scaled from the largest fully measured size
+    (the nearest to the big ones; decode, aggregate, prefill and load times in proportion to
+    file bytes)."""
+    ref_name = max((n for n in figs if results[n]["full"]), default=None,
                    key=lambda n: figs[n]["file_bytes"])
     if ref_name is None:
         return None
@@ -194,6 +195,11 @@ def _row(name: str, f: dict, x: set, d: dict) -> str:
         f"{' (partial)' if not res['full'] else ''} |")
 
 
+def est_ref(d: dict) -> str:
+    full = [n for n, r in d["results"].items() if r["full"]]
+    return max(full, key=lambda n: d["results"][n]["file_bytes"]) if full else "n/a"
+
+
 def _short_prompt(d: dict) -> str:
     n = [r.get("short_prompt_tokens") for res in d["results"].values()
          for r in res["threads"].values()]
@@ -242,7 +248,7 @@ def render(d: dict) -> str:
         + (f"Estimated time of the default run (all four sizes, {3} rounds, 64 tokens): "
            f"{est['total'] / 3600:.1f} h (" + ", ".join(
                f"{n} {s / 60:.0f} min" for n, s in est.items() if n != "total") + "), "
-           "scaled from the smallest measured size." if est else ""),
+           f"scaled from {est_ref(d)} (its run's load included)." if est else ""),
         "",
         "![decode, aggregate, TTFT and RSS against model size](img/bench-sizes.png)",
         "",
