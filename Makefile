@@ -77,7 +77,7 @@ $(JS_STAMP): clients/js/package-lock.json clients/js/package.json
 	touch $@
 
 # Lint and types (mk/lint.mk) come right after the venv: an error stops the run in seconds.
-test: venv lint services models vendor test-tools knative js-clients
+test: venv lint services models vendor test-tools knative js-clients llama-server
 	$(TEST_ENV) $(VENV)/bin/pytest -q llmfn/tests tests
 	for fn in $(FUNCTIONS); do \
 	  (cd "$$fn" && $(TEST_ENV) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests); \

@@ -68,7 +68,8 @@ def servers_for(n: int, model: Path, args) -> dict[str, common.Server]:
     env = {**common.generate_env(common.file_model_env(model), n_ctx=args.ctx_per_slot,
                                  threads=args.threads),
            "SLOTS": str(n), "QUEUE_SIZE": str(n), "GUNICORN_THREADS": str(n + 4),
-           "FLASH_ATTN": args.flash_attn, "OMP_WAIT_POLICY": args.omp_wait_policy}
+           "FLASH_ATTN": args.flash_attn,
+           **({} if args.omp_wait_policy == "unset" else {"OMP_WAIT_POLICY": args.omp_wait_policy})}
     return {OURS: common.gunicorn_server(common.free_port(), env),
             LLAMA: common.llama_server(
                 common.free_port(), model, n_ctx=n * args.ctx_per_slot, threads=args.threads,
@@ -142,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx-per-slot", type=int, default=2048)
     ap.add_argument("--flash-attn", default="off", choices=("on", "off"))
-    ap.add_argument("--omp-wait-policy", default="passive", choices=("passive", "active"),
-                    help="OMP_WAIT_POLICY of ours, as deployed")
+    ap.add_argument("--omp-wait-policy", default="unset", choices=("unset", "passive", "active"),
+                    help="OMP_WAIT_POLICY of ours; unset as deployed (generate's threads follow "
+                    "the free CPUs, ADAPTIVE_THREADS)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args(argv)
     streams = [int(x) for x in args.streams.split(",")]

@@ -25,8 +25,9 @@ the order reversed every other round (ABBA), ``--requests`` per server and condi
 ours, each phase with a fresh ours next to the same llama-servers, so one setting's spinning
 threads never overlap another phase. A variant is ``+``-joined parts: ``passive``, ``active``
 or ``unset`` (OMP_WAIT_POLICY; unset when no part names it), ``spin=N`` (GOMP_SPINCOUNT=N),
-``threads=N`` (ours' N_THREADS instead of ``--threads``), or ``deployed`` alone (what
-deploy/generate.yaml sets). Reported per phase, condition and server:
+``threads=N`` (ours' N_THREADS instead of ``--threads``), ``fixed`` (ADAPTIVE_THREADS=0: every
+decode step takes all N_THREADS instead of as many as CPUs are free, llmfn.cpu_share), or
+``deployed`` alone (what deploy/generate.yaml sets). Reported per phase, condition and server:
 median, p95 (nearest rank) and p100 (max) of the client-side latency, and ours / llama-server.
 Targets (issue 24, N_THREADS=2): quiet p100 <= 1.1 x llama-server spinning, beside the hog
 p100 <= 1.2 x llama-server passive.
@@ -42,10 +43,12 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from bench import common
@@ -80,6 +83,8 @@ def variant_env(variant: str, deployed: dict[str, str]) -> dict[str, str]:
                 env["OMP_WAIT_POLICY"] = part
         elif key == "spin" and value.isdigit() and "GOMP_SPINCOUNT" not in env:
             env["GOMP_SPINCOUNT"] = value
+        elif part == "fixed" and "ADAPTIVE_THREADS" not in env:
+            env["ADAPTIVE_THREADS"] = "0"  # every step N_THREADS, whatever the CPUs do
         elif key == "threads" and value.isdigit() and "N_THREADS" not in env:
             env["N_THREADS"] = value  # ours only; llama-server keeps --threads
         else:
@@ -191,6 +196,16 @@ def measure(servers: dict[str, common.Server], n: int, max_tokens: int, first: i
     return lat
 
 
+_STEPS = re.compile(r'^llmfn_decode_steps_total\{threads="(\d+)"\} ([0-9.e+]+)$', re.MULTILINE)
+
+
+def decode_steps(port: int) -> dict[str, int]:
+    """Ours' llama_decode calls so far by their thread count (its /metrics)."""
+    with urllib.request.urlopen(f"http://{common.HOST}:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {n: int(float(v)) for n, v in _STEPS.findall(text)}
+
+
 def stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "p95": percentile(values, 0.95),
             "p100": max(values), "n": len(values)}
@@ -260,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cgroup-quota", type=float, default=None, metavar="CPUS",
                     help="add a quiet condition with each server in a cgroup of CPUS CPUs")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--no-plot", action="store_true",
+                    help="no picture (tests/test_contention.py: no matplotlib in make test)")
     args = ap.parse_args(argv)
     if args.plot_only is not None:
         plot(json.loads(args.plot_only.read_text()), PLOT)
@@ -316,17 +333,23 @@ def main(argv: list[str] | None = None) -> int:
                                **{f"{LLAMA} ({t})": theirs[t] for t in theirs_for[cond]}}
                     loads.setdefault(variant, {})[cond] = os.getloadavg()[0]
                     t0 = time.perf_counter()
+                    steps0 = decode_steps(ours.port)
                     with condition(cond, servers, args):
                         lat = measure(servers, args.requests, args.max_tokens, prompt_no)
+                    steps1 = decode_steps(ours.port)
+                    steps = {n: steps1[n] - steps0.get(n, 0) for n in sorted(steps1)
+                             if steps1[n] > steps0.get(n, 0)}
                     prompt_no += args.requests
                     res = {name: stats(v) for name, v in lat.items()}
                     results.setdefault(variant, {})[cond] = {
                         "ours": res[f"ours ({variant})"], "omp_env": omp_env,
                         "load_1min_before": loads[variant][cond],
+                        "decode_steps_by_threads": steps,
                         "theirs": {t: res[f"{LLAMA} ({t})"] for t in theirs_for[cond]},
                         "raw_s": lat}
                     log(f"{variant}/{cond} in {time.perf_counter() - t0:.0f} s (load "
-                        f"{loads[variant][cond]:.2f} before): " + ", ".join(
+                        f"{loads[variant][cond]:.2f} before, ours' decode steps by threads "
+                        f"{steps}): " + ", ".join(
                             f"{n} median {s['median']:.3f} p100 {s['p100']:.3f}"
                             for n, s in res.items()))
             finally:
@@ -341,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             "hog_cpu": args.hog_cpu, "cgroup_quota_cpus": args.cgroup_quota,
             "cgroup_quota_problem": quota_problem, "results": results}
     common.publish("contention", data, render, no_doc=args.no_doc)
-    plot(data, PLOT.with_name("bench-contention-scratch.png") if args.no_doc else PLOT)
+    if not args.no_plot:
+        plot(data, common.STATE / "bench" / "contention-scratch.png" if args.no_doc else PLOT)
     return 0
 
 

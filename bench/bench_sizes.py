@@ -6,8 +6,8 @@ For each size of deploy/examples/sizing.json (``--sizes``), on the synthetic GGU
 use; random weights cost the compute of real ones):
 
 - ours: generate under gunicorn with the deployment's settings (deploy/generate.yaml's env with
-  the example's N_CTX, SLOTS, QUEUE_SIZE; flash attention at its default, on; OMP passive),
-  changing only N_THREADS;
+  the example's N_CTX, SLOTS, QUEUE_SIZE; flash attention at its default, on; the deployed
+  thread policy), changing only N_THREADS;
 - llama-server from the same llama.cpp source: ``-np 8 -kvu -t <threads>``, the same file and
   the same context (``-c SLOTS*N_CTX --kv-unified-per-slot N_CTX``: the KV memory ours holds),
   ``-fa on``, batch 512.
@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                   "streams": args.streams, "prompt_tokens": args.prompt_tokens,
                   "cold_runs": args.cold_runs, "rate_mb_s": args.rate_mb_s,
                   "latency_ms": args.latency_ms, "quick": args.quick,
+                  "thread_policy": "OpenMP's default wait, threads following the free CPUs",
                   "command": "make bench-sizes" + (f' BENCH_ARGS="{" ".join(argv or sys.argv[1:])}"'
                                                    if (argv or sys.argv[1:]) else ""),
                   "results": {}}

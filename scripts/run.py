@@ -141,8 +141,8 @@ def function_env(name: str, key: str | None, minio, ferretdb, have_sink: bool,
            "AWS_SECRET_ACCESS_KEY": minio.secret_key, "AWS_REGION": "us-east-1"}
     if key:
         env["MODEL_URI"] = f"s3://{BUCKET}/{key}"
-    if key:  # a model's: the thread policy of the model functions' func.yaml
-        env["OMP_WAIT_POLICY"] = "passive"  # docs/deploy.md "Threads and CPU"
+    if name == "embed":  # the thread policy of its func.yaml (docs/deploy.md "Threads and CPU")
+        env["OMP_WAIT_POLICY"] = "passive"
     if LOCAL[name].mongodb:
         env["MONGODB_URI"] = ferretdb.uri
     elif have_sink:

@@ -381,7 +381,7 @@ def func_scaling_errors(doc: dict) -> list[str]:
                                                                                       "")
         if "-DGGML_NATIVE=OFF" not in cmake or "-DGGML_CPU_ALL_VARIANTS=ON" not in cmake:
             errors.append(f"{name}: buildEnvs CMAKE_ARGS must build portable CPU variants")
-        errors += thread_policy_errors(name, envs, opts["resources"])
+        errors += thread_policy_errors(name, envs, opts["resources"], name)
         vols = {v["path"]: v for v in doc["run"].get("volumes", [])}
         cache = vols.get(envs.get("MODEL_CACHE_DIR"), {})
         if "sizeLimit" not in cache.get("emptyDir", {}):
@@ -393,15 +393,21 @@ def func_scaling_errors(doc: dict) -> list[str]:
     return errors
 
 
-def thread_policy_errors(name: str, envs: dict, resources: dict) -> list[str]:
-    """One decision for generate and embed (docs/deploy.md "Threads and CPU"): llama.cpp
-    threads = CPU request = CPU limit, and OpenMP threads sleep instead of spinning."""
+def thread_policy_errors(name: str, envs: dict, resources: dict,
+                         function: str = "generate") -> list[str]:
+    """The thread policy (docs/deploy.md "Threads and CPU"): llama.cpp threads = CPU request =
+    CPU limit; generate keeps libgomp's default wait (spin, then sleep) with its threads
+    following the free CPUs (ADAPTIVE_THREADS, on by default), embed's OpenMP threads sleep."""
     errors = []
     cpus = {resources["requests"].get("cpu"), resources["limits"].get("cpu")}
     if cpus != {envs.get("N_THREADS")}:
         errors.append(f"{name}: N_THREADS {envs.get('N_THREADS')} must equal the CPU request "
                       f"and limit {sorted(map(str, cpus))}")
-    if envs.get("OMP_WAIT_POLICY") != "passive":
+    if function == "generate":
+        if "OMP_WAIT_POLICY" in envs or envs.get("ADAPTIVE_THREADS", "1") in ("0", "false"):
+            errors.append(f"{name}: OMP_WAIT_POLICY must be unset and ADAPTIVE_THREADS on: "
+                          "generate's threads follow the free CPUs")
+    elif envs.get("OMP_WAIT_POLICY") != "passive":
         errors.append(f"{name}: OMP_WAIT_POLICY must be passive")
     return errors
 

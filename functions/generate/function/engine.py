@@ -21,6 +21,7 @@ from llama_cpp._logger import set_verbose
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmfn import sizing
+from llmfn.cpu_share import FreeCpus
 from llmfn.llama_backend import ensure_cpu_backend, model_file_errors
 from llmfn.settings import ModelSettings, SettingsError
 
@@ -88,7 +89,11 @@ def load_engine(path: str, model: ModelSettings, *, gen: GenerateSettings) -> En
     except BaseException:
         llm.close()
         raise
-    return Engine(llm, ctx, n_ctx=model.n_ctx, slots=plan.slots, n_batch=cp.n_batch, plan=plan)
+    share = FreeCpus(plan.threads) if model.adaptive_threads and plan.threads > 1 else None
+    if share is not None:
+        log.info("threads: %s", share.explain())
+    return Engine(llm, ctx, n_ctx=model.n_ctx, slots=plan.slots, n_batch=cp.n_batch, plan=plan,
+                  cpu_share=share)
 
 
 def _check_batch(model: ModelSettings, slots: int) -> None:
@@ -101,8 +106,11 @@ class Engine:
     """One loaded model: its context, the chat template from the GGUF, and the tokenizer."""
 
     def __init__(self, llm: internals.LlamaModel, ctx: internals.LlamaContext, *,
-                 n_ctx: int, slots: int, n_batch: int, plan: sizing.Plan | None = None):
+                 n_ctx: int, slots: int, n_batch: int, plan: sizing.Plan | None = None,
+                 cpu_share: FreeCpus | None = None):
         self.llm = llm
+        self.cpu_share = cpu_share.start() if cpu_share is not None else None
+        self.threads = ctx.params.n_threads  # of the last decode (set_threads)
         self.sizing = plan  # how SLOTS and threads were chosen (readiness shows it)
         self.context = ctx
         self.ctx = ctx.ctx
@@ -142,7 +150,19 @@ class Engine:
             self._eog = [t for t in range(self.n_vocab) if self.is_eog(t)]
         return self._eog
 
+    def set_threads(self) -> int:
+        """The threads of the next decode: as many as CPUs are free now, when the policy is on
+        (``llmfn.cpu_share``); scheduler thread."""
+        if self.cpu_share is not None:
+            n = self.cpu_share.threads()
+            if n != self.threads:
+                llama_cpp.llama_set_n_threads(self.ctx, n, n)
+                self.threads = n
+        return self.threads
+
     def close(self) -> None:
+        if self.cpu_share is not None:
+            self.cpu_share.stop()
         if self._compiler is not None:
             self._compiler.close()
         self.context.close()

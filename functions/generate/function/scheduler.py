@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 import numpy as np
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmfn.errors import ShuttingDown
 from llmfn.llama_batch import Batch
@@ -240,6 +240,11 @@ class Scheduler(ModelLoop):
         self._slots_gauge.set(slots)
         self._cells_gauge = Gauge("llmfn_kv_cells_used",
                                   "KV cache cells holding a token (all slots)", registry=registry)
+        self._threads_gauge = Gauge("llmfn_decode_threads",
+                                    "threads of the last llama_decode (N_THREADS, or fewer "
+                                    "while CPUs are busy: ADAPTIVE_THREADS)", registry=registry)
+        self._steps = Counter("llmfn_decode_steps", "llama_decode calls by their threads",
+                              ["threads"], registry=registry)
         self._batch_seqs = Histogram("llmfn_decode_batch_sequences",
                                      "sequences in one llama_decode", buckets=SEQ_BUCKETS,
                                      registry=registry)
@@ -271,7 +276,10 @@ class Scheduler(ModelLoop):
         """Called after the model's readiness: "ready" and how SLOTS and threads were chosen."""
         engine = self._loaded()
         plan = engine.sizing if engine is not None else None
-        return True, f"ready: {plan.explain()}" if plan is not None else "ready"
+        if plan is None:
+            return True, "ready"
+        share = engine.cpu_share if engine is not None else None
+        return True, f"ready: {plan.explain()}" + (f"; {share.explain()}" if share else "")
 
     # -- ModelLoop hooks ------------------------------------------------------------------------
     def _gauge(self) -> None:
@@ -331,6 +339,9 @@ class Scheduler(ModelLoop):
             return
         self._batch_seqs.observe(len(members))
         self.max_batch_seqs = max(self.max_batch_seqs, len(members))
+        threads = engine.set_threads()
+        self._threads_gauge.set(threads)
+        self._steps.labels(threads=str(threads)).inc()
         try:
             batch.decode(engine.ctx)
         except Exception as err:  # fail the requests of this batch, keep serving the others

@@ -9,6 +9,7 @@ most sequences in one ``llama_decode``), so a scheduler running one request at a
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import llama_cpp
@@ -18,6 +19,7 @@ import pytest
 from function.engine import Params, load_engine
 from function.scheduler import Generation, Scheduler, Text
 from function.settings import GenerateSettings
+from llmfn.cpu_share import FreeCpus
 from llmfn.errors import QueueFull
 from llmfn.settings import ModelSettings, SettingsError
 from llmfn.sizing import MAX_AUTO_SLOTS
@@ -322,3 +324,34 @@ def test_slots_from_the_engine(tiny_model):
         scheduler.close()
     finally:
         engine.close()
+
+
+def test_decode_threads_follow_the_free_cpus(smol, scheduler_of, tmp_path):
+    """With ADAPTIVE_THREADS (the default) each llama_decode takes the threads FreeCpus gives:
+    here a /proc/stat in which a neighbour held one of two cores, then none."""
+    stat, clock = tmp_path / "stat", [0.0]
+
+    def node(busy0: int, busy1: int) -> None:  # ticks busy of cpu0, cpu1 (idle: the rest)
+        stat.write_text(f"cpu  0 0 0 0\ncpu0 {busy0} 0 0 {10**6 - busy0} 0 0 0 0\n"
+                        f"cpu1 {busy1} 0 0 {10**6 - busy1} 0 0 0 0\n")
+
+    node(0, 0)
+    share = FreeCpus(2, cpus={0, 1}, stat=stat, ours=lambda: 0.0, clock=lambda: clock[0])
+    clock[0] += 1.0
+    node(os.sysconf("SC_CLK_TCK"), 0)  # cpu0 busy for the whole second, not by us
+    assert share.update() == 1
+    kept, smol.cpu_share = smol.cpu_share, share
+    try:
+        scheduler = scheduler_of(smol)
+        entry = CLEAR_PROMPTS[0]
+        out = scheduler.submit(greedy(tokens_of(smol, entry), entry.tokens)).wait(WAIT_S)
+        assert out.text.startswith(entry.expected)
+        assert llama_cpp.llama_n_threads(smol.ctx) == 1 == smol.threads
+        assert scheduler._threads_gauge._value.get() == 1
+        clock[0] += 1.0
+        node(os.sysconf("SC_CLK_TCK"), 0)  # the neighbour stopped
+        assert share.update() == 2
+        scheduler.submit(greedy(tokens_of(smol, entry), 2)).wait(WAIT_S)
+        assert llama_cpp.llama_n_threads(smol.ctx) == 2 == smol.threads
+    finally:
+        smol.cpu_share = kept

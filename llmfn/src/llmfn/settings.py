@@ -152,6 +152,10 @@ class ModelSettings:
     n_threads: int = setting("N_THREADS", 0, "llama.cpp threads; 0 = the container's CPU "
                              "limit rounded up (cgroup), else the CPUs it may run on "
                              "(generate; embed: llama.cpp's default)", lo=0, hi=256)
+    adaptive_threads: bool = setting("ADAPTIVE_THREADS", True, "generate: each decode step "
+                                     "uses as many of the N_THREADS threads as CPUs are free "
+                                     "now (docs/deploy.md \"Threads and CPU\"); 0 = always "
+                                     "N_THREADS")
     n_batch: int = setting("N_BATCH", 512, "prompt batch size in tokens", lo=1)
     n_ubatch: int = setting("N_UBATCH", 512, "physical micro-batch size in tokens", lo=1)
     default_max_tokens: int = setting("DEFAULT_MAX_TOKENS", 256,
