@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="llama-server's OpenMP settings measured quiet (and under the quota)")
     ap.add_argument("--theirs-hog", default="passive",
                     help="llama-server's OpenMP settings measured beside the hog")
+    ap.add_argument("--conditions", default="quiet,hog",
+                    help="quiet and/or hog (the cgroup quota is added by --cgroup-quota)")
     ap.add_argument("--hog-cpu", type=int, default=max(os.sched_getaffinity(0)))
     ap.add_argument("--hog-max-s", type=float, default=900.0,
                     help="the hog exits by itself after this long")
@@ -300,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if deployed["N_THREADS"] != str(args.threads):
         log(f"note: deploy/generate.yaml sets {deployed}, this run uses N_THREADS="
             f"{args.threads}")
-    conditions = ["quiet", "hog"]
+    conditions = [c for c in args.conditions.split(",") if c]
+    if not conditions or not set(conditions) <= {"quiet", "hog"}:
+        ap.error("--conditions: quiet and/or hog")
     quota_problem = None
     if args.cgroup_quota is not None:
         quota_problem = probe_quota(args.cgroup_quota)

@@ -110,3 +110,19 @@ def test_a_real_busy_loop_on_one_of_two_cpus_leaves_one_thread():
     finally:
         hog.kill()
         hog.wait(timeout=10)
+
+
+@pytest.mark.parametrize(("runnable", "threads"), [(1, 2), (2, 1), (5, 1)])
+def test_after_idle_the_tasks_runnable_now_may_give_threads_back(tmp_path, runnable, threads):
+    """The last interval saw a neighbour on one core; at the first steps after idle, only the
+    runnable tasks now count (this thread is one): 1 -> the neighbour stopped."""
+    node = Node(tmp_path)
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text(f"0.50 0.40 0.30 {runnable}/120 999\n")
+    share = FreeCpus(2, cpus=set(node.ticks), stat=node.path, loadavg=loadavg,
+                     ours=lambda: node.ours, clock=lambda: node.now)
+    node.run(0.2, {0: 1.0}, 0.0)
+    assert share.update() == 1
+    assert share.woken() == threads == share.threads()
+    node.run(0.2, {}, 0.0)  # the next interval starts at the wake: nothing else ran since
+    assert share.update() == 2

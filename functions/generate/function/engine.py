@@ -110,7 +110,7 @@ class Engine:
                  cpu_share: FreeCpus | None = None):
         self.llm = llm
         self.cpu_share = cpu_share.start() if cpu_share is not None else None
-        self.threads = ctx.params.n_threads  # of the last decode (set_threads)
+        self.threads = self.max_threads = ctx.params.n_threads  # last decode's, and the most
         self.sizing = plan  # how SLOTS and threads were chosen (readiness shows it)
         self.context = ctx
         self.ctx = ctx.ctx
@@ -150,11 +150,11 @@ class Engine:
             self._eog = [t for t in range(self.n_vocab) if self.is_eog(t)]
         return self._eog
 
-    def set_threads(self) -> int:
+    def set_threads(self, woken: bool = False) -> int:
         """The threads of the next decode: as many as CPUs are free now, when the policy is on
-        (``llmfn.cpu_share``); scheduler thread."""
+        (``llmfn.cpu_share``; ``woken``: the loop was idle a moment ago); scheduler thread."""
         if self.cpu_share is not None:
-            n = self.cpu_share.threads()
+            n = self.cpu_share.woken() if woken else self.cpu_share.threads()
             if n != self.threads:
                 llama_cpp.llama_set_n_threads(self.ctx, n, n)
                 self.threads = n

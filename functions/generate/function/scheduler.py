@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEQ_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+WAKE_S = 0.05  # steps this soon after an idle loop may take back threads (FreeCpus.woken)
+WAKE_CHUNK = 4  # prompt tokens of such a step while it has fewer threads than N_THREADS
 
 
 @dataclass
@@ -232,6 +234,7 @@ class Scheduler(ModelLoop):
         self._batch: Batch | None = None
         self.peak_busy = 0  # most slots ever generating at once (tests prove batching with it)
         self.max_batch_seqs = 0  # most sequences ever in one llama_decode
+        self._last_step_t = self._woken_t = 0.0  # perf_counter of the last step, of the wake
         self.reused_tokens = 0  # prompt tokens whose KV a slot kept from its last request
         registry = registry if registry is not None else CollectorRegistry()
         self._busy_gauge = Gauge("llmfn_slots_busy", "slots running a request", registry=registry)
@@ -334,12 +337,20 @@ class Scheduler(ModelLoop):
                             slot.outcome.completion_tokens)
                 slot.outcome.deadline = True
                 self._finish(slot, "length")
-        batch, members = self._fill()
+        now = time.perf_counter()
+        if now - self._last_step_t > WAKE_S:  # idle before this burst of steps
+            self._woken_t = now
+        woken = now - self._woken_t < WAKE_S
+        threads = engine.set_threads(woken=woken)
+        # fewer threads right after idle may only be a neighbour that just stopped: a short
+        # prompt chunk, so that the next step looks again soon (FreeCpus.woken)
+        batch, members = self._fill(WAKE_CHUNK if woken and threads < engine.max_threads
+                                    else None)
         if not members:
             return
+        self._last_step_t = now
         self._batch_seqs.observe(len(members))
         self.max_batch_seqs = max(self.max_batch_seqs, len(members))
-        threads = engine.set_threads()
         self._threads_gauge.set(threads)
         self._steps.labels(threads=str(threads)).inc()
         try:
@@ -429,9 +440,9 @@ class Scheduler(ModelLoop):
         if gen.params.logprobs is not None:
             slot.outcome.tokens = []
 
-    def _fill(self) -> tuple[Batch, list[Slot]]:
+    def _fill(self, prompt_cap: int | None = None) -> tuple[Batch, list[Slot]]:
         """The next batch and its slots: every generating slot's token, then prompt chunks,
-        oldest request first."""
+        oldest request first (at most ``prompt_cap`` prompt tokens when given)."""
         batch, members = self._batch, []
         assert batch is not None  # made with the engine (_ensure_engine)
         batch.clear()
@@ -444,12 +455,14 @@ class Scheduler(ModelLoop):
                 members.append(slot)
         prompting = sorted((s for s in self.slots if s.gen is not None
                             and s.done_prompt < len(s.gen.tokens)), key=lambda s: s.t_start)
+        cap = batch.room if prompt_cap is None else min(batch.room, prompt_cap)
         for slot in prompting:
-            if batch.room == 0:
+            if cap <= 0:
                 break
             assert slot.gen is not None  # prompting slots are busy
             tokens = slot.gen.tokens
-            chunk = tokens[slot.done_prompt:slot.done_prompt + batch.room]
+            chunk = tokens[slot.done_prompt:slot.done_prompt + cap]
+            cap -= len(chunk)
             last = slot.done_prompt + len(chunk) == len(tokens)
             index = batch.add(chunk, len(slot.cache), slot.seq, logits_last=last)
             slot.cache.extend(chunk)

@@ -10,6 +10,7 @@ most sequences in one ``llama_decode``), so a scheduler running one request at a
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import llama_cpp
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from function.engine import Params, load_engine
-from function.scheduler import Generation, Scheduler, Text
+from function.scheduler import WAKE_S, Generation, Scheduler, Text
 from function.settings import GenerateSettings
 from llmfn.cpu_share import FreeCpus
 from llmfn.errors import QueueFull
@@ -336,7 +337,10 @@ def test_decode_threads_follow_the_free_cpus(smol, scheduler_of, tmp_path):
                         f"cpu1 {busy1} 0 0 {10**6 - busy1} 0 0 0 0\n")
 
     node(0, 0)
-    share = FreeCpus(2, cpus={0, 1}, stat=stat, ours=lambda: 0.0, clock=lambda: clock[0])
+    loadavg = tmp_path / "loadavg"  # runnable now: this thread and the neighbour
+    loadavg.write_text("1.00 1.00 1.00 2/100 4242\n")
+    share = FreeCpus(2, cpus={0, 1}, stat=stat, loadavg=loadavg, ours=lambda: 0.0,
+                     clock=lambda: clock[0])
     clock[0] += 1.0
     node(os.sysconf("SC_CLK_TCK"), 0)  # cpu0 busy for the whole second, not by us
     assert share.update() == 1
@@ -353,5 +357,14 @@ def test_decode_threads_follow_the_free_cpus(smol, scheduler_of, tmp_path):
         assert share.update() == 2
         scheduler.submit(greedy(tokens_of(smol, entry), 2)).wait(WAIT_S)
         assert llama_cpp.llama_n_threads(smol.ctx) == 2 == smol.threads
+        # after idle, a neighbour seen over the last interval but gone now (one runnable task:
+        # this thread) gives the threads back at once (FreeCpus.woken)
+        clock[0] += 1.0
+        node(2 * os.sysconf("SC_CLK_TCK"), 0)
+        assert share.update() == 1
+        loadavg.write_text("1.00 1.00 1.00 1/100 4242\n")
+        time.sleep(2 * WAKE_S)  # the loop idles
+        scheduler.submit(greedy(tokens_of(smol, entry), 2)).wait(WAIT_S)
+        assert llama_cpp.llama_n_threads(smol.ctx) == 2 and share.threads() == 2
     finally:
         smol.cpu_share = kept

@@ -32,6 +32,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PROC_STAT = Path("/proc/stat")
+PROC_LOADAVG = Path("/proc/loadavg")
 INTERVAL_S = 0.05
 IDLE_FIELDS = (3, 4)  # idle, iowait in a "cpuN" line's counters (user nice system idle iowait...)
 
@@ -60,12 +61,14 @@ class FreeCpus:
 
     def __init__(self, max_threads: int, *, interval_s: float = INTERVAL_S,
                  cpus: set[int] | None = None, stat: Path = PROC_STAT,
+                 loadavg: Path = PROC_LOADAVG,
                  ours: Callable[[], float] = time.process_time,
                  clock: Callable[[], float] = time.monotonic):
         self.max_threads = max(1, max_threads)
         self.interval_s = interval_s
         self.cpus = frozenset(cpus if cpus is not None else os.sched_getaffinity(0))
         self._stat, self._ours, self._clock = stat, ours, clock
+        self._loadavg = loadavg
         self._hz = float(os.sysconf("SC_CLK_TCK"))
         self.free = float(len(self.cpus))  # CPUs free for this process over the last interval
         self._threads = self.max_threads
@@ -75,6 +78,24 @@ class FreeCpus:
         self.available = self._last[1] is not None  # False: no /proc/stat, threads stay max
 
     def threads(self) -> int:
+        return self._threads
+
+    def woken(self) -> int:
+        """For the steps right after the decode loop was idle: the last interval's average
+        still counts a neighbour that stopped during it (e.g. the request served just before
+        ours). If the tasks runnable now (/proc/loadavg), this thread aside, leave more CPUs
+        than the threads in use, use them and start a new interval now. Only ever adds threads;
+        a busy neighbour still takes them away at the next sample."""
+        if self._threads >= self.max_threads or not self.available:
+            return self._threads
+        try:
+            running = int(self._loadavg.read_text().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return self._threads
+        free_now = len(self.cpus) - max(0, running - 1)
+        if free_now > self._threads:
+            self._threads = min(self.max_threads, free_now)
+            self._last = self._sample()
         return self._threads
 
     def _sample(self) -> tuple[float, float | None, float]:
