@@ -544,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     model = common.smollm2_path()
     env = {**common.generate_env(common.file_model_env(model), n_ctx=args.ctx_per_slot,
                                  threads=args.threads),
-           "SLOTS": str(SLOTS), "QUEUE_SIZE": str(SLOTS), "GUNICORN_THREADS": str(SLOTS + 4),
-           "OMP_WAIT_POLICY": "passive"}
+           "SLOTS": str(SLOTS), "QUEUE_SIZE": str(SLOTS), "GUNICORN_THREADS": str(SLOTS + 4)}
+    # the deployed thread policy: OpenMP's default wait, threads following the free CPUs
     servers = {"ours": generate_server(common.free_port(), env, args.rev),
                "llama": common.llama_server(
                    common.free_port(), model, n_ctx=SLOTS * args.ctx_per_slot,

@@ -3,7 +3,7 @@
 # Results: docs/benchmarks.md, raw JSON in .state/bench/.
 # Long-running; the machine should be otherwise idle. Extra flags: BENCH_ARGS="--runs 9".
 .PHONY: bench bench-generate bench-coldstart bench-portable bench-contention bench-concurrency \
-        bench-sizes bench-deps llama-server portable-wheel
+        bench-sizes bench-deps bench-protocol-libs llama-server portable-wheel
 
 LLAMA_SERVER := $(STATE)/llama.cpp/build/bin/llama-server
 BENCH_ARGS ?=
@@ -52,3 +52,8 @@ bench-concurrency: venv bench-deps $(LLAMA_SERVER)
 # a reduced run: BENCH_ARGS="--sizes qwen2.5-0.5b --quick".
 bench-sizes: venv services bench-deps vendor $(LLAMA_SERVER)
 	$(PY) bench/bench_sizes.py $(BENCH_ARGS)
+
+# msgspec vs pydantic v2: import + declare once per pod, decode per request (docs/architecture.md
+# "Protocol types").
+bench-protocol-libs: venv
+	$(PY) bench/protocol_libs.py $(BENCH_ARGS)
