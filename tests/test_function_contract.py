@@ -9,8 +9,8 @@ handler) and its page, though no file of llmfn names it.
 """
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -199,7 +199,23 @@ def test_llmfn_serves_its_page_api_and_request_events(toy):
         rt.stop()
 
 
-IMPORT_LINE = re.compile(r"import time: +\d+ \| +\d+ \| +(\S+)$", re.MULTILINE)
+# Records, per thread, each import as it starts and as it ends ("+name" / "-name") and writes
+# them to a file: stderr (python -X importtime) is no witness, as llama-cpp-python points fd 2 at
+# /dev/null while the loader thread loads the model, and lines of the main thread vanish.
+IMPORT_SPY = textwrap.dedent("""
+    import _frozen_importlib as bootstrap, json, sys, threading
+    events, real = [], bootstrap._find_and_load  # every first load of a module passes here
+    def spy(name, import_):
+        thread = threading.current_thread().name
+        events.append((thread, "+" + name))
+        try:
+            return real(name, import_)
+        finally:
+            events.append((thread, "-" + name))
+    bootstrap._find_and_load = spy
+    import function
+    json.dump(events, open(sys.argv[1], "w"))
+""")
 
 
 @pytest.mark.parametrize("name, model, engine", [
@@ -209,17 +225,16 @@ IMPORT_LINE = re.compile(r"import time: +\d+ \| +\d+ \| +(\S+)$", re.MULTILINE)
 def test_the_weight_fetch_starts_before_the_web_stack_is_imported(name, model, engine, tmp_path):
     """Importing a model function's package (as func-python and gunicorn do) runs its
     ``early`` module first: the fetch starts, the loader's imports (llama_cpp) run inside it,
-    and only then the web stack (Flask) is imported (``python -X importtime`` lists a module
-    when its import ends, nested ones before it)."""
+    and only then the web stack (``function.func``: Flask) is imported."""
     env = {**os.environ, "MODEL_URI": f"file://{model_file(model, engine)}",
            "MODEL_CACHE_DIR": str(tmp_path), "OMP_WAIT_POLICY": "passive"}
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import function"],
+    record = tmp_path / "imports.json"
+    out = subprocess.run([sys.executable, "-c", IMPORT_SPY, str(record)],
                          cwd=ROOT / "functions" / name, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    # a line anywhere in stderr: the model loads on a thread of its own meanwhile, and a
-    # library's unfinished stderr line may precede one
-    order = IMPORT_LINE.findall(out.stderr)
-    early, engine_module = order.index("function.early"), order.index("function.engine")
-    assert engine_module < early < order.index("flask"), order[early - 3:early + 3]
-    assert order.index("llama_cpp") < early
+    main = [e for thread, e in json.loads(record.read_text()) if thread == "MainThread"]
+    early = main.index("+function.early"), main.index("-function.early")
+    assert main.index("+llama_cpp") in range(*early)  # the loader's imports, inside early
+    web = [main.index(f"+{m}") for m in ("function.func", "flask") if f"+{m}" in main]
+    assert web and min(web) > early[1], main[early[1] - 3:early[1] + 3]
