@@ -48,7 +48,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from bench import common
@@ -201,9 +200,10 @@ _STEPS = re.compile(r'^llmfn_decode_steps_total\{threads="(\d+)"\} ([0-9.e+]+)$'
 
 def decode_steps(port: int) -> dict[str, int]:
     """Ours' llama_decode calls so far by their thread count (its /metrics)."""
-    with urllib.request.urlopen(f"http://{common.HOST}:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return {n: int(float(v)) for n, v in _STEPS.findall(text)}
+    status, body = common.http_get(f"http://{common.HOST}:{port}/metrics", timeout_s=10.0)
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    return {n: int(float(v)) for n, v in _STEPS.findall(body.decode())}
 
 
 def stats(values: list[float]) -> dict:

@@ -279,9 +279,9 @@ class Scheduler(ModelLoop):
         """Called after the model's readiness: "ready" and how SLOTS and threads were chosen."""
         engine = self._loaded()
         plan = engine.sizing if engine is not None else None
-        if plan is None:
+        if engine is None or plan is None:
             return True, "ready"
-        share = engine.cpu_share if engine is not None else None
+        share = engine.cpu_share
         return True, f"ready: {plan.explain()}" + (f"; {share.explain()}" if share else "")
 
     # -- ModelLoop hooks ------------------------------------------------------------------------
