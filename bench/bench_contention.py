@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 from bench import common
+from bench.cgroup import Cgroup
 from bench.common import log, percentile
 
 LLAMA = "llama-server"
@@ -106,54 +107,10 @@ def cpu_hog(cpu: int, bound_s: float):
         proc.wait(timeout=10)
 
 
-class CpuQuota:
-    """A child cgroup limited to ``cpus`` CPUs, next to this process's own cpu cgroup."""
-
-    def __init__(self, name: str, cpus: float):
-        v2 = Path("/sys/fs/cgroup")
-        own = {parts[1]: parts[2] for parts in
-               (line.rstrip("\n").split(":", 2) for line in open("/proc/self/cgroup"))}
-        period = 100_000
-        if (v2 / "cgroup.controllers").exists():
-            self.parent = v2 / own.get("", "/").lstrip("/")
-            if "cpu" not in (self.parent / "cgroup.subtree_control").read_text().split():
-                (self.parent / "cgroup.subtree_control").write_text("+cpu")
-            limits = {"cpu.max": f"{int(cpus * period)} {period}"}
-        else:
-            key = next((k for k in own if "cpu" in k.split(",")), None)
-            mount = next((m for m in (v2 / "cpu", v2 / "cpu,cpuacct") if
-                          (m / "cpu.cfs_quota_us").exists()), None)
-            if key is None or mount is None:
-                raise RuntimeError("no cgroup v2 and no cgroup v1 cpu controller mounted")
-            self.parent = mount / own[key].lstrip("/")
-            limits = {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(int(cpus * period))}
-        self.dir = self.parent / name
-        self.dir.mkdir()
-        try:
-            for key, value in limits.items():
-                (self.dir / key).write_text(value)
-        except OSError:
-            self.dir.rmdir()
-            raise
-        self.pids: list[int] = []
-
-    def add(self, pids: list[int]) -> None:
-        for pid in pids:
-            (self.dir / "cgroup.procs").write_text(str(pid))
-            self.pids.append(pid)
-
-    def remove(self) -> None:
-        """Move the processes back to the parent cgroup and delete ours."""
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-                (self.parent / "cgroup.procs").write_text(str(pid))
-        self.dir.rmdir()
-
-
 def probe_quota(cpus: float) -> str | None:
     """None when a CPU quota cgroup can be made here, else why not."""
     try:
-        CpuQuota(f"llmfn-bench-probe-{os.getpid()}", cpus).remove()
+        Cgroup(f"llmfn-bench-probe-{os.getpid()}", cpus=cpus).remove()
         return None
     except (OSError, RuntimeError) as err:
         return f"{type(err).__name__}: {err}"
@@ -169,7 +126,7 @@ def condition(name: str, servers: dict[str, common.Server], args):
         groups = []
         try:
             for i, srv in enumerate(servers.values()):
-                groups.append(CpuQuota(f"llmfn-bench-{os.getpid()}-{i}", args.cgroup_quota))
+                groups.append(Cgroup(f"llmfn-bench-{os.getpid()}-{i}", cpus=args.cgroup_quota))
                 groups[-1].add(srv.pids())
             yield
         finally:

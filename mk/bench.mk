@@ -3,7 +3,8 @@
 # Results: docs/benchmarks.md, raw JSON in .state/bench/.
 # Long-running; the machine should be otherwise idle. Extra flags: BENCH_ARGS="--runs 9".
 .PHONY: bench bench-generate bench-coldstart bench-portable bench-contention bench-concurrency \
-        bench-sizes bench-deps bench-protocol-libs llama-server portable-wheel
+        bench-sizes bench-aggregate bench-memory-limit bench-deps bench-protocol-libs \
+        llama-server portable-wheel
 
 LLAMA_SERVER := $(STATE)/llama.cpp/build/bin/llama-server
 BENCH_ARGS ?=
@@ -52,6 +53,15 @@ bench-concurrency: venv bench-deps $(LLAMA_SERVER)
 # a reduced run: BENCH_ARGS="--sizes qwen2.5-0.5b --quick".
 bench-sizes: venv services bench-deps vendor $(LLAMA_SERVER)
 	$(PY) bench/bench_sizes.py $(BENCH_ARGS)
+
+# Aggregate tok/s at 4 and 8 streams, 2 threads, as deployed: SmolLM2 (SLOTS 4, and 8) and the
+# 0.5B example vs llama-server -np 8 -kvu, in one run; writes docs/img/bench-aggregate.png.
+bench-aggregate: venv bench-deps vendor $(LLAMA_SERVER)
+	$(PY) bench/bench_aggregate.py $(BENCH_ARGS)
+
+# Each sizing example under its own memory limit (a cgroup: needs root): peak, OOM kills.
+bench-memory-limit: venv vendor
+	$(PY) bench/bench_memory_limit.py $(BENCH_ARGS)
 
 # msgspec vs pydantic v2: import + declare once per pod, decode per request (docs/architecture.md
 # "Protocol types").

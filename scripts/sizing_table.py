@@ -41,15 +41,18 @@ def table(data: dict | None = None) -> str:
     for name, row in data["models"].items():
         shape = model_shape(name, row["file_bytes"])
         mem = row["memory"]
-        plan = sizing.plan(shape, n_ctx=n_ctx,
-                           limits=sizing.Limits(int(mem[:-2]) * UNITS[mem[-2:]],
-                                                float(row["cpu"])), machine=row["cpu"])
+        limits = sizing.Limits(int(mem[:-2]) * UNITS[mem[-2:]], float(row["cpu"]))
+        derived = sizing.plan(shape, n_ctx=n_ctx, limits=limits, machine=row["cpu"])
+        plan = (sizing.plan(shape, n_ctx=n_ctx, slots=row["slots"], limits=limits,
+                            machine=row["cpu"]) if row.get("slots_set") else derived)
+        slots = (f"{plan.slots} (set; derived {derived.slots})" if plan.slots != derived.slots
+                 else str(plan.slots))
         tps, cold, cost = measured_cells(row["measured"])
         rows.append(
             f"| {name} | {shape.file_bytes / MIB:,.0f} MiB "
             f"| {shape.kv_bytes_per_token() / 1024:,.0f} KiB "
             f"| {plan.kv_slot_bytes / MIB:,.0f} MiB | {mem} | {plan.need_bytes / MIB:,.0f} MiB "
-            f"| {plan.slots} | {row['target']} ({row['utilization']} %) | {plan.threads} "
+            f"| {slots} | {row['target']} ({row['utilization']} %) | {plan.threads} "
             f"| {row['empty_dir']} | {tps} | {cold} | {cost} |")
     price = data.get("price")
     note = (f"\nMeasured columns: {MEASURED_NOTE} Cost: the pod's measured vCPUs x "

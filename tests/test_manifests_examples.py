@@ -89,6 +89,11 @@ def test_slots_are_those_derived_for_the_limits(rendered, name, tmp_path):
                            float(c["resources"]["limits"]["cpu"]))
     derived = sizing.plan(shape, n_ctx=int(env["N_CTX"]), limits=limits, machine=64)
     assert derived.fits, derived.explain()
+    if row.get("slots_set"):  # an explicit SLOTS, with its reason: it must fit the limit too
+        assert row["slots_set"].startswith(f"{row['slots']}, not the derived {derived.slots}")
+        derived = sizing.plan(shape, n_ctx=int(env["N_CTX"]), slots=row["slots"],
+                              limits=limits, machine=64)
+        assert derived.fits, derived.explain()
     assert (derived.slots, derived.threads) == (int(env["SLOTS"]), int(env["N_THREADS"]))
     assert svc["spec"]["template"]["spec"]["containerConcurrency"] == derived.slots
     assert derived.threads == math.ceil(limits.cpus)
@@ -114,8 +119,9 @@ def test_example_keeps_the_rules_of_deploy(rendered, deploy_objs, crds, known_an
 
 
 def test_a_wrong_row_fails(rendered, tmp_path):
-    """Negative control: the derived SLOTS of the 8B shape in 3 GiB is 1 (it does not fit),
-    not the 4 its overlay sets; with the table's 8 GiB it is 4."""
+    """Negative controls: the derived SLOTS of the 8B shape in 3 GiB is 1 (it does not fit),
+    not the 4 its overlay sets; with the table's 8 GiB it is 4. An explicit SLOTS too large
+    for the limit does not fit."""
     path = tmp_path / "8b.gguf"
     write_shape(path, "llama-3.1-8b", TABLE["quant"], header_only=True)
     shape = sizing.read_shape(path)
@@ -125,6 +131,13 @@ def test_a_wrong_row_fails(rendered, tmp_path):
                         limits=sizing.Limits(quantity(TABLE["models"]["llama-3.1-8b"]["memory"]),
                                              4.0))
     assert (right.slots, right.fits) == (4, True)
+    # an explicit SLOTS (slots_set) must fit too: the 0.5B shape's 8 in 1 GiB does, 16 does not
+    path = tmp_path / "half.gguf"
+    write_shape(path, "qwen2.5-0.5b", TABLE["quant"], header_only=True)
+    half = sizing.read_shape(path)
+    fits = {n: sizing.plan(half, n_ctx=TABLE["n_ctx"], slots=n,
+                           limits=sizing.Limits(UNITS["Gi"], 2.0)).fits for n in (8, 16)}
+    assert fits == {8: True, 16: False}
 
 
 def test_docs_show_the_sizing_table():

@@ -102,6 +102,20 @@ def _check_batch(model: ModelSettings, slots: int) -> None:
                             f"puts one token in each batch, got {model.n_batch}")
 
 
+GreedyBias = tuple[np.ndarray, np.ndarray]  # token ids, the values added to their logits
+
+
+def pick_greedy(row: np.ndarray, bias: GreedyBias) -> int:
+    """The token llama.cpp's logit-bias + greedy sampler chain picks from a logits row: the
+    first highest logit after adding ``bias``, without the chain's n_vocab candidate array
+    (~360 us per token for a 152k vocabulary, against ~30 us here). Writes the bias into
+    ``row``: pass the context's own row of the last decode, which the next decode replaces."""
+    ids, add = bias
+    if len(ids):
+        row[ids] += add
+    return int(row.argmax())
+
+
 class Engine:
     """One loaded model: its context, the chat template from the GGUF, and the tokenizer."""
 
@@ -209,6 +223,18 @@ class Engine:
 
     def is_eog(self, token: int) -> bool:
         return llama_cpp.llama_vocab_is_eog(self.vocab, token)
+
+    def greedy_bias(self, params: Params) -> GreedyBias | None:
+        """The logit bias of a greedy request without penalties (``ignore_eos``: -inf on the
+        end-of-generation tokens), for :func:`pick_greedy`; None when the request needs the
+        sampler chain (:meth:`new_sampler`)."""
+        if params.temperature > 0 or params.presence_penalty or params.frequency_penalty:
+            return None
+        bias = dict(params.logit_bias)
+        if params.ignore_eos:
+            bias.update(dict.fromkeys(self.eog_tokens, -math.inf))
+        return (np.fromiter(bias, np.intp, len(bias)),
+                np.fromiter(bias.values(), np.float32, len(bias)))
 
     def new_sampler(self, params: Params, seed: int):
         """A sampler chain for one slot, in llama-server's order: logit bias (and -inf on

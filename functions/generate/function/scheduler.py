@@ -7,7 +7,9 @@ Each step is one ``llama_decode`` of one batch that holds, in this order:
 2. chunks of waiting prompts, oldest first, up to ``N_BATCH`` tokens in all, so a long prompt
    is split over steps and never stalls the others' decoding.
 
-Each slot has its own sampler chain and reads the logits at its own batch index; stop strings,
+Each slot has its own sampler chain and reads the logits at its own batch index (a greedy
+request without penalties takes the biased argmax of its row instead, the chain's choice
+without its n_vocab candidate array: ``engine.pick_greedy``); stop strings,
 end of generation (unless ``ignore_eos``: the sampler never picks an end-of-generation
 token, as llama-server does), ``max_tokens`` and cancel are per slot (a client that leaves
 stops its slot within one token, and no other). When a request ends, the KV of its generated
@@ -54,7 +56,7 @@ from llmfn.sizing import MAX_AUTO_SLOTS
 from llmfn.worker import ModelLoop
 
 from .constraint import apply_mask
-from .engine import Engine, Params
+from .engine import Engine, GreedyBias, Params, pick_greedy
 from .text import StopScanner, decode_complete
 
 if TYPE_CHECKING:
@@ -197,6 +199,7 @@ class Slot:
         self.next_token: int | None = None  # sampled, not yet decoded
         self.i_batch = -1  # index of this slot's logits row in the current batch
         self.sampler = None
+        self.greedy: GreedyBias | None = None  # greedy: argmax, no sampler chain
         self.matcher: LLMatcher | None = None  # llguidance's, of a structured output
         self.scanner: StopScanner | None = None
         self.raw = bytearray()
@@ -370,7 +373,11 @@ class Scheduler(ModelLoop):
                     slot.row = log_softmax(engine.logits(slot.i_batch))
                 if slot.matcher is not None:
                     self._mask(engine, slot)
-                token = llama_cpp.llama_sampler_sample(slot.sampler, engine.ctx, slot.i_batch)
+                if slot.greedy is not None:
+                    token = pick_greedy(engine.logits_view(slot.i_batch), slot.greedy)
+                else:
+                    token = llama_cpp.llama_sampler_sample(slot.sampler, engine.ctx,
+                                                           slot.i_batch)
                 slot.i_batch = -1
                 self._on_token(engine, slot, token)
             except Exception as err:  # this request fails; the others go on
@@ -431,8 +438,10 @@ class Scheduler(ModelLoop):
             self._forget(engine, slot, keep)
         self.reused_tokens += keep
         slot.outcome.cached_tokens = keep
-        seed = gen.params.seed if gen.params.seed is not None else random.getrandbits(32)
-        slot.sampler = engine.new_sampler(gen.params, seed)
+        slot.greedy = engine.greedy_bias(gen.params)
+        if slot.greedy is None:
+            seed = gen.params.seed if gen.params.seed is not None else random.getrandbits(32)
+            slot.sampler = engine.new_sampler(gen.params, seed)
         if gen.params.grammar is not None:
             slot.matcher = gen.params.grammar.matcher()
         slot.scanner = StopScanner(gen.params.stop)
@@ -557,6 +566,7 @@ class Scheduler(ModelLoop):
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
         slot.next_token, slot.i_batch, slot.sampler, slot.matcher = None, -1, None, None
+        slot.greedy = None
         slot.last_used = time.monotonic()
         with self._cond:
             slot.gen = None

@@ -9,6 +9,7 @@ most sequences in one ``llama_decode``), so a scheduler running one request at a
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from function.engine import Params, load_engine
+from function.engine import Params, load_engine, pick_greedy
 from function.scheduler import WAKE_S, Generation, Scheduler, Text
 from function.settings import GenerateSettings
 from llmfn.cpu_share import FreeCpus
@@ -144,6 +145,46 @@ def test_batched_prompt_logits_within_tolerance_of_alone(smol, scheduler_of):
     for entry, ref, gen in zip(entries, alone, gens):
         top, vocab = deltas(gen.prompt_logits, ref)
         assert top <= LOGIT_TOLERANCE and vocab <= VOCAB_TOLERANCE, (entry.name, top, vocab)
+
+
+def chain_pick(chain, row: np.ndarray) -> int:
+    """The token a llama.cpp sampler chain selects from ``row`` (what ``llama_sampler_sample``
+    does with the context's row: a candidate per token, apply, the selected one)."""
+    data = (llama_cpp.llama_token_data * len(row))(
+        *(llama_cpp.llama_token_data(i, float(x), 0.0) for i, x in enumerate(row)))
+    cur = llama_cpp.llama_token_data_array(data, len(row), -1, False)
+    llama_cpp.llama_sampler_apply(chain, ctypes.byref(cur))
+    return data[cur.selected].id
+
+
+def test_greedy_argmax_picks_what_the_sampler_chain_picks(smol, scheduler_of):
+    """Greedy requests skip the sampler chain (pick_greedy: bias, then the first highest
+    logit). On real prompt-end rows, with no bias, ignore_eos, a bias that lifts the 5th best
+    token to the top, one that sinks the best, and a tie for the top, both give one token."""
+    scheduler = scheduler_of(smol)
+    rows = []
+    for entry in CLEAR_PROMPTS[:3]:
+        gen = scheduler.submit(greedy(tokens_of(smol, entry), 1, logits=True))
+        gen.wait(WAIT_S)
+        rows.append(gen.prompt_logits)
+    for row in rows:
+        order = np.argsort(row)[::-1]
+        tie = row.copy()
+        tie[order[3]] = tie[order[0]]  # a later or earlier index with the same top logit
+        cases = [(row, {}, False), (row, {}, True), (row, {int(order[4]): 100.0}, False),
+                 (row, {int(order[0]): -100.0, int(order[2]): 0.5}, False), (tie, {}, False)]
+        for logits, bias, ignore_eos in cases:
+            params = Params(max_tokens=1, temperature=0.0, logit_bias=bias,
+                            ignore_eos=ignore_eos)
+            fast = smol.greedy_bias(params)
+            assert fast is not None
+            chain = smol.new_sampler(params, 0)
+            try:
+                assert pick_greedy(logits.copy(), fast) == chain_pick(chain, logits), bias
+            finally:
+                llama_cpp.llama_sampler_free(chain)
+    assert smol.greedy_bias(Params(max_tokens=1, temperature=0.7)) is None
+    assert smol.greedy_bias(Params(max_tokens=1, temperature=0.0, presence_penalty=1.0)) is None
 
 
 def test_tiny_streams_batched_equal_alone(tiny, scheduler_of):
