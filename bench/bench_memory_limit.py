@@ -15,6 +15,7 @@ generate derived (its readiness text), the group's peak usage against the limit,
 whether every request answered 200 with its tokens, and the load time.
 
     .venv/bin/python bench/bench_memory_limit.py [--sizes llama-3.1-8b,...] [--no-doc]
+        [--report JSON]
 
 Writes .state/bench/memory-limit.json and the "memory-limit" section of docs/benchmarks.md
 (with --no-doc: the -scratch JSON only). Needs root (a cgroup).
@@ -27,6 +28,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from bench import common, sizes_report
 from bench.bench_sizes import Counter, body, model_file, ours_env
@@ -118,9 +120,11 @@ def render(d: dict) -> str:
         f"the synthetic {d['quant'].upper()} GGUF of its shape. Load: a prompt of "
         f"about {d['prompt_tokens']} tokens (more than N_UBATCH 512: the largest compute "
         f"buffer), then SLOTS streams of {d['max_tokens']} tokens at once. Working set: the "
-        "group's anonymous memory + mapped file pages after that load (what reclaim cannot "
-        "drop: llama.cpp's repacked weights, the KV cache, compute buffers, and the mapped "
-        "tensors it reads in place); `need` is generate's start-up arithmetic (weights as "
+        "group's anonymous memory + mapped file pages after that load (llama.cpp's repacked "
+        "weights, the KV cache, compute buffers, the tensors it reads in place, and the file "
+        "pages it read to repack, which stay mapped but which reclaim drops when the group "
+        "reaches its limit, as in the rows whose peak is the limit: an upper bound of what "
+        "the process needs); `need` is generate's start-up arithmetic (weights as "
         "the file's size + SLOTS x KV + a 160 MiB runtime allowance). Peak: the group's usage "
         "(v2 memory.peak, v1 memory.max_usage_in_bytes), page cache the kernel may reclaim "
         "included, so a peak at the limit is reclaim at work, not an OOM; the OOM kills column "
@@ -145,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="copies of the story prompt in the long prompt (~600 tokens)")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--report", type=Path, help="no run: the report of this JSON")
     args = ap.parse_args(argv)
+    if args.report:
+        common.publish("memory-limit", json.loads(args.report.read_text()), render,
+                       no_doc=args.no_doc)
+        return 0
     sizes = [s.strip() for s in args.sizes.split(",")]
     if not set(sizes) <= set(table["models"]):
         ap.error(f"--sizes: choose from {', '.join(table['models'])}")
