@@ -49,7 +49,7 @@ bench-concurrency: venv bench-deps $(LLAMA_SERVER)
 
 # Model sizes 0.5B-8B (synthetic GGUFs of real shapes, made under .state/models on first use):
 # decode, aggregate, TTFT, RSS, KV, cold start, ours vs llama-server -np 8 -kvu; fills the
-# measured columns of deploy/examples/sizing.json and docs/deploy.md. About 2 h (docs/benchmarks.md);
+# measured columns of deploy/examples/sizing.json and docs/deploy.md. 53 min on 2 cores (docs/benchmarks.md);
 # a reduced run: BENCH_ARGS="--sizes qwen2.5-0.5b --quick".
 bench-sizes: venv services bench-deps vendor $(LLAMA_SERVER)
 	$(PY) bench/bench_sizes.py $(BENCH_ARGS)
