@@ -46,22 +46,24 @@ SMOLLM2 = "smollm2-135m"
 
 
 def models(quant: str) -> dict[str, dict]:
-    """Each model's file, sizing row (SLOTS, name) and N_CTX: the deployment's and the 0.5B
+    """Each model's file (a callable: the 0.5B's synthetic GGUF is made on first use, only when
+    that model runs), sizing row (SLOTS, name) and N_CTX: the deployment's and the 0.5B
     example's."""
     deployed = common.deployed_env()
     table = json.loads(sizes_report.TABLE.read_text())
     half = table["models"]["qwen2.5-0.5b"]
     return {
-        SMOLLM2: {"file": common.smollm2_path(), "n_ctx": int(deployed["N_CTX"]),
+        SMOLLM2: {"file": common.smollm2_path, "n_ctx": int(deployed["N_CTX"]),
                   "row": {"slots": int(deployed["SLOTS"]), "model_name": deployed["MODEL_NAME"]},
                   "settings": "deploy/generate.yaml"},
-        "qwen2.5-0.5b": {"file": model_file("qwen2.5-0.5b", quant), "n_ctx": table["n_ctx"],
+        "qwen2.5-0.5b": {"file": lambda: model_file("qwen2.5-0.5b", quant), "n_ctx": table["n_ctx"],
                          "row": half, "settings": "deploy/examples/qwen2.5-0.5b"},
     }
 
 
 def run_model(name: str, m: dict, args, ctr: Counter) -> dict:
-    servers = pair(m["row"], m["file"], m["n_ctx"], args.threads)
+    model = m["file"]()
+    servers = pair(m["row"], model, m["n_ctx"], args.threads)
     tps: dict = {OURS: {}, LLAMA: {}}
     try:
         for srv in servers.values():  # one at a time: start-up does not overlap
@@ -82,7 +84,7 @@ def run_model(name: str, m: dict, args, ctr: Counter) -> dict:
         for srv in servers.values():
             srv.stop()
     out: dict = {"settings": m["settings"], "slots": m["row"]["slots"], "n_ctx": m["n_ctx"],
-                 "file": Path(m["file"]).name, "streams": {}}
+                 "file": model.name, "streams": {}}
     for n in args.streams:
         ours, ref = tps[OURS][str(n)], tps[LLAMA][str(n)]
         out["streams"][str(n)] = {

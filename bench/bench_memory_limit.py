@@ -34,14 +34,9 @@ from bench import common, sizes_report
 from bench.bench_sizes import Counter, body, model_file, ours_env
 from bench.cgroup import Cgroup
 from bench.common import log
+from scripts.sizing_table import quantity_bytes
 
 MIB = 1024 * 1024
-
-
-def limit_bytes(memory: str) -> int:
-    """A Kubernetes quantity in Mi or Gi (what the examples use), in bytes."""
-    units = {"Mi": MIB, "Gi": 1024 * MIB}
-    return int(memory[:-2]) * units[memory[-2:]]
 
 
 def drop_cached(path) -> None:
@@ -58,7 +53,7 @@ def run_size(name: str, row: dict, args, ctr: Counter) -> dict:
     threads = min(row["threads"], os.cpu_count() or 1)
     env = ours_env(row, args.n_ctx, threads, common.file_model_env(model))
     drop_cached(model)
-    group = Cgroup(f"llmfn-bench-mem-{os.getpid()}", memory_bytes=limit_bytes(row["memory"]))
+    group = Cgroup(f"llmfn-bench-mem-{os.getpid()}", memory_bytes=quantity_bytes(row["memory"]))
     srv = common.gunicorn_server(common.free_port(), env)
     out: dict = {"memory": row["memory"], "slots": row["slots"], "threads": threads,
                  "file_bytes": model.stat().st_size, "requests": [], "ok": False}

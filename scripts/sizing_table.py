@@ -22,6 +22,11 @@ UNITS = {"Mi": MIB, "Gi": 1024 * MIB}
 PENDING = "to be measured (bench-sizes)"
 
 
+def quantity_bytes(text: str) -> int:
+    """Bytes of a Kubernetes memory quantity in Mi or Gi (what the examples use)."""
+    return int(text[:-2]) * UNITS[text[-2:]]
+
+
 def model_shape(name: str, file_bytes: int) -> sizing.ModelShape:
     """What llmfn.sizing reads from the GGUF header of ``name``'s shape."""
     s = SHAPES[name]
@@ -41,7 +46,7 @@ def table(data: dict | None = None) -> str:
     for name, row in data["models"].items():
         shape = model_shape(name, row["file_bytes"])
         mem = row["memory"]
-        limits = sizing.Limits(int(mem[:-2]) * UNITS[mem[-2:]], float(row["cpu"]))
+        limits = sizing.Limits(quantity_bytes(mem), float(row["cpu"]))
         derived = sizing.plan(shape, n_ctx=n_ctx, limits=limits, machine=row["cpu"])
         plan = (sizing.plan(shape, n_ctx=n_ctx, slots=row["slots"], limits=limits,
                             machine=row["cpu"]) if row.get("slots_set") else derived)
